@@ -1,0 +1,124 @@
+/* core: the RFC 6072 rules and the state of sipcred's event packages.
+ *
+ * The core does no I/O. It talks to the outside through CorePort, which
+ * server/ implements with nua and the tests implement with a fake. Every
+ * request the server hands in gets exactly one answer through port->respond,
+ * synchronously, before the call returns.
+ */
+#pragma once
+
+#include <glib.h>
+
+#include "storage/store.h"
+
+G_BEGIN_DECLS
+
+#define CORE_ERROR (core_error_quark())
+GQuark core_error_quark(void);
+
+typedef enum {
+  CORE_ERROR_BAD_URI,    /* not a sip:/sips: URI with user and host */
+  CORE_ERROR_NOT_SERVED, /* the URI's host is not one of our domains */
+} CoreError;
+
+typedef enum {
+  CORE_SUBSTATE_ACTIVE,
+  CORE_SUBSTATE_PENDING,
+  CORE_SUBSTATE_TERMINATED,
+} CoreSubstate;
+
+typedef struct {
+  const char *const *domains; /* served domains, NULL-terminated */
+  guint32 default_expires;    /* granted when the SUBSCRIBE has no Expires */
+  guint32 max_expires;        /* longer requests are granted this */
+  guint32 min_expires;        /* shorter (non-zero) requests get 423 */
+  guint notify_window;        /* NOTIFYs in flight at once during fan-out */
+} CoreConfig;
+
+/* Defaults: 86400, 86400, 60, 200. */
+void core_config_init_defaults(CoreConfig *cfg);
+
+/* What the core needs of an incoming initial SUBSCRIBE. Strings are only
+ * borrowed for the duration of the call. */
+typedef struct {
+  const char *event;       /* Event package token, NULL when absent */
+  const char *request_uri; /* as received */
+  const char *to_uri;      /* To addr-spec */
+  const char *from_uri;    /* From addr-spec */
+  gboolean has_expires;
+  guint32 expires;
+  const char *accept;     /* all Accept values joined by ", ", NULL when absent */
+  const char *flow_token; /* the edge flow it came through, NULL if none */
+} CoreSubscribeInfo;
+
+/* One answer to a request. Zero/NULL fields are left out. */
+typedef struct {
+  guint status;
+  const char *phrase;       /* says what was wrong, for errors */
+  guint32 expires;          /* 2xx to SUBSCRIBE: granted expiry (Expires header) */
+  guint32 min_expires;      /* 423: Min-Expires header */
+  const char *accept;       /* 406/415: Accept header */
+  const char *allow_events; /* 489: Allow-Events header */
+} CoreResponse;
+
+typedef struct {
+  const char *event;       /* Event header of the NOTIFY */
+  CoreSubstate state;
+  guint32 expires;         /* remaining seconds, for active/pending */
+  const char *reason;      /* for terminated: "deactivated", "timeout", ... */
+  const char *content_type; /* NULL: no body at all */
+  const char *content_disposition;
+  GBytes *body;            /* may be empty (zero length) */
+} CoreNotify;
+
+typedef struct {
+  /* Answers the request identified by @txn (opaque to the core). */
+  void (*respond)(gpointer txn, const CoreResponse *resp, gpointer user_data);
+  /* Sends a NOTIFY in subscription @sub. Must not block. The server calls
+   * core_notify_done() once for every notify, when its transaction ends. */
+  void (*notify)(gpointer sub, const CoreNotify *notify, gpointer user_data);
+  /* Wall-clock time, unix seconds. */
+  gint64 (*now)(gpointer user_data);
+} CorePort;
+
+typedef struct _CoreService CoreService;
+
+CoreService *core_service_new(const CoreConfig *cfg, StoreDb *store, const CorePort *port,
+                              gpointer port_data);
+void core_service_free(CoreService *svc);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(CoreService, core_service_free)
+
+/* An initial SUBSCRIBE arrived. @txn identifies the request for respond;
+ * @sub identifies the subscription for notify, and stays valid until the
+ * server calls core_subscription_gone(). If the core rejects the request it
+ * never uses @sub. */
+void core_subscribe(CoreService *svc, gpointer txn, gpointer sub, const CoreSubscribeInfo *info);
+
+/* The server answered a refresh itself; @expires is what it granted. */
+void core_subscription_refreshed(CoreService *svc, gpointer sub, guint32 expires);
+
+/* The subscription ended (unsubscribed, expired, flow failed). The core
+ * forgets @sub and never uses it again. Unknown @sub is ignored. */
+void core_subscription_gone(CoreService *svc, gpointer sub);
+
+/* A NOTIFY sent through port->notify finished with final @status (or 408/
+ * 430/503 for local failures). Lets the fan-out scheduler send the next. */
+void core_notify_done(CoreService *svc, gpointer sub, guint status);
+
+/* The certificate of @aor changed (or was removed): NOTIFY every subscriber,
+ * paced by the notify window. */
+void core_cert_changed(CoreService *svc, const char *aor);
+
+/* Number of live subscriptions (all packages). */
+guint core_service_get_n_subscriptions(CoreService *svc);
+
+/* Canonical AOR "sip:user@host" for a sip:/sips: URI, optionally in <>:
+ * scheme folded to sip, host lower-cased, parameters and headers dropped,
+ * unreserved %-escapes in the user part decoded. */
+char *core_aor_canonicalize(const char *uri, GError **error);
+
+/* Like core_aor_canonicalize(), and the host must be a served domain. */
+char *core_aor_canonicalize_served(const char *const *domains, const char *uri,
+                                   GError **error);
+
+G_END_DECLS

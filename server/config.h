@@ -1,0 +1,64 @@
+/* server/config: the one GKeyFile configuration of sipcredd and sipcred.
+ * Every key, its default and its meaning are in data/sipcredd.conf.example
+ * and sipcredd.conf(5). */
+#pragma once
+
+#include <glib.h>
+
+#include "core/core.h"
+
+G_BEGIN_DECLS
+
+#define SRV_CONFIG_ERROR (srv_config_error_quark())
+GQuark srv_config_error_quark(void);
+
+typedef enum {
+  SRV_CONFIG_ERROR_SYNTAX,  /* not a key file */
+  SRV_CONFIG_ERROR_KEY,     /* a key is missing, unknown or has a bad value */
+} SrvConfigError;
+
+typedef struct {
+  char *name;        /* lower case */
+  char *cert_file;   /* PEM, leaf first, chain may follow; absolute */
+  char *key_file;    /* PEM private key; absolute */
+} SrvDomain;
+
+typedef struct {
+  char *path;            /* the file read (absolute) */
+
+  /* [server] */
+  GStrv domains;         /* served domains, lower case; first is the default */
+  GStrv listen;          /* "ADDR:PORT", IPv6 as "[ADDR]:PORT" */
+  char *state_dir;       /* LMDB directory; absolute */
+  guint shutdown_timeout_ms;
+  gboolean verbose;
+
+  /* [tls] */
+  char *tls_priority;    /* before the enforced floor is appended */
+  guint handshake_timeout_ms;
+  guint idle_timeout_ms;
+  guint max_connections;
+  guint max_connections_per_ip;
+  gsize max_message_size;
+
+  /* [domain NAME] groups, one per served domain */
+  GPtrArray *domain_certs; /* of SrvDomain* */
+
+  /* [certificate] and [fanout] */
+  CoreConfig core;       /* core.domains points at domains */
+
+  /* [store] */
+  guint64 map_size;
+} SrvConfig;
+
+/* Loads and validates @path. On error the message names the group, key and
+ * line, and says why ("sipcredd.conf:12: [tls] idle-timeout: not a number"). */
+SrvConfig *srv_config_load(const char *path, GError **error);
+void srv_config_free(SrvConfig *cfg);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(SrvConfig, srv_config_free)
+
+/* The default priority string (see sipcredd.conf(5)). */
+#define SRV_TLS_PRIORITY_DEFAULT                                                                 \
+  "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:%SERVER_PRECEDENCE"
+
+G_END_DECLS

@@ -1,0 +1,69 @@
+/* server/edge: the GnuTLS edge. It terminates direct TLS from clients,
+ * enforces the cipher-suite policy and connection limits, frames SIP on each
+ * TLS stream, and relays each client flow to nua (plain TCP on 127.0.0.1)
+ * using the Via flow-token / Record-Route scheme of DESIGN.md. Everything
+ * runs on the GLib main context of the caller. */
+#pragma once
+
+#include <gio/gio.h>
+
+#include "server/config.h"
+
+G_BEGIN_DECLS
+
+#define EDGE_ERROR (edge_error_quark())
+GQuark edge_error_quark(void);
+
+typedef enum {
+  EDGE_ERROR_TLS,     /* GnuTLS refused a credential or the priority string */
+  EDGE_ERROR_LISTEN,  /* could not bind/listen */
+  EDGE_ERROR_POLICY,  /* the priority string enables something forbidden */
+} EdgeError;
+
+/* The TLS suffix always appended to the configured priority string, so no
+ * configuration can enable SSL 3.0, TLS 1.0/1.1, NULL, anonymous or RC4. */
+#define EDGE_TLS_PRIORITY_FLOOR                                                                  \
+  ":-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1:-NULL:-ARCFOUR-128:-ANON-DH:-ANON-ECDH"
+
+typedef struct _Edge Edge;
+
+/* Facts about one client flow, for the core's policy decisions. */
+typedef struct {
+  char *peer_addr;       /* "IP:PORT" */
+  char *tls_version;     /* "TLS1.3" */
+  char *cipher_suite;    /* GnuTLS suite name */
+  char *sni;             /* server name the client asked for, or NULL */
+  GBytes *peer_cert_der; /* client certificate, or NULL */
+} EdgeFlowInfo;
+
+void edge_flow_info_clear(EdgeFlowInfo *info);
+
+/* Loads certificates/keys per domain (SNI) and checks the priority string.
+ * Opens nothing yet. */
+Edge *edge_new(const SrvConfig *cfg, GError **error);
+void edge_free(Edge *edge);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(Edge, edge_free)
+
+/* Opens the internal listener (127.0.0.1, ephemeral port) and the public TLS
+ * listeners, and starts relaying to nua at 127.0.0.1:@nua_port. */
+gboolean edge_start(Edge *edge, guint16 nua_port, GError **error);
+
+/* Port of the internal listener nua sends requests to (after edge_start). */
+guint16 edge_get_internal_port(Edge *edge);
+/* Port actually bound by the first public listener (useful with port 0). */
+guint16 edge_get_public_port(Edge *edge);
+
+/* Re-reads the certificates and keys of @cfg (SIGHUP). Existing flows keep
+ * their sessions; new handshakes use the new credentials. On error nothing
+ * changes. */
+gboolean edge_reload_credentials(Edge *edge, const SrvConfig *cfg, GError **error);
+
+/* Facts of the flow named by @flow_token. FALSE when it is gone. */
+gboolean edge_flow_lookup(Edge *edge, const char *flow_token, EdgeFlowInfo *out);
+
+/* Stops accepting and closes every flow. */
+void edge_stop(Edge *edge);
+
+guint edge_get_n_flows(Edge *edge);
+
+G_END_DECLS

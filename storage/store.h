@@ -67,4 +67,30 @@ gboolean store_cred_delete(StoreDb *db, const char *aor, GError **error);
 /* Lists AORs that have a certificate, sorted. */
 GPtrArray *store_cred_list(StoreDb *db, GError **error);
 
+/* A user of a served domain. Plain passwords are never stored: only the
+ * RFC 7616 HA1 values H(user ":" realm ":" password) for SHA-256 and MD5. */
+typedef enum {
+  STORE_USER_ENABLED = 1 << 0,
+  STORE_USER_MAY_GENERATE = 1 << 1, /* may ask the server to generate a credential */
+} StoreUserFlags;
+
+typedef struct {
+  char *aor;
+  char *realm;
+  char *ha1_sha256; /* 64 lower-case hex digits */
+  char *ha1_md5;    /* 32 lower-case hex digits */
+  guint32 flags;    /* StoreUserFlags */
+} StoreUser;
+
+void store_user_free(StoreUser *user);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(StoreUser, store_user_free)
+
+/* Creates or replaces the user @user->aor. Returns after a durable commit. */
+gboolean store_user_put(StoreDb *db, const StoreUser *user, GError **error);
+/* NULL with STORE_ERROR_NOT_FOUND when there is no such user. */
+StoreUser *store_user_get(StoreDb *db, const char *aor, GError **error);
+gboolean store_user_delete(StoreDb *db, const char *aor, GError **error);
+/* Sorted AORs of all users. */
+GPtrArray *store_user_list(StoreDb *db, GError **error);
+
 G_END_DECLS

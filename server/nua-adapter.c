@@ -1,0 +1,420 @@
+#define G_LOG_DOMAIN "sipcred-nua"
+
+#include "server/nua-adapter.h"
+
+#include <gio/gio.h>
+#include <stdarg.h>
+#include <string.h>
+
+struct _NuaAdapter;
+struct _NuaSub;
+#define SU_ROOT_MAGIC_T struct _NuaAdapter
+#define NUA_MAGIC_T struct _NuaAdapter
+#define NUA_HMAGIC_T struct _NuaSub
+
+#include <sofia-sip/msg_header.h>
+#include <sofia-sip/nua.h>
+#include <sofia-sip/nua_tag.h>
+#include <sofia-sip/sip_header.h>
+#include <sofia-sip/sip_status.h>
+#include <sofia-sip/sip_tag.h>
+#include <sofia-sip/su_glib.h>
+#include <sofia-sip/su_log.h>
+#include <sofia-sip/url.h>
+
+#include "sipcred-config.h"
+
+G_DEFINE_QUARK(sipcred-nua-adapter-error-quark, nua_adapter_error)
+
+/* One subscription as nua knows it: a handle bound to this record. The core
+ * holds the pointer from core_subscribe() until core_subscription_gone(). */
+typedef struct _NuaSub {
+  struct _NuaAdapter *ad;
+  nua_handle_t *nh;
+  guint core_notifies; /* NOTIFYs the core sent that have not completed */
+  gboolean accepted;   /* the core took it: it must hear when it ends */
+} NuaSub;
+
+struct _NuaAdapter {
+  su_root_t *root;
+  nua_t *nua;
+  guint16 port;
+  CoreService *core;
+  GHashTable *subs; /* NuaSub* set, so shutdown frees what nua never reports */
+  gboolean shutdown_done;
+};
+
+/* The request being answered inside the nua callback. */
+typedef struct {
+  NuaAdapter *ad;
+  nua_handle_t *nh;
+  guint status; /* what the core answered, 0 before */
+} NuaTxn;
+
+static void
+nua_sub_free(NuaSub *s)
+{
+  if (s->nh) {
+    nua_handle_bind(s->nh, NULL);
+    nua_handle_destroy(s->nh);
+  }
+  g_free(s);
+}
+
+/* The subscription is over: tell the core (if it knew it) and drop it. */
+static void
+nua_adapter_end_sub(NuaAdapter *ad, NuaSub *s)
+{
+  if (s->accepted && ad->core)
+    core_subscription_gone(ad->core, s);
+  g_hash_table_remove(ad->subs, s);
+}
+
+/* ---- CorePort ------------------------------------------------------------ */
+
+static void
+port_respond(gpointer txnp, const CoreResponse *r, gpointer user_data)
+{
+  NuaTxn *t = txnp;
+  NuaAdapter *ad = user_data;
+  char expires[16], min_expires[16];
+  gboolean is_2xx = r->status >= 200 && r->status < 300;
+  g_snprintf(expires, sizeof expires, "%u", r->expires);
+  g_snprintf(min_expires, sizeof min_expires, "%u", r->min_expires);
+
+  nua_respond(t->nh, r->status, r->phrase, NUTAG_WITH_THIS(ad->nua),
+              TAG_IF(is_2xx, SIPTAG_EXPIRES_STR(expires)),
+              TAG_IF(r->min_expires, SIPTAG_MIN_EXPIRES_STR(min_expires)),
+              TAG_IF(r->accept, SIPTAG_ACCEPT_STR(r->accept)),
+              TAG_IF(r->allow_events, SIPTAG_ALLOW_EVENTS_STR(r->allow_events)), TAG_END());
+  t->status = r->status;
+}
+
+static void
+port_notify(gpointer subp, const CoreNotify *n, gpointer user_data)
+{
+  NuaSub *s = subp;
+  su_home_t home[1] = {SU_HOME_INIT(home)};
+  enum nua_substate substate;
+  char *state;
+
+  switch (n->state) {
+  case CORE_SUBSTATE_TERMINATED:
+    substate = nua_substate_terminated;
+    state = su_sprintf(home, "terminated;reason=%s", n->reason ? n->reason : "noresource");
+    break;
+  case CORE_SUBSTATE_PENDING:
+    substate = nua_substate_pending;
+    state = su_sprintf(home, "pending;expires=%u", n->expires);
+    break;
+  case CORE_SUBSTATE_ACTIVE:
+  default:
+    substate = nua_substate_active;
+    state = su_sprintf(home, "active;expires=%u", n->expires);
+    break;
+  }
+
+  gsize len = 0;
+  const void *data = n->body ? g_bytes_get_data(n->body, &len) : NULL;
+  sip_payload_t *pl = len ? sip_payload_create(home, data, (isize_t)len) : NULL;
+
+  nua_notify(s->nh, NUTAG_SUBSTATE(substate), SIPTAG_EVENT_STR(n->event),
+             SIPTAG_SUBSCRIPTION_STATE_STR(state),
+             TAG_IF(n->content_type, SIPTAG_CONTENT_TYPE_STR(n->content_type)),
+             TAG_IF(n->content_disposition,
+                    SIPTAG_CONTENT_DISPOSITION_STR(n->content_disposition)),
+             TAG_IF(pl, SIPTAG_PAYLOAD(pl)), TAG_END());
+  s->core_notifies++;
+  su_home_deinit(home);
+}
+
+static gint64
+port_now(gpointer user_data)
+{
+  return g_get_real_time() / G_USEC_PER_SEC;
+}
+
+static const CorePort nua_core_port = {
+  .respond = port_respond,
+  .notify = port_notify,
+  .now = port_now,
+};
+
+const CorePort *
+nua_adapter_get_core_port(void)
+{
+  return &nua_core_port;
+}
+
+/* ---- nua events ---------------------------------------------------------- */
+
+static enum nua_substate
+tags_get_substate(tagi_t const *tags)
+{
+  tagi_t const *t = tl_find(tags, nutag_substate);
+  return t ? (enum nua_substate)t->t_value : nua_substate_embryonic;
+}
+
+/* All Accept values of @sip joined by ", ", NULL when there is no Accept. */
+static char *
+accept_join(su_home_t *home, sip_t const *sip)
+{
+  if (!sip->sip_accept)
+    return NULL;
+  GString *s = g_string_new(NULL);
+  for (sip_accept_t const *ac = sip->sip_accept; ac; ac = ac->ac_next) {
+    char *one = sip_header_as_string(home, (sip_header_t const *)ac);
+    if (one && *one) {
+      if (s->len)
+        g_string_append(s, ", ");
+      g_string_append(s, one);
+    }
+  }
+  return g_string_free(s, FALSE);
+}
+
+static void
+on_initial_subscribe(NuaAdapter *ad, nua_handle_t *nh, sip_t const *sip)
+{
+  su_home_t home[1] = {SU_HOME_INIT(home)};
+  g_autofree char *accept = accept_join(home, sip);
+  char const *flow = NULL;
+  if (sip->sip_via && sip->sip_via->v_params)
+    flow = msg_params_find(sip->sip_via->v_params, "flow=");
+
+  CoreSubscribeInfo info = {
+    .event = sip->sip_event ? sip->sip_event->o_type : NULL,
+    .request_uri = sip->sip_request ? url_as_string(home, sip->sip_request->rq_url) : NULL,
+    .to_uri = sip->sip_to ? url_as_string(home, sip->sip_to->a_url) : NULL,
+    .from_uri = sip->sip_from ? url_as_string(home, sip->sip_from->a_url) : NULL,
+    .has_expires = sip->sip_expires != NULL,
+    .expires = sip->sip_expires ? sip->sip_expires->ex_delta : 0,
+    .accept = accept,
+    .flow_token = flow,
+  };
+
+  NuaSub *s = g_new0(NuaSub, 1);
+  s->ad = ad;
+  s->nh = nh;
+  nua_handle_bind(nh, s);
+  g_hash_table_add(ad->subs, s);
+
+  NuaTxn txn = {ad, nh, 0};
+  core_subscribe(ad->core, &txn, s, &info);
+  if (txn.status == 0) {
+    g_critical("core left a SUBSCRIBE unanswered");
+    nua_respond(nh, SIP_500_INTERNAL_SERVER_ERROR, NUTAG_WITH_THIS(ad->nua), TAG_END());
+  }
+  /* A fetch (Expires: 0) is answered and notified but never registered. */
+  s->accepted = txn.status >= 200 && txn.status < 300 && info.expires != 0;
+  /* Rejected: the handle goes with the record. A fetch ends when its
+   * terminated NOTIFY completes. */
+  if (!(txn.status >= 200 && txn.status < 300))
+    g_hash_table_remove(ad->subs, s);
+  su_home_deinit(home);
+}
+
+static void
+on_subscribe(NuaAdapter *ad, int status, nua_handle_t *nh, NuaSub *s, sip_t const *sip,
+             tagi_t tags[])
+{
+  if (s == NULL) {
+    if (status < 200 && sip && ad->core)
+      on_initial_subscribe(ad, nh, sip);
+    else
+      nua_handle_destroy(nh); /* nua already refused it (e.g. 489) */
+    return;
+  }
+
+  /* A refresh or unsubscribe in an existing dialog. Some nua builds leave
+   * the answer to the application; this nua answers it itself. */
+  if (status < 200)
+    nua_respond(nh, SIP_200_OK, NUTAG_WITH_THIS(ad->nua), TAG_END());
+  if (tags_get_substate(tags) == nua_substate_terminated) {
+    g_info("subscription %p ended by the subscriber", (void *)s);
+    return; /* nua sends the final NOTIFY; its response ends the record */
+  }
+  if (s->accepted && ad->core && sip && sip->sip_expires)
+    core_subscription_refreshed(ad->core, s, sip->sip_expires->ex_delta);
+}
+
+static void
+on_notify_response(NuaAdapter *ad, int status, NuaSub *s, tagi_t tags[])
+{
+  if (s == NULL || status < 200)
+    return;
+  if (s->core_notifies > 0) {
+    s->core_notifies--;
+    if (s->accepted && ad->core)
+      core_notify_done(ad->core, s, status);
+  }
+  /* 430: the edge says the client's flow is gone; 481/408: the subscriber
+   * forgot the dialog or is unreachable. The subscriber re-subscribes. */
+  gboolean dead = status == 408 || status == 430 || status == 481;
+  if (dead || tags_get_substate(tags) == nua_substate_terminated) {
+    if (dead)
+      g_info("NOTIFY failed with %d: ending the subscription", status);
+    nua_adapter_end_sub(ad, s);
+  }
+}
+
+static void
+on_nua_event(nua_event_t event, int status, char const *phrase, nua_t *nua, NuaAdapter *ad,
+             nua_handle_t *nh, NuaSub *s, sip_t const *sip, tagi_t tags[])
+{
+  g_debug("nua event %s: %d %s", nua_event_name(event), status, phrase ? phrase : "");
+  switch (event) {
+  case nua_i_subscribe:
+    on_subscribe(ad, status, nh, s, sip, tags);
+    break;
+  case nua_r_notify:
+    on_notify_response(ad, status, s, tags);
+    break;
+  case nua_r_shutdown:
+    if (status >= 200)
+      ad->shutdown_done = TRUE;
+    break;
+  case nua_i_error:
+    g_warning("nua error: %d %s", status, phrase ? phrase : "");
+    break;
+  default:
+    /* Requests nua answered by itself (OPTIONS, 405s, 501s) leave a
+     * handle the application owns; nothing else will use it. */
+    if (s == NULL && nh && event < nua_r_set_params && status >= 200)
+      nua_handle_destroy(nh);
+    break;
+  }
+}
+
+/* ---- lifecycle ----------------------------------------------------------- */
+
+static void
+sofia_log(void *stream, char const *fmt, va_list ap)
+{
+  /* Sofia logs protocol traces at high levels; they are for developers. */
+  g_autofree char *line = g_strdup_vprintf(fmt, ap);
+  g_strchomp(line);
+  if (*line)
+    g_debug("sofia: %s", line);
+}
+
+/* A free loopback TCP port for nua. nua_create() cannot report the port it
+ * bound, so we pick one and retry on the rare race with another process. */
+static guint16
+pick_loopback_port(void)
+{
+  g_autoptr(GSocket) sock =
+      g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, NULL);
+  if (!sock)
+    return 0;
+  g_autoptr(GInetAddress) lo = g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
+  g_autoptr(GSocketAddress) any = g_inet_socket_address_new(lo, 0);
+  if (!g_socket_bind(sock, any, FALSE, NULL))
+    return 0;
+  g_autoptr(GSocketAddress) bound = g_socket_get_local_address(sock, NULL);
+  return bound ? g_inet_socket_address_get_port(G_INET_SOCKET_ADDRESS(bound)) : 0;
+}
+
+NuaAdapter *
+nua_adapter_new(const SrvConfig *cfg, GError **error)
+{
+  g_return_val_if_fail(cfg && cfg->domains && cfg->domains[0], NULL);
+  static gsize sofia_initialized = 0;
+  if (g_once_init_enter(&sofia_initialized)) {
+    su_init();
+    su_log_redirect(NULL, sofia_log, NULL);
+    g_once_init_leave(&sofia_initialized, 1);
+  }
+
+  g_autoptr(NuaAdapter) ad = g_new0(NuaAdapter, 1);
+  ad->subs = g_hash_table_new_full(NULL, NULL, (GDestroyNotify)nua_sub_free, NULL);
+  ad->root = su_glib_root_create(ad);
+  if (ad->root == NULL) {
+    g_set_error(error, NUA_ADAPTER_ERROR, NUA_ADAPTER_ERROR_START, "cannot create the su root");
+    return NULL;
+  }
+  g_source_attach(su_root_gsource(ad->root), NULL);
+
+  g_autofree char *server = g_strdup_printf("sipcred/%s", SIPCRED_VERSION);
+  g_autofree char *allow_events = g_strdup("certificate");
+  for (int attempt = 0; attempt < 5 && ad->nua == NULL; attempt++) {
+    ad->port = pick_loopback_port();
+    if (ad->port == 0)
+      continue;
+    /* nua speaks for the public name but listens only on loopback. */
+    g_autofree char *url =
+        g_strdup_printf("sip:%s:%u;maddr=127.0.0.1;transport=tcp", cfg->domains[0], ad->port);
+    ad->nua = nua_create(ad->root, on_nua_event, ad, NUTAG_URL(url), TAG_END());
+  }
+  if (ad->nua == NULL) {
+    g_set_error(error, NUA_ADAPTER_ERROR, NUA_ADAPTER_ERROR_START,
+                "cannot bind nua to a loopback TCP port");
+    return NULL;
+  }
+
+  nua_set_params(ad->nua, NUTAG_APPL_METHOD("SUBSCRIBE"), NUTAG_ALLOW_EVENTS(allow_events),
+                 SIPTAG_ALLOW_STR("OPTIONS, SUBSCRIBE"), NUTAG_ENABLEINVITE(0),
+                 NUTAG_ENABLEMESSAGE(0), NUTAG_SUB_EXPIRES(cfg->core.max_expires),
+                 SIPTAG_SERVER_STR(server), SIPTAG_USER_AGENT_STR(server), TAG_END());
+  g_info("nua listening on 127.0.0.1:%u (tcp) as %s", ad->port, cfg->domains[0]);
+  return g_steal_pointer(&ad);
+}
+
+guint16
+nua_adapter_get_port(NuaAdapter *ad)
+{
+  return ad->port;
+}
+
+void
+nua_adapter_attach_core(NuaAdapter *ad, CoreService *core)
+{
+  ad->core = core;
+}
+
+static gboolean
+on_shutdown_timeout(gpointer data)
+{
+  *(gboolean *)data = TRUE;
+  return G_SOURCE_REMOVE;
+}
+
+gboolean
+nua_adapter_shutdown(NuaAdapter *ad, guint timeout_ms)
+{
+  if (ad->nua == NULL || ad->shutdown_done)
+    return TRUE;
+  nua_shutdown(ad->nua);
+  gboolean timed_out = FALSE;
+  guint timer = g_timeout_add(timeout_ms, on_shutdown_timeout, &timed_out);
+  while (!ad->shutdown_done && !timed_out)
+    g_main_context_iteration(NULL, TRUE);
+  if (!timed_out)
+    g_source_remove(timer);
+  else
+    g_warning("nua did not finish its dialogs within %u ms; exiting anyway", timeout_ms);
+  /* The core must not hear of subscriptions after this point. */
+  ad->core = NULL;
+  return !timed_out;
+}
+
+void
+nua_adapter_free(NuaAdapter *ad)
+{
+  if (ad == NULL)
+    return;
+  ad->core = NULL;
+  g_clear_pointer(&ad->subs, g_hash_table_unref);
+  if (ad->nua) {
+    if (!ad->shutdown_done) {
+      /* nua_destroy() refuses a nua that was not shut down. */
+      nua_shutdown(ad->nua);
+      for (int i = 0; i < 100 && !ad->shutdown_done; i++)
+        su_root_step(ad->root, 10);
+    }
+    nua_destroy(ad->nua);
+  }
+  if (ad->root)
+    su_root_destroy(ad->root);
+  g_free(ad);
+}

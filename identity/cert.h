@@ -24,7 +24,8 @@ IdentCert *ident_cert_new_from_data(const guint8 *data, gsize len, GError **erro
 void ident_cert_free(IdentCert *cert);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(IdentCert, ident_cert_free)
 
-/* The DER encoding, exactly as it will be served. */
+/* The DER encoding, exactly as it will be served. Owned by @cert (transfer
+ * none): g_bytes_ref() it to keep it. */
 GBytes *ident_cert_get_der(IdentCert *cert);
 gint64 ident_cert_get_not_before(IdentCert *cert);
 gint64 ident_cert_get_not_after(IdentCert *cert);

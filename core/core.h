@@ -75,7 +75,10 @@ typedef struct {
   /* Answers the request identified by @txn (opaque to the core). */
   void (*respond)(gpointer txn, const CoreResponse *resp, gpointer user_data);
   /* Sends a NOTIFY in subscription @sub. Must not block. The server calls
-   * core_notify_done() once for every notify, when its transaction ends. */
+   * core_notify_done() once for every notify, when its transaction ends.
+   * Everything in @notify is borrowed for the call (g_bytes_ref() the body
+   * to keep it). body is never NULL; when it is empty, content_type and
+   * content_disposition are NULL (see core.c for why). */
   void (*notify)(gpointer sub, const CoreNotify *notify, gpointer user_data);
   /* Wall-clock time, unix seconds. */
   gint64 (*now)(gpointer user_data);

@@ -206,7 +206,8 @@ on_initial_subscribe(NuaAdapter *ad, nua_handle_t *nh, sip_t const *sip)
     nua_respond(nh, SIP_500_INTERNAL_SERVER_ERROR, NUTAG_WITH_THIS(ad->nua), TAG_END());
   }
   /* A fetch (Expires: 0) is answered and notified but never registered. */
-  s->accepted = txn.status >= 200 && txn.status < 300 && info.expires != 0;
+  gboolean is_fetch = info.has_expires && info.expires == 0;
+  s->accepted = txn.status >= 200 && txn.status < 300 && !is_fetch;
   /* Rejected: the handle goes with the record. A fetch ends when its
    * terminated NOTIFY completes. */
   if (!(txn.status >= 200 && txn.status < 300))

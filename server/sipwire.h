@@ -56,7 +56,9 @@ gsize sipwire_framer_get_pending(SipwireFramer *framer);
 typedef struct _SipwireMsg SipwireMsg;
 
 /* Parses one framed message. Folded header lines are unfolded. Requires a
- * valid start line; headers must be "name: value" lines. */
+ * valid start line; headers must be "name: value" lines. A NUL or a bare CR
+ * in the start line or a header is MALFORMED (they could make a header mean
+ * something else to nua). A body longer than Content-Length is cut to it. */
 SipwireMsg *sipwire_msg_parse(const guint8 *data, gsize len, GError **error);
 void sipwire_msg_free(SipwireMsg *msg);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(SipwireMsg, sipwire_msg_free)
@@ -71,7 +73,7 @@ guint sipwire_msg_get_status(const SipwireMsg *msg);            /* 0 for request
  * list headers (Via, Route, Record-Route, Contact, Accept, Allow, Supported,
  * Require, Proxy-Require, Allow-Events, Unsupported). Trimmed. Never NULL. */
 GPtrArray *sipwire_msg_get_values(const SipwireMsg *msg, const char *name);
-/* First value of @name, or NULL. */
+/* First value of @name, or NULL. Valid until @msg next changes. */
 const char *sipwire_msg_get_first(const SipwireMsg *msg, const char *name);
 
 /* Replaces every header @name by one header line per element of @values
@@ -84,7 +86,7 @@ void sipwire_msg_prepend_value(SipwireMsg *msg, const char *name, const char *va
 void sipwire_msg_append_header(SipwireMsg *msg, const char *name, const char *value);
 void sipwire_msg_remove_header(SipwireMsg *msg, const char *name);
 
-GBytes *sipwire_msg_get_body(const SipwireMsg *msg);
+GBytes *sipwire_msg_get_body(const SipwireMsg *msg); /* a new reference */
 /* Serializes with CRLF line ends and a Content-Length equal to the body. */
 GBytes *sipwire_msg_serialize(const SipwireMsg *msg);
 
@@ -104,7 +106,9 @@ char *sipwire_param_remove(const char *header_value, const char *param);
 char *sipwire_param_set(const char *header_value, const char *param, const char *value);
 
 /* Host and port named by a Via (sent-by) or by the URI of a Route/Contact
- * value. Port is 0 when not written. Returns FALSE when unparsable. */
+ * value. Port is 0 when not written. Returns FALSE when unparsable. The host
+ * is as written ([] kept for IPv6); @user is NULL without a user part. Any
+ * out-parameter may be NULL. */
 gboolean sipwire_via_get_sent_by(const char *via, char **host, guint16 *port);
 gboolean sipwire_nameaddr_get_host_port(const char *value, char **user, char **host,
                                         guint16 *port);

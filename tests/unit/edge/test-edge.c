@@ -264,11 +264,18 @@ cfg_clear(SrvConfig *cfg)
 
 /* ---- Blocking I/O helpers (script thread) ------------------------------ */
 
+/* When set, clients shrink their receive buffer (before connecting, so the
+ * TCP window stays small): the edge then has to wait for writability. */
+static int client_rcvbuf;
+
 static int
 tcp_connect_family(int family, guint16 port)
 {
   int fd = socket(family, SOCK_STREAM, 0);
   g_assert_cmpint(fd, >=, 0);
+  if (client_rcvbuf > 0)
+    g_assert_cmpint(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &client_rcvbuf, sizeof client_rcvbuf),
+                    ==, 0);
   int ret;
   if (family == AF_INET6) {
     struct sockaddr_in6 sa = {0};
@@ -1353,6 +1360,154 @@ test_flow_failed(void)
   fixture_clear(&f);
 }
 
+/* Pipelined requests, sent before the edge's connection to nua exists:
+ * queued while it opens, relayed complete and in order; a large body
+ * crosses several TLS records intact. */
+static void
+script_pipeline(Fixture *f)
+{
+  TestClient *c = client_connect(f->port, "a.example", "a.example");
+  GString *batch = g_string_new(NULL);
+  for (guint i = 1; i <= 3; i++)
+    g_string_append_printf(batch,
+                           "OPTIONS sips:a.example SIP/2.0\r\n"
+                           "Via: SIP/2.0/TLS client.invalid;branch=z9hG4bKpipe%u\r\n"
+                           "From: <sips:alice@a.example>;tag=p\r\nTo: <sips:a.example>\r\n"
+                           "Call-ID: pipe\r\nCSeq: %u OPTIONS\r\nContent-Length: 0\r\n\r\n",
+                           i, i);
+  gsize body_len = 30000;
+  g_string_append_printf(batch,
+                         "PUBLISH sips:alice@a.example SIP/2.0\r\n"
+                         "Via: SIP/2.0/TLS client.invalid;branch=z9hG4bKpub\r\n"
+                         "From: <sips:alice@a.example>;tag=p\r\nTo: <sips:alice@a.example>\r\n"
+                         "Call-ID: pub\r\nCSeq: 4 PUBLISH\r\nEvent: credential\r\n"
+                         "Content-Type: application/octet-stream\r\n"
+                         "Content-Length: %" G_GSIZE_FORMAT "\r\n\r\n",
+                         body_len);
+  for (gsize i = 0; i < body_len; i++)
+    g_string_append_c(batch, (char) ('a' + i % 26));
+  client_send(c, batch->str);
+  for (guint i = 1; i <= 4; i++) {
+    g_autoptr(GBytes) b = nua_read(f);
+    g_autoptr(SipwireMsg) m = msg_parse(b);
+    g_autofree char *cseq = g_strdup_printf("%u %s", i, i < 4 ? "OPTIONS" : "PUBLISH");
+    g_assert_cmpstr(sipwire_msg_get_first(m, "CSeq"), ==, cseq);
+    if (i == 4) {
+      g_autoptr(GBytes) body = sipwire_msg_get_body(m);
+      const char *sent = strstr(batch->str, "\r\n\r\nabc");
+      g_assert_nonnull(sent);
+      g_assert_cmpmem(g_bytes_get_data(body, NULL), g_bytes_get_size(body), sent + 4, body_len);
+    }
+  }
+  g_string_free(batch, TRUE);
+  client_free(c);
+}
+
+static void
+test_pipeline(void)
+{
+  Fixture f;
+  fixture_init(&f);
+  fixture_start(&f);
+  fixture_run(&f, script_pipeline);
+  fixture_clear(&f);
+}
+
+/* A burst of large NOTIFYs to a client that is not reading yet: the edge
+ * buffers (the socket fills; writes resume when it drains) and everything
+ * arrives whole and in order, then the client's answers go back in order. */
+#define BURST_N 40
+#define BURST_BODY 150000 /* 6 MB in all: more than the kernel buffers (4 MB) */
+
+static void
+script_burst(Fixture *f)
+{
+  client_rcvbuf = 4096;
+  TestClient *c = client_connect(f->port, "a.example", "a.example");
+  client_rcvbuf = 0;
+  g_autofree char *token = client_get_token(f, c);
+  int ifd = tcp_connect(f->internal_port);
+  g_autoptr(SipwireFramer) ifr = sipwire_framer_new(1 << 20);
+  g_autofree char *body = g_malloc(BURST_BODY + 1);
+  for (guint i = 0; i < BURST_BODY; i++)
+    body[i] = (char) ('A' + i % 26);
+  body[BURST_BODY] = '\0';
+  for (guint i = 1; i <= BURST_N; i++) {
+    g_autofree char *n = g_strdup_printf(
+        "NOTIFY sips:alice@client.invalid SIP/2.0\r\n"
+        "Via: SIP/2.0/TCP 127.0.0.1:%u;branch=z9hG4bKburst%u;rport\r\n"
+        "Route: <sip:%s@127.0.0.1:%u;transport=tcp;lr>\r\n"
+        "From: <sips:alice@a.example>;tag=nuatag\r\nTo: <sips:alice@a.example>;tag=fromtag\r\n"
+        "Call-ID: burst\r\nCSeq: %u NOTIFY\r\nEvent: certificate\r\n"
+        "Subscription-State: active;expires=3600\r\n"
+        "Content-Type: application/pkix-cert\r\nContent-Length: %u\r\n\r\n%s",
+        f->nua_port, i, token, f->internal_port, i, BURST_BODY, body);
+    fd_send(ifd, n);
+  }
+  g_usleep(200000); /* let the edge queue everything before the client reads */
+  /* Read everything before answering: only writability can drain the edge. */
+  GString *answers = g_string_new(NULL);
+  for (guint i = 1; i <= BURST_N; i++) {
+    g_autoptr(GBytes) b = client_read_msg(c, IO_TIMEOUT_MS);
+    g_autoptr(SipwireMsg) m = msg_parse(b);
+    g_autofree char *cseq = g_strdup_printf("%u NOTIFY", i);
+    g_assert_cmpstr(sipwire_msg_get_first(m, "CSeq"), ==, cseq);
+    g_autoptr(GBytes) got = sipwire_msg_get_body(m);
+    g_assert_cmpmem(g_bytes_get_data(got, NULL), g_bytes_get_size(got), body, BURST_BODY);
+    g_autofree char *ok = make_response(m, 200, "OK", NULL);
+    g_string_append(answers, ok);
+  }
+  client_send(c, answers->str);
+  g_string_free(answers, TRUE);
+  for (guint i = 1; i <= BURST_N; i++) {
+    g_autoptr(GBytes) b = fd_read_msg(ifd, ifr, IO_TIMEOUT_MS);
+    g_autoptr(SipwireMsg) m = msg_parse(b);
+    g_assert_cmpuint(sipwire_msg_get_status(m), ==, 200);
+    g_autofree char *via = g_strdup_printf("SIP/2.0/TCP 127.0.0.1:%u;branch=z9hG4bKburst%u;rport",
+                                           f->nua_port, i);
+    g_assert_cmpstr(sipwire_msg_get_first(m, "Via"), ==, via);
+  }
+  close(ifd);
+  client_free(c);
+}
+
+static void
+test_burst(void)
+{
+  Fixture f;
+  fixture_init(&f);
+  f.cfg.max_message_size = 256 * 1024; /* a slow reader may hold 64 times this */
+  fixture_start(&f);
+  fixture_run(&f, script_burst);
+  fixture_clear(&f);
+}
+
+/* nua drops the shared connection: the edge opens a new one when needed. */
+static void
+script_nua_reconnect(Fixture *f)
+{
+  TestClient *c = client_connect(f->port, "a.example", "a.example");
+  g_autofree char *t1 = client_get_token(f, c);
+  close(f->nua_fd);
+  f->nua_fd = -1;
+  sipwire_framer_free(f->nua_framer);
+  f->nua_framer = sipwire_framer_new(1 << 20);
+  g_usleep(200000); /* the edge sees the close */
+  g_autofree char *t2 = client_get_token(f, c); /* accepts the new connection */
+  g_assert_cmpstr(t1, ==, t2);
+  client_free(c);
+}
+
+static void
+test_nua_reconnect(void)
+{
+  Fixture f;
+  fixture_init(&f);
+  fixture_start(&f);
+  fixture_run(&f, script_nua_reconnect);
+  fixture_clear(&f);
+}
+
 /* nua not listening: the client gets 503 rather than silence. */
 static void
 script_nua_down(Fixture *f)
@@ -1795,6 +1950,9 @@ main(int argc, char **argv)
   g_test_add_func("/edge/relay/round-trip", test_relay);
   g_test_add_func("/edge/relay/flow-failed", test_flow_failed);
   g_test_add_func("/edge/relay/nua-down", test_nua_down);
+  g_test_add_func("/edge/relay/pipeline", test_pipeline);
+  g_test_add_func("/edge/relay/burst", test_burst);
+  g_test_add_func("/edge/relay/nua-reconnect", test_nua_reconnect);
   g_test_add_func("/edge/framing/ping", test_ping);
   g_test_add_func("/edge/framing/garbage", test_garbage);
   g_test_add_func("/edge/framing/max-size", test_max_size);

@@ -339,6 +339,10 @@ class SipMessage:
         name = name.lower()
         return [v for k, v in self.headers if k == name]
 
+    def start_line_sane(self):
+        """A reason phrase of printable text (garbage here hints at freed memory)."""
+        return self.start.isprintable() and '\ufffd' not in self.start
+
     def cseq_method(self):
         v = self.get('cseq', '')
         return v.split()[-1] if v.split() else ''

@@ -1733,6 +1733,46 @@ test_idle_timeout(void)
   fixture_clear(&f);
 }
 
+/* A client that stops reading is closed once the edge holds more than 64
+ * times max-message-size (at least 1 MiB) for it, instead of growing. */
+static void
+script_slow_reader(Fixture *f)
+{
+  client_rcvbuf = 4096;
+  TestClient *c = client_connect(f->port, "a.example", "a.example");
+  client_rcvbuf = 0;
+  g_autofree char *token = client_get_token(f, c);
+  int ifd = tcp_connect(f->internal_port);
+  g_autofree char *body = g_malloc(BURST_BODY + 1);
+  memset(body, 'Z', BURST_BODY);
+  body[BURST_BODY] = '\0';
+  for (guint i = 1; i <= 60; i++) { /* 9 MB: buffers (4 MB) + cap (4 MiB) */
+    g_autofree char *n = g_strdup_printf(
+        "NOTIFY sips:alice@client.invalid SIP/2.0\r\n"
+        "Via: SIP/2.0/TCP 127.0.0.1:%u;branch=z9hG4bKslow%u;rport\r\n"
+        "Route: <sip:%s@127.0.0.1:%u;transport=tcp;lr>\r\n"
+        "From: <sips:alice@a.example>;tag=nuatag\r\nTo: <sips:alice@a.example>;tag=fromtag\r\n"
+        "Call-ID: slow\r\nCSeq: %u NOTIFY\r\n"
+        "Content-Length: %u\r\n\r\n%s",
+        f->nua_port, i, token, f->internal_port, i, BURST_BODY, body);
+    fd_send(ifd, n);
+  }
+  wait_n_flows(f, 0); /* closed while the client has read nothing */
+  g_assert_true(client_wait_closed(c, IO_TIMEOUT_MS));
+  client_free(c);
+  close(ifd);
+}
+
+static void
+test_slow_reader(void)
+{
+  Fixture f;
+  fixture_init(&f);
+  fixture_start(&f);
+  fixture_run(&f, script_slow_reader);
+  fixture_clear(&f);
+}
+
 static void
 script_per_ip(Fixture *f)
 {
@@ -1959,6 +1999,7 @@ main(int argc, char **argv)
   g_test_add_func("/edge/limits/handshake-timeout", test_handshake_timeout);
   g_test_add_func("/edge/limits/idle-timeout", test_idle_timeout);
   g_test_add_func("/edge/limits/per-ip", test_per_ip);
+  g_test_add_func("/edge/limits/slow-reader", test_slow_reader);
   g_test_add_func("/edge/limits/max-connections", test_max_connections);
   g_test_add_func("/edge/listen/ipv6", test_ipv6);
   g_test_add_func("/edge/reload", test_reload);

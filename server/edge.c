@@ -1923,7 +1923,7 @@ edge_reload_credentials(Edge *edge, const SrvConfig *cfg, GError **error)
     return FALSE;
   edge_creds_unref(edge->creds);
   edge->creds = creds;
-  g_message("TLS credentials reloaded; new handshakes use them");
+  g_info("TLS credentials reloaded; new handshakes use them");
   return TRUE;
 }
 

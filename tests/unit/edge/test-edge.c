@@ -409,7 +409,8 @@ make_response(const SipwireMsg *req, guint status, const char *phrase, const cha
   g_autofree char *tag = sipwire_param_get(to, "tag");
   g_string_append_printf(s, "From: %s\r\nTo: %s%s\r\nCall-ID: %s\r\nCSeq: %s\r\n",
                          sipwire_msg_get_first(req, "From"), to, tag == NULL ? ";tag=uas" : "",
-                         sipwire_msg_get_first(req, "Call-ID"), sipwire_msg_get_first(req, "CSeq"));
+                         sipwire_msg_get_first(req, "Call-ID"),
+                         sipwire_msg_get_first(req, "CSeq"));
   if (extra != NULL)
     g_string_append(s, extra);
   g_string_append(s, "Content-Length: 0\r\n\r\n");

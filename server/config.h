@@ -58,7 +58,13 @@ void srv_config_free(SrvConfig *cfg);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(SrvConfig, srv_config_free)
 
 /* The default priority string (see sipcredd.conf(5)). */
+/* The default priority string (see sipcredd.conf(5)): TLS 1.3 and 1.2, the
+ * forward-secret AEAD suites first (server precedence), and still the RFC 6072
+ * section 10.5 suites TLS_RSA_WITH_AES_128_CBC_SHA and _SHA256; NORMAL alone
+ * lacks the SHA256 MAC that the second one needs. */
 #define SRV_TLS_PRIORITY_DEFAULT                                                                 \
-  "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:%SERVER_PRECEDENCE"
+  "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:+CHACHA20-POLY1305:"      \
+  "+AES-128-GCM:+AES-256-CCM:+AES-128-CCM:+AES-256-CBC:+AES-128-CBC:-KX-ALL:+ECDHE-ECDSA:"        \
+  "+ECDHE-RSA:+DHE-RSA:+RSA:+SHA256:%SERVER_PRECEDENCE"
 
 G_END_DECLS

@@ -294,16 +294,21 @@ static ClResult
 content_length_parse(const char *value, gsize limit, gsize *out)
 {
   gsize v = 0;
+  gboolean too_big = FALSE;
   if (*value == '\0')
     return CL_INVALID;
   for (const char *p = value; *p != '\0'; p++) {
     if (!g_ascii_isdigit(*p))
       return CL_INVALID;
-    if (v > limit)
+    if (too_big)
       continue; /* keep checking the syntax, the size is settled */
-    v = v * 10 + (gsize)(*p - '0');
+    gsize d = (gsize)(*p - '0');
+    if (v > (G_MAXSIZE - d) / 10 || v * 10 + d > limit)
+      too_big = TRUE;
+    else
+      v = v * 10 + d;
   }
-  if (v > limit)
+  if (too_big)
     return CL_TOO_BIG;
   *out = v;
   return CL_OK;
@@ -325,6 +330,7 @@ struct _SipwireFramer {
   gsize header_len; /* FRAMER_BODY: header block, including the empty line */
   gsize body_len;   /* FRAMER_BODY: Content-Length */
   gsize max;
+  gsize peak; /* largest buf->len since buf was allocated */
   FramerState state;
   GError *error; /* FRAMER_FAILED: why */
 };
@@ -364,6 +370,7 @@ sipwire_framer_push(SipwireFramer *framer, const guint8 *data, gsize len)
     data += chunk;
     len -= chunk;
   }
+  framer->peak = MAX(framer->peak, framer->buf->len);
 }
 
 gsize
@@ -379,7 +386,15 @@ static void
 framer_compact(SipwireFramer *f)
 {
   if (f->start == f->buf->len) {
-    g_byte_array_set_size(f->buf, 0);
+    /* An idle flow should not keep the room its largest message needed:
+     * there may be thousands of flows. */
+    if (f->peak > 16384) {
+      g_byte_array_unref(f->buf);
+      f->buf = g_byte_array_new();
+      f->peak = 0;
+    } else {
+      g_byte_array_set_size(f->buf, 0);
+    }
     f->start = 0;
   } else if (f->start >= 4096 && f->start >= f->buf->len / 2) {
     g_byte_array_remove_range(f->buf, 0, (guint)f->start);
@@ -392,7 +407,9 @@ framer_fail(SipwireFramer *f, GError *error, GError **out_error)
 {
   f->state = FRAMER_FAILED;
   f->error = error;
-  g_byte_array_set_size(f->buf, 0);
+  g_byte_array_unref(f->buf);
+  f->buf = g_byte_array_new();
+  f->peak = 0;
   f->start = 0;
   if (out_error != NULL)
     *out_error = g_error_copy(error);
@@ -803,27 +820,53 @@ sipwire_msg_get_status(const SipwireMsg *msg)
   return msg->status;
 }
 
+/* Tracks quoted strings and <> in a header value. Splitting, parameters and
+ * the edge's checks all use these same rules, so they agree on every input:
+ * a disagreement is where a spoofed parameter could hide. */
+typedef struct {
+  gboolean in_quote;
+  gboolean in_angle;
+} Scanner;
+
+/* Looks at **pp (moving *pp over the escaped character of a quoted-pair)
+ * and returns TRUE when it lies outside quotes and <>, so the caller may
+ * take it as a separator. */
+static gboolean
+scanner_step(Scanner *sc, const char **pp)
+{
+  const char *p = *pp;
+  if (sc->in_angle) {
+    if (*p == '>')
+      sc->in_angle = FALSE;
+    return FALSE;
+  }
+  if (sc->in_quote) {
+    if (*p == '\\' && p[1] != '\0')
+      *pp = p + 1;
+    else if (*p == '"')
+      sc->in_quote = FALSE;
+    return FALSE;
+  }
+  if (*p == '"') {
+    sc->in_quote = TRUE;
+    return FALSE;
+  }
+  if (*p == '<') {
+    sc->in_angle = TRUE;
+    return FALSE;
+  }
+  return TRUE;
+}
+
 /* Splits at commas outside quoted strings and <>; drops empty elements. */
 static void
 split_list(const char *value, GPtrArray *out)
 {
-  gboolean in_quote = FALSE, in_angle = FALSE;
+  Scanner sc = { FALSE, FALSE };
   const char *start = value, *p;
 
   for (p = value; *p != '\0'; p++) {
-    if (in_angle) {
-      if (*p == '>')
-        in_angle = FALSE;
-    } else if (in_quote) {
-      if (*p == '\\' && p[1] != '\0')
-        p++;
-      else if (*p == '"')
-        in_quote = FALSE;
-    } else if (*p == '"') {
-      in_quote = TRUE;
-    } else if (*p == '<') {
-      in_angle = TRUE;
-    } else if (*p == ',') {
+    if (scanner_step(&sc, &p) && *p == ',') {
       char *v = strndup_trimmed(start, (gsize)(p - start));
       if (*v != '\0')
         g_ptr_array_add(out, v);
@@ -1004,6 +1047,17 @@ sipwire_msg_serialize(const SipwireMsg *msg)
 
 /* ---- Header parameters ------------------------------------------------- */
 
+/* Ends an in-place filter that kept the first @len elements. A peer decides
+ * how many elements there are, so filters move each one once instead of
+ * removing them one by one. The free function sees only NULLs here. */
+static void
+ptr_array_truncate(GPtrArray *a, guint len)
+{
+  for (guint i = len; i < a->len; i++)
+    a->pdata[i] = NULL;
+  g_ptr_array_set_size(a, (gint)len);
+}
+
 typedef struct {
   char *name;
   char *value; /* NULL for a flag parameter */
@@ -1013,6 +1067,8 @@ static void
 param_free(gpointer p)
 {
   Param *param = p;
+  if (param == NULL)
+    return;
   g_free(param->name);
   g_free(param->value);
   g_free(param);
@@ -1024,24 +1080,18 @@ param_free(gpointer p)
 static gsize
 params_offset(const char *v)
 {
-  gboolean in_quote = FALSE;
+  Scanner sc = { FALSE, FALSE };
   const char *from = v;
   const char *p;
 
-  /* A Via ("SIP/2.0/TCP ...") has no <>: a '<' there must not hide the
-   * params after it (a "flow" among them). */
+  /* A Via ("SIP/2.0/TCP ...") is no name-addr: a '<' in it must not move
+   * where its params start. */
   const char *t = scan_token(v);
   gboolean is_via = t != NULL && *skip_ws(t) == '/';
 
   for (p = v; *p != '\0' && !is_via; p++) {
-    if (in_quote) {
-      if (*p == '\\' && p[1] != '\0')
-        p++;
-      else if (*p == '"')
-        in_quote = FALSE;
-    } else if (*p == '"') {
-      in_quote = TRUE;
-    } else if (*p == '<') {
+    scanner_step(&sc, &p);
+    if (sc.in_angle) {
       const char *gt = strchr(p, '>');
       if (gt == NULL)
         return strlen(v);
@@ -1060,19 +1110,10 @@ params_offset(const char *v)
       from = at + 1;
   }
 
-  in_quote = FALSE;
-  for (p = from; *p != '\0'; p++) {
-    if (in_quote) {
-      if (*p == '\\' && p[1] != '\0')
-        p++;
-      else if (*p == '"')
-        in_quote = FALSE;
-    } else if (*p == '"') {
-      in_quote = TRUE;
-    } else if (*p == ';') {
+  sc.in_quote = sc.in_angle = FALSE;
+  for (p = from; *p != '\0'; p++)
+    if (scanner_step(&sc, &p) && *p == ';')
       return (gsize)(p - v);
-    }
-  }
   return (gsize)(p - v);
 }
 
@@ -1081,25 +1122,14 @@ static gsize
 params_parse(const char *v, GPtrArray *out)
 {
   gsize off = params_offset(v);
-  const char *p = v + off, *start = p;
-  gboolean in_quote = FALSE;
+  const char *p = v + off, *start;
+  Scanner sc = { FALSE, FALSE };
 
   if (*p == '\0')
     return off;
   start = ++p; /* skip the first ';' */
   for (;; p++) {
-    if (in_quote && *p != '\0') {
-      if (*p == '\\' && p[1] != '\0')
-        p++;
-      else if (*p == '"')
-        in_quote = FALSE;
-      continue;
-    }
-    if (*p == '"') {
-      in_quote = TRUE;
-      continue;
-    }
-    if (*p != ';' && *p != '\0')
+    if (*p != '\0' && !(scanner_step(&sc, &p) && *p == ';'))
       continue;
     const char *eq = memchr(start, '=', (gsize)(p - start));
     Param *param = g_new0(Param, 1);
@@ -1158,16 +1188,17 @@ sipwire_param_remove(const char *header_value, const char *param)
   g_return_val_if_fail(header_value != NULL && param != NULL, NULL);
   g_autoptr(GPtrArray) params = g_ptr_array_new_with_free_func(param_free);
   gsize off = params_parse(header_value, params);
-  gboolean found = FALSE;
-  for (guint i = params->len; i > 0; i--) {
-    const Param *p = params->pdata[i - 1];
-    if (g_ascii_strcasecmp(p->name, param) == 0) {
-      g_ptr_array_remove_index(params, i - 1);
-      found = TRUE;
-    }
+  guint kept = 0;
+  for (guint i = 0; i < params->len; i++) {
+    Param *p = params->pdata[i];
+    if (g_ascii_strcasecmp(p->name, param) == 0)
+      param_free(p);
+    else
+      params->pdata[kept++] = p;
   }
-  if (!found)
+  if (kept == params->len)
     return g_strdup(header_value);
+  ptr_array_truncate(params, kept);
   return params_build(header_value, off, params);
 }
 
@@ -1180,19 +1211,21 @@ sipwire_param_set(const char *header_value, const char *param, const char *value
   g_autoptr(GPtrArray) params = g_ptr_array_new_with_free_func(param_free);
   gsize off = params_parse(header_value, params);
   gboolean found = FALSE;
-  for (guint i = 0; i < params->len;) {
+  guint kept = 0;
+  for (guint i = 0; i < params->len; i++) {
     Param *p = params->pdata[i];
-    if (g_ascii_strcasecmp(p->name, param) != 0) {
-      i++;
-    } else if (!found) {
+    if (g_ascii_strcasecmp(p->name, param) == 0) {
+      if (found) {
+        param_free(p);
+        continue;
+      }
       g_free(p->value);
       p->value = g_strdup(value);
       found = TRUE;
-      i++;
-    } else {
-      g_ptr_array_remove_index(params, i);
     }
+    params->pdata[kept++] = p;
   }
+  ptr_array_truncate(params, kept);
   if (!found) {
     Param *p = g_new0(Param, 1);
     p->name = g_strdup(param);
@@ -1279,23 +1312,17 @@ sipwire_via_get_sent_by(const char *via, char **host, guint16 *port)
 static char *
 value_get_uri(const char *value)
 {
-  gboolean in_quote = FALSE;
+  Scanner sc = { FALSE, FALSE };
   for (const char *p = value; *p != '\0'; p++) {
-    if (in_quote) {
-      if (*p == '\\' && p[1] != '\0')
-        p++;
-      else if (*p == '"')
-        in_quote = FALSE;
-    } else if (*p == '"') {
-      in_quote = TRUE;
-    } else if (*p == '<') {
+    scanner_step(&sc, &p);
+    if (sc.in_angle) {
       const char *gt = strchr(p, '>');
       if (gt == NULL)
         return NULL;
       return strndup_trimmed(p + 1, (gsize)(gt - p - 1));
     }
   }
-  return in_quote ? NULL : g_strstrip(g_strdup(value));
+  return sc.in_quote ? NULL : g_strstrip(g_strdup(value));
 }
 
 typedef struct {
@@ -1414,25 +1441,11 @@ ctx_names_us(const SipwireRelayCtx *ctx, const char *host, guint16 port)
 static gboolean
 value_is_balanced(const char *v)
 {
-  gboolean in_quote = FALSE, in_angle = FALSE;
-  for (const char *p = v; *p != '\0'; p++) {
-    if (in_angle) {
-      if (*p == '>')
-        in_angle = FALSE;
-    } else if (in_quote) {
-      if (*p == '\\' && p[1] != '\0')
-        p++;
-      else if (*p == '"')
-        in_quote = FALSE;
-    } else if (*p == '"') {
-      in_quote = TRUE;
-    } else if (*p == '<') {
-      in_angle = TRUE;
-    } else if (*p == '>') {
+  Scanner sc = { FALSE, FALSE };
+  for (const char *p = v; *p != '\0'; p++)
+    if (scanner_step(&sc, &p) && *p == '>')
       return FALSE;
-    }
-  }
-  return !in_quote && !in_angle;
+  return !sc.in_quote && !sc.in_angle;
 }
 
 static gboolean
@@ -1455,18 +1468,23 @@ str_array_new(void)
 static gboolean
 routes_strip_internal(const SipwireRelayCtx *ctx, GPtrArray *values, GError **error)
 {
-  for (guint i = 0; i < values->len;) {
+  guint kept = 0;
+  for (guint i = 0; i < values->len; i++) {
     g_autofree char *host = NULL;
     guint16 port = 0;
     if (!sipwire_nameaddr_get_host_port(values->pdata[i], NULL, &host, &port)) {
       g_set_error(error, SIPWIRE_ERROR, SIPWIRE_ERROR_MALFORMED, "unreadable route");
+      for (guint j = i; j < values->len; j++) /* still owned: the caller frees them */
+        values->pdata[kept++] = values->pdata[j];
+      ptr_array_truncate(values, kept);
       return FALSE;
     }
     if (ctx_is_internal(ctx, host, port))
-      g_ptr_array_remove_index(values, i);
+      g_free(values->pdata[i]);
     else
-      i++;
+      values->pdata[kept++] = values->pdata[i];
   }
+  ptr_array_truncate(values, kept);
   return TRUE;
 }
 
@@ -1489,6 +1507,9 @@ sipwire_relay_request_in(SipwireMsg *msg, const SipwireRelayCtx *ctx, GError **e
     return set_error_malformed(error, "no Via");
   if (!values_are_balanced(vias) || !values_are_balanced(routes) || !values_are_balanced(rrs))
     return set_error_malformed(error, "unbalanced quotes or <> in Via or Route");
+  for (guint i = 0; i < vias->len; i++)
+    if (strpbrk(vias->pdata[i], "<>") != NULL)
+      return set_error_malformed(error, "<> in a Via");
   g_autoptr(GPtrArray) kept = str_array_new();
   for (guint i = 0; i < vias->len; i++) {
     g_autofree char *host = NULL;
@@ -1503,14 +1524,16 @@ sipwire_relay_request_in(SipwireMsg *msg, const SipwireRelayCtx *ctx, GError **e
 
   if (!routes_strip_internal(ctx, routes, error))
     return FALSE;
-  while (routes->len > 0) {
+  guint ours = 0;
+  while (ours < routes->len) {
     g_autofree char *host = NULL;
     guint16 port = 0;
-    if (!sipwire_nameaddr_get_host_port(routes->pdata[0], NULL, &host, &port) ||
+    if (!sipwire_nameaddr_get_host_port(routes->pdata[ours], NULL, &host, &port) ||
         !ctx_names_us(ctx, host, port))
       break;
-    g_ptr_array_remove_index(routes, 0);
+    ours++;
   }
+  g_ptr_array_remove_range(routes, 0, ours);
 
   if (!routes_strip_internal(ctx, rrs, error))
     return FALSE;
@@ -1561,12 +1584,16 @@ contact_rewrite(const SipwireRelayCtx *ctx, const char *value)
   params_parse(value, params);
   if (strchr(value, '<') == NULL) {
     /* Bare form: the params went with the URI; keep only header params. */
-    for (guint i = params->len; i > 0; i--) {
-      const Param *p = params->pdata[i - 1];
+    guint kept = 0;
+    for (guint i = 0; i < params->len; i++) {
+      Param *p = params->pdata[i];
       if (g_ascii_strcasecmp(p->name, "maddr") == 0 ||
           g_ascii_strcasecmp(p->name, "transport") == 0 || g_ascii_strcasecmp(p->name, "lr") == 0)
-        g_ptr_array_remove_index(params, i - 1);
+        param_free(p);
+      else
+        params->pdata[kept++] = p;
     }
+    ptr_array_truncate(params, kept);
   }
   g_autofree char *base = g_strdup_printf("<sips:%s:%u>", ctx->public_host, ctx->public_port);
   return params_build(base, strlen(base), params);
@@ -1594,18 +1621,20 @@ static void
 routes_remove_internal(SipwireMsg *msg, const SipwireRelayCtx *ctx, const char *name)
 {
   g_autoptr(GPtrArray) values = sipwire_msg_get_values(msg, name);
-  guint before = values->len;
-  for (guint i = 0; i < values->len;) {
+  guint kept = 0;
+  for (guint i = 0; i < values->len; i++) {
     g_autofree char *host = NULL;
     guint16 port = 0;
     if (sipwire_nameaddr_get_host_port(values->pdata[i], NULL, &host, &port) &&
         ctx_is_internal(ctx, host, port))
-      g_ptr_array_remove_index(values, i);
+      g_free(values->pdata[i]);
     else
-      i++;
+      values->pdata[kept++] = values->pdata[i];
   }
-  if (values->len != before)
+  if (kept != values->len) {
+    ptr_array_truncate(values, kept);
     sipwire_msg_set_values(msg, name, values);
+  }
 }
 
 static gboolean

@@ -186,6 +186,25 @@ test_framer_byte_by_byte(void)
   assert_next(f, SIPWIRE_FRAME_NEED_MORE);
 }
 
+/* A message at the size limit, arriving byte by byte. */
+static void
+test_framer_large_byte_by_byte(void)
+{
+  g_autoptr(GString) text = g_string_new("MESSAGE sip:a@example.com SIP/2.0\r\n");
+  for (int i = 0; i < 800; i++)
+    g_string_append(text, "X-Filler: 0123456789012345678901234567890123456789\r\n");
+  g_string_append(text, "Content-Length: 20000\r\n\r\n");
+  for (int i = 0; i < 2000; i++)
+    g_string_append(text, "body\r\nbody");
+  g_autoptr(SipwireFramer) f = sipwire_framer_new(text->len);
+  for (gsize i = 0; i < text->len; i++) {
+    sipwire_framer_push(f, (const guint8 *)text->str + i, 1);
+    if (i + 1 < text->len)
+      assert_next(f, SIPWIRE_FRAME_NEED_MORE);
+  }
+  assert_next_message(f, text->str);
+}
+
 static void
 test_framer_pipelined(void)
 {
@@ -878,6 +897,14 @@ test_relay_request_in_errors(void)
     /* a Via we cannot read (RFC 4475 badinv01) */
     "MESSAGE sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.15;;,;,,\r\n"
     "Content-Length: 0\r\n\r\n",
+    /* <> in a Via: not Via syntax, and a place to hide a flow param */
+    "MESSAGE sip:a@example.com SIP/2.0\r\n"
+    "Via: SIP/2.0/TLS h;x=<\">;flow=Victim;y=<\">;branch=z9hG4bK1\r\n"
+    "Content-Length: 0\r\n\r\n",
+    /* an unterminated quoted string swallowing what follows */
+    "MESSAGE sip:a@example.com SIP/2.0\r\n"
+    "Via: SIP/2.0/TLS h;x=\"a, SIP/2.0/TCP 127.0.0.1:5070;flow=Victim\r\n"
+    "Content-Length: 0\r\n\r\n",
     /* a Record-Route we cannot check */
     "SUBSCRIBE sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\r\n"
     "Record-Route: <sip:127.0.0.1:5080\r\nContent-Length: 0\r\n\r\n",
@@ -906,6 +933,32 @@ test_relay_request_in_errors(void)
                                            "Content-Length: 0\r\n\r\n");
   g_assert_true(sipwire_relay_request_in(invite, &relay_ctx, NULL));
   g_assert_cmpstr(sipwire_msg_get_first(invite, "Record-Route"), ==, EDGE_RR);
+}
+
+/* Thousands of values, all to be removed: linear, and still right. */
+static void
+test_relay_many_values(void)
+{
+  g_autoptr(GString) text = g_string_new("SUBSCRIBE sip:alice@example.com SIP/2.0\r\nVia: ");
+  for (int i = 0; i < 2000; i++)
+    g_string_append(text, "SIP/2.0/TCP 127.0.0.1:5080;branch=z9hG4bKx, ");
+  g_string_append(text, "SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKc");
+  for (int i = 0; i < 2000; i++)
+    g_string_append(text, ";flow=Victim");
+  g_string_append(text, "\r\nRoute: ");
+  for (int i = 0; i < 2000; i++)
+    g_string_append(text, "<sip:example.com;lr>, <sip:127.0.0.1:5070;lr>, ");
+  g_string_append(text, "<sip:next.example.net;lr>\r\nContent-Length: 0\r\n\r\n");
+
+  g_autoptr(SipwireMsg) msg = parse_str(text->str);
+  g_autoptr(GError) error = NULL;
+  g_assert_true(sipwire_relay_request_in(msg, &relay_ctx, &error));
+  g_assert_no_error(error);
+  g_autoptr(GPtrArray) vias = sipwire_msg_get_values(msg, "Via");
+  g_assert_cmpuint(vias->len, ==, 2);
+  g_assert_cmpstr(vias->pdata[1], ==,
+                  "SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKc;received=192.0.2.7;rport=49152");
+  assert_values(msg, "Route", "<sip:next.example.net;lr>");
 }
 
 #define NUA_200_OK                                                                               \
@@ -1379,6 +1432,7 @@ main(int argc, char **argv)
 
   g_test_add_func("/sipwire/framer/single", test_framer_single);
   g_test_add_func("/sipwire/framer/byte-by-byte", test_framer_byte_by_byte);
+  g_test_add_func("/sipwire/framer/large-byte-by-byte", test_framer_large_byte_by_byte);
   g_test_add_func("/sipwire/framer/pipelined", test_framer_pipelined);
   g_test_add_func("/sipwire/framer/ping", test_framer_ping);
   g_test_add_func("/sipwire/framer/binary-body", test_framer_binary_body);
@@ -1399,6 +1453,7 @@ main(int argc, char **argv)
   g_test_add_func("/sipwire/relay/request-in", test_relay_request_in);
   g_test_add_func("/sipwire/relay/request-in-spoof", test_relay_request_in_spoof);
   g_test_add_func("/sipwire/relay/request-in-errors", test_relay_request_in_errors);
+  g_test_add_func("/sipwire/relay/many-values", test_relay_many_values);
   g_test_add_func("/sipwire/relay/response-out", test_relay_response_out);
   g_test_add_func("/sipwire/relay/response-out-spoofed", test_relay_response_out_spoofed);
   g_test_add_func("/sipwire/relay/notify-round-trip", test_relay_notify_round_trip);

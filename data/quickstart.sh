@@ -137,9 +137,9 @@ EOF
             (umask 077 && random_password >"$pwfile")
         fi
         chmod 0600 "$pwfile"
-        "$sipcred" --config "$conf" user add "$aor" --password-file "$pwfile" \
+        "$sipcred" --config "$conf" user add "$aor" --password-file "$pwfile" >/dev/null \
             || die "could not add the user $aor"
-        "$sipcred" --config "$conf" cred import "$aor" "$dir/$u.pem" \
+        "$sipcred" --config "$conf" cred import "$aor" "$dir/$u.pem" >/dev/null \
             || die "could not import the certificate of $aor"
         echo "USER_$u=$aor:$(cat "$pwfile")" >>"$env_tmp"
     done
@@ -154,7 +154,8 @@ Try it from another shell: subscribe to alice's certificate (the NOTIFY carries 
 
   ( printf 'SUBSCRIBE sip:alice@$domain SIP/2.0\\r\\nVia: SIP/2.0/TLS 127.0.0.1:1;branch=z9hG4bK-try1\\r\\nMax-Forwards: 70\\r\\nFrom: <sip:bob@$domain>;tag=try1\\r\\nTo: <sip:alice@$domain>\\r\\nCall-ID: try1@127.0.0.1\\r\\nCSeq: 1 SUBSCRIBE\\r\\nContact: <sip:bob@127.0.0.1:1;transport=tls>\\r\\nEvent: certificate\\r\\nAccept: application/pkix-cert\\r\\nExpires: 60\\r\\nContent-Length: 0\\r\\n\\r\\n'; sleep 2 ) \\
     | gnutls-cli --x509cafile='$dir/ca.pem' --sni-hostname=$domain \\
-        --verify-hostname=$domain -p $port 127.0.0.1 | cat -v
+        --verify-hostname=$domain -p $port 127.0.0.1 \\
+    | grep -a -E '^(SIP/2.0 |NOTIFY |Content-Type|Content-Length|Subscription-State)'
 
 EOF
     exec "$sipcredd" --config "$conf"

@@ -13,7 +13,9 @@
 
 #include <string.h>
 
+/* clang-format off */
 G_DEFINE_QUARK(sipwire-error-quark, sipwire_error)
+/* clang-format on */
 
 #define IS_WS(c) ((c) == ' ' || (c) == '\t')
 
@@ -115,15 +117,23 @@ host_equal(const char *a, const char *b)
 /* ---- Header names ------------------------------------------------------ */
 
 static const char *const compact_forms[26] = {
-  ['b' - 'a'] = "Referred-By",      ['c' - 'a'] = "Content-Type",
-  ['e' - 'a'] = "Content-Encoding", ['f' - 'a'] = "From",
-  ['i' - 'a'] = "Call-ID",          ['k' - 'a'] = "Supported",
-  ['l' - 'a'] = "Content-Length",   ['m' - 'a'] = "Contact",
-  ['n' - 'a'] = "Identity-Info",    ['o' - 'a'] = "Event",
-  ['r' - 'a'] = "Refer-To",         ['s' - 'a'] = "Subject",
-  ['t' - 'a'] = "To",               ['u' - 'a'] = "Allow-Events",
-  ['v' - 'a'] = "Via",              ['x' - 'a'] = "Session-Expires",
-  ['y' - 'a'] = "Identity",
+    ['b' - 'a'] = "Referred-By",
+    ['c' - 'a'] = "Content-Type",
+    ['e' - 'a'] = "Content-Encoding",
+    ['f' - 'a'] = "From",
+    ['i' - 'a'] = "Call-ID",
+    ['k' - 'a'] = "Supported",
+    ['l' - 'a'] = "Content-Length",
+    ['m' - 'a'] = "Contact",
+    ['n' - 'a'] = "Identity-Info",
+    ['o' - 'a'] = "Event",
+    ['r' - 'a'] = "Refer-To",
+    ['s' - 'a'] = "Subject",
+    ['t' - 'a'] = "To",
+    ['u' - 'a'] = "Allow-Events",
+    ['v' - 'a'] = "Via",
+    ['x' - 'a'] = "Session-Expires",
+    ['y' - 'a'] = "Identity",
 };
 
 static const char *
@@ -147,8 +157,8 @@ static gboolean
 is_list_header(const char *name)
 {
   static const char *const lists[] = {
-    "Via",     "Route",         "Record-Route", "Contact", "Accept",      "Allow",
-    "Supported", "Require",     "Proxy-Require", "Allow-Events", "Unsupported",
+      "Via",       "Route",   "Record-Route",  "Contact",      "Accept",      "Allow",
+      "Supported", "Require", "Proxy-Require", "Allow-Events", "Unsupported",
   };
   const char *full = name_expand(name);
   for (gsize i = 0; i < G_N_ELEMENTS(lists); i++)
@@ -421,7 +431,7 @@ static gboolean
 framer_content_length(SipwireFramer *f, const guint8 *d, gsize header_len, gsize *cl,
                       GError **error)
 {
-  LineReader r = { d, header_len, 0 };
+  LineReader r = {d, header_len, 0};
   const guint8 *line;
   gsize n;
   g_autoptr(GString) name = g_string_new(NULL);
@@ -736,7 +746,7 @@ sipwire_msg_parse(const guint8 *data, gsize len, GError **error)
   }
 
   g_autoptr(SipwireMsg) msg = msg_new_empty();
-  LineReader r = { data, header_len, 0 };
+  LineReader r = {data, header_len, 0};
   const guint8 *line;
   gsize n;
 
@@ -862,7 +872,7 @@ scanner_step(Scanner *sc, const char **pp)
 static void
 split_list(const char *value, GPtrArray *out)
 {
-  Scanner sc = { FALSE, FALSE };
+  Scanner sc = {FALSE, FALSE};
   const char *start = value, *p;
 
   for (p = value; *p != '\0'; p++) {
@@ -1080,7 +1090,7 @@ param_free(gpointer p)
 static gsize
 params_offset(const char *v)
 {
-  Scanner sc = { FALSE, FALSE };
+  Scanner sc = {FALSE, FALSE};
   const char *from = v;
   const char *p;
 
@@ -1123,7 +1133,7 @@ params_parse(const char *v, GPtrArray *out)
 {
   gsize off = params_offset(v);
   const char *p = v + off, *start;
-  Scanner sc = { FALSE, FALSE };
+  Scanner sc = {FALSE, FALSE};
 
   if (*p == '\0')
     return off;
@@ -1312,7 +1322,7 @@ sipwire_via_get_sent_by(const char *via, char **host, guint16 *port)
 static char *
 value_get_uri(const char *value)
 {
-  Scanner sc = { FALSE, FALSE };
+  Scanner sc = {FALSE, FALSE};
   for (const char *p = value; *p != '\0'; p++) {
     scanner_step(&sc, &p);
     if (sc.in_angle) {
@@ -1386,7 +1396,7 @@ sipwire_nameaddr_get_host_port(const char *value, char **user, char **host, guin
 {
   g_return_val_if_fail(value != NULL, FALSE);
   g_autofree char *uri = value_get_uri(value);
-  g_auto(UriParts) parts = { 0 };
+  g_auto(UriParts) parts = {0};
   if (uri == NULL || !uri_parse(uri, &parts))
     return FALSE;
   if (user != NULL)
@@ -1405,8 +1415,7 @@ ctx_is_valid(const SipwireRelayCtx *ctx)
 {
   return ctx != NULL && is_alnum_string(ctx->flow_token) && ctx->internal_host != NULL &&
          is_safe_value(ctx->internal_host) && ctx->public_host != NULL &&
-         is_safe_value(ctx->public_host) && ctx->peer_ip != NULL &&
-         is_safe_value(ctx->peer_ip);
+         is_safe_value(ctx->public_host) && ctx->peer_ip != NULL && is_safe_value(ctx->peer_ip);
 }
 
 /* An address on the internal side: nua's listener or the edge's own. An
@@ -1441,7 +1450,7 @@ ctx_names_us(const SipwireRelayCtx *ctx, const char *host, guint16 port)
 static gboolean
 value_is_balanced(const char *v)
 {
-  Scanner sc = { FALSE, FALSE };
+  Scanner sc = {FALSE, FALSE};
   for (const char *p = v; *p != '\0'; p++)
     if (scanner_step(&sc, &p) && *p == '>')
       return FALSE;
@@ -1569,7 +1578,7 @@ static char *
 contact_rewrite(const SipwireRelayCtx *ctx, const char *value)
 {
   g_autofree char *uri = value_get_uri(value);
-  g_auto(UriParts) parts = { 0 };
+  g_auto(UriParts) parts = {0};
   if (uri == NULL || !uri_parse(uri, &parts))
     return NULL;
   if (!ctx_is_served(ctx, parts.host) && !host_equal(parts.host, ctx->internal_host))
@@ -1690,7 +1699,7 @@ sipwire_relay_request_out(SipwireMsg *msg, const SipwireRelayCtx *ctx, char **fl
 
   g_autoptr(GPtrArray) routes = sipwire_msg_get_values(msg, "Route");
   g_autofree char *uri = routes->len > 0 ? value_get_uri(routes->pdata[0]) : NULL;
-  g_auto(UriParts) parts = { 0 };
+  g_auto(UriParts) parts = {0};
   if (uri == NULL || !uri_parse(uri, &parts) || g_ascii_strcasecmp(parts.scheme, "sip") != 0 ||
       !host_equal(parts.host, ctx->internal_host) || parts.port != ctx->edge_internal_port ||
       !is_alnum_string(parts.user))
@@ -1782,8 +1791,8 @@ sipwire_build_response(const SipwireMsg *request, guint status, const char *phra
   g_string_append_printf(s, "SIP/2.0 %u %s\r\n", status, phrase);
   for (guint i = 0; i < vias->len; i++)
     g_string_append_printf(s, "Via: %s\r\n", (const char *)vias->pdata[i]);
-  g_string_append_printf(s, "From: %s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: %s\r\n", from, to,
-                         call_id, cseq);
+  g_string_append_printf(s, "From: %s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: %s\r\n", from, to, call_id,
+                         cseq);
   g_string_append(s, "Content-Length: 0\r\n\r\n");
   return g_string_free_to_bytes(s);
 }

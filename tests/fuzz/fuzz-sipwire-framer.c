@@ -14,14 +14,14 @@
 #include "server/sipwire.h"
 #include "fuzz.h"
 
-#define FUZZ_CHECK(cond)                                                                         \
-  G_STMT_START                                                                                   \
-  {                                                                                              \
-    if (!(cond)) {                                                                               \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);                  \
-      abort();                                                                                   \
-    }                                                                                            \
-  }                                                                                              \
+#define FUZZ_CHECK(cond)                                                                          \
+  G_STMT_START                                                                                    \
+  {                                                                                               \
+    if (!(cond)) {                                                                                \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);                    \
+      abort();                                                                                    \
+    }                                                                                             \
+  }                                                                                               \
   G_STMT_END
 
 /* One item out of the framer: a message (its bytes), a ping, or an error. */
@@ -50,7 +50,7 @@ drain(SipwireFramer *f, GArray *events)
       FUZZ_CHECK(out == NULL && error == NULL);
       return TRUE;
     }
-    Event e = { r, out, 0 };
+    Event e = {r, out, 0};
     if (r == SIPWIRE_FRAME_ERROR) {
       FUZZ_CHECK(error != NULL && error->domain == SIPWIRE_ERROR);
       e.code = error->code;
@@ -93,8 +93,8 @@ check_same_events(GArray *a, GArray *b)
 static void
 exercise_accessors(const SipwireMsg *msg)
 {
-  static const char *const names[] = { "Via", "Route", "Record-Route", "Contact", "From",
-                                       "To", "Call-ID", "CSeq", "l", "Accept" };
+  static const char *const names[] = {"Via", "Route",   "Record-Route", "Contact", "From",
+                                      "To",  "Call-ID", "CSeq",         "l",       "Accept"};
   for (gsize i = 0; i < G_N_ELEMENTS(names); i++) {
     g_autoptr(GPtrArray) values = sipwire_msg_get_values(msg, names[i]);
     const char *first = sipwire_msg_get_first(msg, names[i]);
@@ -111,6 +111,9 @@ exercise_accessors(const SipwireMsg *msg)
       FUZZ_CHECK(tag == NULL || g_str_equal(tag, "t"));
       g_autofree char *gone = sipwire_param_get(without, "branch");
       FUZZ_CHECK(gone == NULL);
+      /* Setting one param leaves the others as they were. */
+      g_autofree char *branch_after = sipwire_param_get(with, "branch");
+      FUZZ_CHECK(tag == NULL || g_strcmp0(branch, branch_after) == 0);
       sipwire_via_get_sent_by(v, &host, &port);
       sipwire_nameaddr_get_host_port(v, &user, &host2, &port);
     }
@@ -119,7 +122,7 @@ exercise_accessors(const SipwireMsg *msg)
   if (resp != NULL) {
     g_autoptr(GError) error = NULL;
     g_autoptr(SipwireMsg) r =
-      sipwire_msg_parse(g_bytes_get_data(resp, NULL), g_bytes_get_size(resp), &error);
+        sipwire_msg_parse(g_bytes_get_data(resp, NULL), g_bytes_get_size(resp), &error);
     FUZZ_CHECK(r != NULL && sipwire_msg_get_status(r) == 400);
   }
 }
@@ -129,7 +132,7 @@ check_message(GBytes *bytes)
 {
   g_autoptr(GError) error = NULL;
   g_autoptr(SipwireMsg) msg =
-    sipwire_msg_parse(g_bytes_get_data(bytes, NULL), g_bytes_get_size(bytes), &error);
+      sipwire_msg_parse(g_bytes_get_data(bytes, NULL), g_bytes_get_size(bytes), &error);
   if (msg == NULL) {
     FUZZ_CHECK(error != NULL && error->domain == SIPWIRE_ERROR);
     FUZZ_CHECK(error->code == SIPWIRE_ERROR_MALFORMED || error->code == SIPWIRE_ERROR_VERSION);
@@ -139,7 +142,7 @@ check_message(GBytes *bytes)
 
   g_autoptr(GBytes) s1 = sipwire_msg_serialize(msg);
   g_autoptr(SipwireMsg) again =
-    sipwire_msg_parse(g_bytes_get_data(s1, NULL), g_bytes_get_size(s1), &error);
+      sipwire_msg_parse(g_bytes_get_data(s1, NULL), g_bytes_get_size(s1), &error);
   FUZZ_CHECK(again != NULL);
   g_autoptr(GBytes) s2 = sipwire_msg_serialize(again);
   FUZZ_CHECK(g_bytes_equal(s1, s2));
@@ -179,7 +182,7 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
   /* A roomy limit, and a small one so the size checks are reached too. */
-  static const gsize limits[] = { 65536, 300 };
+  static const gsize limits[] = {65536, 300};
   for (gsize l = 0; l < G_N_ELEMENTS(limits); l++) {
     g_autoptr(GArray) whole = frame(data, size, limits[l], FALSE);
     g_autoptr(GArray) chunked = frame(data, size, limits[l], TRUE);

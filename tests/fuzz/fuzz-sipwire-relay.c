@@ -14,28 +14,28 @@
 #include "server/sipwire.h"
 #include "fuzz.h"
 
-#define FUZZ_CHECK(cond)                                                                         \
-  G_STMT_START                                                                                   \
-  {                                                                                              \
-    if (!(cond)) {                                                                               \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);                  \
-      abort();                                                                                   \
-    }                                                                                            \
-  }                                                                                              \
+#define FUZZ_CHECK(cond)                                                                          \
+  G_STMT_START                                                                                    \
+  {                                                                                               \
+    if (!(cond)) {                                                                                \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);                    \
+      abort();                                                                                    \
+    }                                                                                             \
+  }                                                                                               \
   G_STMT_END
 
-static const char *const domains[] = { "example.com", "example.org", NULL };
+static const char *const domains[] = {"example.com", "example.org", NULL};
 
 static const SipwireRelayCtx ctx = {
-  .flow_token = "Fl0wT0ken42",
-  .peer_ip = "192.0.2.7",
-  .peer_port = 49152,
-  .internal_host = "127.0.0.1",
-  .edge_internal_port = 5070,
-  .nua_port = 5080,
-  .public_host = "example.com",
-  .public_port = 5061,
-  .served_domains = domains,
+    .flow_token = "Fl0wT0ken42",
+    .peer_ip = "192.0.2.7",
+    .peer_port = 49152,
+    .internal_host = "127.0.0.1",
+    .edge_internal_port = 5070,
+    .nua_port = 5080,
+    .public_host = "example.com",
+    .public_port = 5061,
+    .served_domains = domains,
 };
 
 static gboolean
@@ -108,8 +108,7 @@ run_request_in(const uint8_t *data, size_t size)
                     g_str_equal(method, "REFER");
   const char *rr = sipwire_msg_get_first(out, "Record-Route");
   if (dialog)
-    FUZZ_CHECK(rr != NULL &&
-               g_str_equal(rr, "<sip:Fl0wT0ken42@127.0.0.1:5070;transport=tcp;lr>"));
+    FUZZ_CHECK(rr != NULL && g_str_equal(rr, "<sip:Fl0wT0ken42@127.0.0.1:5070;transport=tcp;lr>"));
   check_no_internal_routes(out, "Record-Route", dialog ? 1 : 0);
   check_no_internal_routes(out, "Route", 0);
 }

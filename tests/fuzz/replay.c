@@ -65,7 +65,7 @@ main(int argc, char **argv)
   }
   for (int i = 1; i < argc; i++) {
     gboolean ok = g_file_test(argv[i], G_FILE_TEST_IS_DIR) ? run_dir(argv[i], &count)
-                                                            : run_file(argv[i], &count);
+                                                           : run_file(argv[i], &count);
     if (!ok)
       return 1;
   }

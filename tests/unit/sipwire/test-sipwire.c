@@ -6,20 +6,20 @@
 
 #include "server/sipwire.h"
 
-static const char *const served_domains[] = { "example.com", "example.org", NULL };
+static const char *const served_domains[] = {"example.com", "example.org", NULL};
 
 /* The edge of these tests: TLS on example.com:5061, its internal listener on
  * 127.0.0.1:5070 and nua on 127.0.0.1:5080. */
 static const SipwireRelayCtx relay_ctx = {
-  .flow_token = "Fl0wT0ken42",
-  .peer_ip = "192.0.2.7",
-  .peer_port = 49152,
-  .internal_host = "127.0.0.1",
-  .edge_internal_port = 5070,
-  .nua_port = 5080,
-  .public_host = "example.com",
-  .public_port = 5061,
-  .served_domains = served_domains,
+    .flow_token = "Fl0wT0ken42",
+    .peer_ip = "192.0.2.7",
+    .peer_port = 49152,
+    .internal_host = "127.0.0.1",
+    .edge_internal_port = 5070,
+    .nua_port = 5080,
+    .public_host = "example.com",
+    .public_port = 5061,
+    .served_domains = served_domains,
 };
 
 #define EDGE_RR "<sip:Fl0wT0ken42@127.0.0.1:5070;transport=tcp;lr>"
@@ -62,12 +62,12 @@ values_join(const SipwireMsg *msg, const char *name)
   return g_strjoinv(" | ", (char **)values->pdata);
 }
 
-#define assert_values(msg, name, expected)                                                       \
-  G_STMT_START                                                                                   \
-  {                                                                                              \
-    g_autofree char *joined_ = values_join((msg), (name));                                       \
-    g_assert_cmpstr(joined_, ==, (expected));                                                    \
-  }                                                                                              \
+#define assert_values(msg, name, expected)                                                        \
+  G_STMT_START                                                                                    \
+  {                                                                                               \
+    g_autofree char *joined_ = values_join((msg), (name));                                        \
+    g_assert_cmpstr(joined_, ==, (expected));                                                     \
+  }                                                                                               \
   G_STMT_END
 
 static void
@@ -120,26 +120,26 @@ assert_next_error(SipwireFramer *f, SipwireError code)
 
 /* ---- framing ----------------------------------------------------------- */
 
-#define OPTIONS_MSG                                                                              \
-  "OPTIONS sip:alice@example.com SIP/2.0\r\n"                                                    \
-  "Via: SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKopt1\r\n"                                        \
-  "From: <sip:bob@example.com>;tag=b1\r\n"                                                       \
-  "To: <sip:alice@example.com>\r\n"                                                              \
-  "Call-ID: opt1@10.0.0.5\r\n"                                                                   \
-  "CSeq: 1 OPTIONS\r\n"                                                                          \
-  "Content-Length: 0\r\n"                                                                        \
+#define OPTIONS_MSG                                                                               \
+  "OPTIONS sip:alice@example.com SIP/2.0\r\n"                                                     \
+  "Via: SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKopt1\r\n"                                         \
+  "From: <sip:bob@example.com>;tag=b1\r\n"                                                        \
+  "To: <sip:alice@example.com>\r\n"                                                               \
+  "Call-ID: opt1@10.0.0.5\r\n"                                                                    \
+  "CSeq: 1 OPTIONS\r\n"                                                                           \
+  "Content-Length: 0\r\n"                                                                         \
   "\r\n"
 
-#define MESSAGE_MSG                                                                              \
-  "MESSAGE sip:alice@example.com SIP/2.0\r\n"                                                    \
-  "Via: SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKmsg1\r\n"                                        \
-  "From: <sip:bob@example.com>;tag=b2\r\n"                                                       \
-  "To: <sip:alice@example.com>\r\n"                                                              \
-  "Call-ID: msg1@10.0.0.5\r\n"                                                                   \
-  "CSeq: 2 MESSAGE\r\n"                                                                          \
-  "Content-Type: text/plain\r\n"                                                                 \
-  "l: 13\r\n"                                                                                    \
-  "\r\n"                                                                                         \
+#define MESSAGE_MSG                                                                               \
+  "MESSAGE sip:alice@example.com SIP/2.0\r\n"                                                     \
+  "Via: SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKmsg1\r\n"                                         \
+  "From: <sip:bob@example.com>;tag=b2\r\n"                                                        \
+  "To: <sip:alice@example.com>\r\n"                                                               \
+  "Call-ID: msg1@10.0.0.5\r\n"                                                                    \
+  "CSeq: 2 MESSAGE\r\n"                                                                           \
+  "Content-Type: text/plain\r\n"                                                                  \
+  "l: 13\r\n"                                                                                     \
+  "\r\n"                                                                                          \
   "Hello, Alice!"
 
 static void
@@ -252,7 +252,7 @@ test_framer_ping(void)
 static void
 test_framer_binary_body(void)
 {
-  static const guint8 body[] = { 'a', 0x00, 0xff, '\r', '\n', '\r', '\n', 0x00, 'z' };
+  static const guint8 body[] = {'a', 0x00, 0xff, '\r', '\n', '\r', '\n', 0x00, 'z'};
   g_autofree char *head = g_strdup_printf("MESSAGE sip:a@example.com SIP/2.0\r\n"
                                           "Content-Type: application/octet-stream\r\n"
                                           "Content-Length: %zu\r\n\r\n",
@@ -287,16 +287,16 @@ test_framer_content_length_errors(void)
     const char *header;
     SipwireError code;
   } cases[] = {
-    { "", SIPWIRE_ERROR_FRAMING },                               /* missing */
-    { "Content-Length: -5\r\n", SIPWIRE_ERROR_FRAMING },         /* negative */
-    { "Content-Length: five\r\n", SIPWIRE_ERROR_FRAMING },       /* non-numeric */
-    { "Content-Length: 5x\r\n", SIPWIRE_ERROR_FRAMING },         /* trailing junk */
-    { "Content-Length:\r\n", SIPWIRE_ERROR_FRAMING },            /* empty */
-    { "Content-Length: 5, 5\r\n", SIPWIRE_ERROR_FRAMING },       /* list */
-    { "Content-Length: 0\r\nl: 0\r\n", SIPWIRE_ERROR_FRAMING },  /* duplicated */
-    { "Content-Length: 13\r\nContent-Length: 5\r\n", SIPWIRE_ERROR_FRAMING },
-    { "Content-Length: 70000\r\n", SIPWIRE_ERROR_TOO_BIG },      /* over the limit */
-    { "Content-Length: 99999999999999999999999999\r\n", SIPWIRE_ERROR_TOO_BIG },
+      {"", SIPWIRE_ERROR_FRAMING},                              /* missing */
+      {"Content-Length: -5\r\n", SIPWIRE_ERROR_FRAMING},        /* negative */
+      {"Content-Length: five\r\n", SIPWIRE_ERROR_FRAMING},      /* non-numeric */
+      {"Content-Length: 5x\r\n", SIPWIRE_ERROR_FRAMING},        /* trailing junk */
+      {"Content-Length:\r\n", SIPWIRE_ERROR_FRAMING},           /* empty */
+      {"Content-Length: 5, 5\r\n", SIPWIRE_ERROR_FRAMING},      /* list */
+      {"Content-Length: 0\r\nl: 0\r\n", SIPWIRE_ERROR_FRAMING}, /* duplicated */
+      {"Content-Length: 13\r\nContent-Length: 5\r\n", SIPWIRE_ERROR_FRAMING},
+      {"Content-Length: 70000\r\n", SIPWIRE_ERROR_TOO_BIG}, /* over the limit */
+      {"Content-Length: 99999999999999999999999999\r\n", SIPWIRE_ERROR_TOO_BIG},
   };
   for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
     g_autoptr(SipwireFramer) f = sipwire_framer_new(65536);
@@ -404,19 +404,17 @@ test_msg_parse_errors(void)
   assert_parse_fails("SIP/2.0 099 Low\r\n\r\n", SIPWIRE_ERROR_MALFORMED);
   assert_parse_fails("SIP/2.0 700 High\r\n\r\n", SIPWIRE_ERROR_MALFORMED);
   /* Header lines. */
-  assert_parse_fails("OPTIONS sip:a@b SIP/2.0\r\nno colon here\r\n\r\n",
-                     SIPWIRE_ERROR_MALFORMED);
+  assert_parse_fails("OPTIONS sip:a@b SIP/2.0\r\nno colon here\r\n\r\n", SIPWIRE_ERROR_MALFORMED);
   assert_parse_fails("OPTIONS sip:a@b SIP/2.0\r\n: empty name\r\n\r\n", SIPWIRE_ERROR_MALFORMED);
   assert_parse_fails("OPTIONS sip:a@b SIP/2.0\r\nBad Name: v\r\n\r\n", SIPWIRE_ERROR_MALFORMED);
-  assert_parse_fails("OPTIONS sip:a@b SIP/2.0\r\n folded: first\r\n\r\n",
-                     SIPWIRE_ERROR_MALFORMED);
+  assert_parse_fails("OPTIONS sip:a@b SIP/2.0\r\n folded: first\r\n\r\n", SIPWIRE_ERROR_MALFORMED);
   /* A bare CR could end the line for another parser: header injection. */
   assert_parse_fails("OPTIONS sip:a@b SIP/2.0\r\nX-A: a\rVia: SIP/2.0/TCP 127.0.0.1:5080\r\n\r\n",
                      SIPWIRE_ERROR_MALFORMED);
   static const char with_nul[] = "OPTIONS sip:a@b SIP/2.0\r\nTo: \"a\0b\" <sip:a@b>\r\n\r\n";
   g_autoptr(GError) error = NULL;
   g_autoptr(SipwireMsg) msg =
-    sipwire_msg_parse((const guint8 *)with_nul, sizeof with_nul - 1, &error);
+      sipwire_msg_parse((const guint8 *)with_nul, sizeof with_nul - 1, &error);
   g_assert_error(error, SIPWIRE_ERROR, SIPWIRE_ERROR_MALFORMED);
   g_assert_null(msg);
   /* Content-Length larger than the bytes there, or duplicated. */
@@ -481,20 +479,29 @@ test_msg_compact(void)
                                         "n: <https://example.com/cert>;alg=rsa-sha256\r\n"
                                         "L: 0\r\n\r\n");
   static const char *const pairs[][2] = {
-    { "From", "<sip:b@example.com>;tag=1" }, { "To", "<sip:a@example.com>" },
-    { "Call-ID", "c1" }, { "Contact", "<sip:b@10.0.0.1>" }, { "Event", "credential" },
-    { "Allow-Events", "certificate" }, { "Supported", "path" },
-    { "Content-Type", "text/plain" }, { "Content-Encoding", "gzip" }, { "Subject", "hi" },
-    { "Refer-To", "<sip:c@example.com>" }, { "Referred-By", "<sip:d@example.com>" },
-    { "Session-Expires", "90" }, { "Identity", "\"abc\"" },
-    { "identity-info", "<https://example.com/cert>;alg=rsa-sha256" },
-    { "content-length", "0" },
+      {"From", "<sip:b@example.com>;tag=1"},
+      {"To", "<sip:a@example.com>"},
+      {"Call-ID", "c1"},
+      {"Contact", "<sip:b@10.0.0.1>"},
+      {"Event", "credential"},
+      {"Allow-Events", "certificate"},
+      {"Supported", "path"},
+      {"Content-Type", "text/plain"},
+      {"Content-Encoding", "gzip"},
+      {"Subject", "hi"},
+      {"Refer-To", "<sip:c@example.com>"},
+      {"Referred-By", "<sip:d@example.com>"},
+      {"Session-Expires", "90"},
+      {"Identity", "\"abc\""},
+      {"identity-info", "<https://example.com/cert>;alg=rsa-sha256"},
+      {"content-length", "0"},
   };
   for (gsize i = 0; i < G_N_ELEMENTS(pairs); i++)
     g_assert_cmpstr(sipwire_msg_get_first(msg, pairs[i][0]), ==, pairs[i][1]);
   /* Lookups by compact name find the long forms too. */
-  assert_values(msg, "v", "SIP/2.0/TCP a.example.com;branch=z9hG4bK1 | "
-                          "SIP/2.0/TCP b.example.com;branch=z9hG4bK2");
+  assert_values(msg, "v",
+                "SIP/2.0/TCP a.example.com;branch=z9hG4bK1 | "
+                "SIP/2.0/TCP b.example.com;branch=z9hG4bK2");
   assert_values(msg, "Allow-Events", "certificate | credential");
   g_assert_cmpstr(sipwire_msg_get_first(msg, "l"), ==, "0");
 
@@ -508,15 +515,15 @@ static void
 test_msg_list_split(void)
 {
   g_autoptr(SipwireMsg) msg =
-    parse_str("REGISTER sip:example.com SIP/2.0\r\n"
-              "Via: SIP/2.0/TLS a.example.com;branch=z9hG4bK1 ,SIP/2.0/TLS b;branch=z9hG4bK2\r\n"
-              "Contact: \"Doe, John \\\"JD\\\", Jr\" <sip:jd@10.0.0.1;x=\"a,b\">;q=0.5, "
-              "<sip:jd@10.0.0.2?h=a,b>, sip:jd@10.0.0.3\r\n"
-              "Contact: ,, <sip:jd@10.0.0.4>\r\n"
-              "Route: <sip:p1.example.net;lr>,<sip:p2.example.net;lr>\r\n"
-              "Accept: application/pkix-cert, application/pkcs8\r\n"
-              "Subject: not, a, list\r\n"
-              "Content-Length: 0\r\n\r\n");
+      parse_str("REGISTER sip:example.com SIP/2.0\r\n"
+                "Via: SIP/2.0/TLS a.example.com;branch=z9hG4bK1 ,SIP/2.0/TLS b;branch=z9hG4bK2\r\n"
+                "Contact: \"Doe, John \\\"JD\\\", Jr\" <sip:jd@10.0.0.1;x=\"a,b\">;q=0.5, "
+                "<sip:jd@10.0.0.2?h=a,b>, sip:jd@10.0.0.3\r\n"
+                "Contact: ,, <sip:jd@10.0.0.4>\r\n"
+                "Route: <sip:p1.example.net;lr>,<sip:p2.example.net;lr>\r\n"
+                "Accept: application/pkix-cert, application/pkcs8\r\n"
+                "Subject: not, a, list\r\n"
+                "Content-Length: 0\r\n\r\n");
   assert_values(msg, "Via",
                 "SIP/2.0/TLS a.example.com;branch=z9hG4bK1 | SIP/2.0/TLS b;branch=z9hG4bK2");
   assert_values(msg, "m",
@@ -598,13 +605,13 @@ static void
 test_msg_round_trip(void)
 {
   const char *inputs[] = {
-    OPTIONS_MSG,
-    MESSAGE_MSG,
-    "INVITE sip:vivekg@chair-dnrc.example.com;unknownparam SIP/2.0\n"
-    "TO :\n sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n\n"
-    "from   : \"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>\n  ;\n  tag = 98asjd8\n"
-    "Call-ID: wsinv\nl: 3\n\nabc",
-    "SIP/2.0 200 OK\r\nVia: a\r\nVia: b\r\nContent-Length: 2\r\n\r\nxy",
+      OPTIONS_MSG,
+      MESSAGE_MSG,
+      "INVITE sip:vivekg@chair-dnrc.example.com;unknownparam SIP/2.0\n"
+      "TO :\n sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n\n"
+      "from   : \"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>\n  ;\n  tag = 98asjd8\n"
+      "Call-ID: wsinv\nl: 3\n\nabc",
+      "SIP/2.0 200 OK\r\nVia: a\r\nVia: b\r\nContent-Length: 2\r\n\r\nxy",
   };
   for (gsize i = 0; i < G_N_ELEMENTS(inputs); i++) {
     g_autoptr(SipwireMsg) m1 = parse_str(inputs[i]);
@@ -638,24 +645,24 @@ test_param_get(void)
   static const struct {
     const char *value, *param, *expected;
   } cases[] = {
-    { "SIP/2.0/TCP h:5060;branch=z9hG4bK1;rport;received=1.2.3.4", "branch", "z9hG4bK1" },
-    { "SIP/2.0/TCP h:5060;branch=z9hG4bK1;rport;received=1.2.3.4", "rport", "" },
-    { "SIP/2.0/TCP h:5060;branch=z9hG4bK1;rport;received=1.2.3.4", "RECEIVED", "1.2.3.4" },
-    { "SIP/2.0/TCP h:5060;branch=z9hG4bK1", "flow", NULL },
-    { "SIP/2.0/TCP h ; branch = z9hG4bK9 ; flow=abc", "flow", "abc" },
-    /* name-addr: URI params are not header params */
-    { "\"A;b=c\" <sip:a@h;tag=uri;lr>;tag=hdr;expires=60", "tag", "hdr" },
-    { "<sip:a@h;lr>", "lr", NULL },
-    { "<sip:a@h;lr>;q=0.5", "q", "0.5" },
-    { "Bob <sip:a@h", "tag", NULL },
-    /* bare URIs: all params; a ';' in the user part is not one */
-    { "sip:h;lr", "lr", "" },
-    { "sip:h:5070;maddr=127.0.0.1;transport=tcp", "transport", "tcp" },
-    { "sip:user;par=u%40example.net@example.com;x=1", "par", NULL },
-    { "sip:user;par=u%40example.net@example.com;x=1", "x", "1" },
-    { "sip:a@h;p=\"q;r=s\"", "r", NULL },
-    /* an '@' in a Via does not hide params written before it */
-    { "SIP/2.0/TCP h;flow=victim;x=a@b", "flow", "victim" },
+      {"SIP/2.0/TCP h:5060;branch=z9hG4bK1;rport;received=1.2.3.4", "branch", "z9hG4bK1"},
+      {"SIP/2.0/TCP h:5060;branch=z9hG4bK1;rport;received=1.2.3.4", "rport", ""},
+      {"SIP/2.0/TCP h:5060;branch=z9hG4bK1;rport;received=1.2.3.4", "RECEIVED", "1.2.3.4"},
+      {"SIP/2.0/TCP h:5060;branch=z9hG4bK1", "flow", NULL},
+      {"SIP/2.0/TCP h ; branch = z9hG4bK9 ; flow=abc", "flow", "abc"},
+      /* name-addr: URI params are not header params */
+      {"\"A;b=c\" <sip:a@h;tag=uri;lr>;tag=hdr;expires=60", "tag", "hdr"},
+      {"<sip:a@h;lr>", "lr", NULL},
+      {"<sip:a@h;lr>;q=0.5", "q", "0.5"},
+      {"Bob <sip:a@h", "tag", NULL},
+      /* bare URIs: all params; a ';' in the user part is not one */
+      {"sip:h;lr", "lr", ""},
+      {"sip:h:5070;maddr=127.0.0.1;transport=tcp", "transport", "tcp"},
+      {"sip:user;par=u%40example.net@example.com;x=1", "par", NULL},
+      {"sip:user;par=u%40example.net@example.com;x=1", "x", "1"},
+      {"sip:a@h;p=\"q;r=s\"", "r", NULL},
+      /* an '@' in a Via does not hide params written before it */
+      {"SIP/2.0/TCP h;flow=victim;x=a@b", "flow", "victim"},
   };
   for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
     g_autofree char *v = sipwire_param_get(cases[i].value, cases[i].param);
@@ -671,18 +678,21 @@ test_param_set_remove(void)
     const char *value, *param, *set_to; /* set_to "-": remove; NULL: flag */
     const char *expected;
   } cases[] = {
-    { "SIP/2.0/TCP h;branch=z9hG4bK1;flow=a;x;flow=b", "flow", "-", "SIP/2.0/TCP h;branch=z9hG4bK1;x" },
-    { "SIP/2.0/TCP h;branch=z9hG4bK1", "flow", "-", "SIP/2.0/TCP h;branch=z9hG4bK1" },
-    { "SIP/2.0/TCP h ;flow=a", "FLOW", "-", "SIP/2.0/TCP h" },
-    { "SIP/2.0/TCP h;rport;branch=z9hG4bK1", "rport", "5062", "SIP/2.0/TCP h;rport=5062;branch=z9hG4bK1" },
-    { "SIP/2.0/TCP h;branch=z9hG4bK1", "received", "192.0.2.1", "SIP/2.0/TCP h;branch=z9hG4bK1;received=192.0.2.1" },
-    { "SIP/2.0/TCP h;received=1;received=2", "received", "3", "SIP/2.0/TCP h;received=3" },
-    { "SIP/2.0/TCP h", "rport", NULL, "SIP/2.0/TCP h;rport" },
-    { "<sip:a@h;tag=u>;tag=x", "tag", "y", "<sip:a@h;tag=u>;tag=y" },
-    { "<sip:a@h;tag=u>", "tag", "y", "<sip:a@h;tag=u>;tag=y" },
-    { "\"X\" <sip:a@h;lr>;expires=5;q=1", "expires", "-", "\"X\" <sip:a@h;lr>;q=1" },
-    { "sip:a@h", "tag", "t1", "sip:a@h;tag=t1" },
-    { "sip:h;lr;transport=tcp", "lr", "-", "sip:h;transport=tcp" },
+      {"SIP/2.0/TCP h;branch=z9hG4bK1;flow=a;x;flow=b", "flow", "-",
+       "SIP/2.0/TCP h;branch=z9hG4bK1;x"},
+      {"SIP/2.0/TCP h;branch=z9hG4bK1", "flow", "-", "SIP/2.0/TCP h;branch=z9hG4bK1"},
+      {"SIP/2.0/TCP h ;flow=a", "FLOW", "-", "SIP/2.0/TCP h"},
+      {"SIP/2.0/TCP h;rport;branch=z9hG4bK1", "rport", "5062",
+       "SIP/2.0/TCP h;rport=5062;branch=z9hG4bK1"},
+      {"SIP/2.0/TCP h;branch=z9hG4bK1", "received", "192.0.2.1",
+       "SIP/2.0/TCP h;branch=z9hG4bK1;received=192.0.2.1"},
+      {"SIP/2.0/TCP h;received=1;received=2", "received", "3", "SIP/2.0/TCP h;received=3"},
+      {"SIP/2.0/TCP h", "rport", NULL, "SIP/2.0/TCP h;rport"},
+      {"<sip:a@h;tag=u>;tag=x", "tag", "y", "<sip:a@h;tag=u>;tag=y"},
+      {"<sip:a@h;tag=u>", "tag", "y", "<sip:a@h;tag=u>;tag=y"},
+      {"\"X\" <sip:a@h;lr>;expires=5;q=1", "expires", "-", "\"X\" <sip:a@h;lr>;q=1"},
+      {"sip:a@h", "tag", "t1", "sip:a@h;tag=t1"},
+      {"sip:h;lr;transport=tcp", "lr", "-", "sip:h;transport=tcp"},
   };
   for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
     g_autofree char *v = NULL;
@@ -702,12 +712,13 @@ test_sent_by(void)
     const char *via, *host;
     guint16 port;
   } good[] = {
-    { "SIP/2.0/TCP 127.0.0.1:5080;branch=z9hG4bK1", "127.0.0.1", 5080 },
-    { "SIP/2.0/TLS client.example.com;branch=z9hG4bK1", "client.example.com", 0 },
-    { "SIP  / 2.0  / TCP     spindle.example.com   ;  branch  =   z9hG4bK9ikj8", "spindle.example.com", 0 },
-    { "SIP/2.0/UDP [2001:db8::9:1]:5060;branch=z9hG4bK1", "[2001:db8::9:1]", 5060 },
-    { "SIP/2.0/TCP h : 05070", "h", 5070 },
-    { "SIP/2.0/WS df7jal23ls0d.invalid;branch=z9hG4bK1", "df7jal23ls0d.invalid", 0 },
+      {"SIP/2.0/TCP 127.0.0.1:5080;branch=z9hG4bK1", "127.0.0.1", 5080},
+      {"SIP/2.0/TLS client.example.com;branch=z9hG4bK1", "client.example.com", 0},
+      {"SIP  / 2.0  / TCP     spindle.example.com   ;  branch  =   z9hG4bK9ikj8",
+       "spindle.example.com", 0},
+      {"SIP/2.0/UDP [2001:db8::9:1]:5060;branch=z9hG4bK1", "[2001:db8::9:1]", 5060},
+      {"SIP/2.0/TCP h : 05070", "h", 5070},
+      {"SIP/2.0/WS df7jal23ls0d.invalid;branch=z9hG4bK1", "df7jal23ls0d.invalid", 0},
   };
   for (gsize i = 0; i < G_N_ELEMENTS(good); i++) {
     g_autofree char *host = NULL;
@@ -718,9 +729,19 @@ test_sent_by(void)
     g_assert_cmpuint(port, ==, good[i].port);
   }
   static const char *const bad[] = {
-    "", ";", "SIP/2.0/TCP", "SIP/2.0/TCP ", "SIP/2.0 TCP h", "SIP/2.0/TCPh",
-    "SIP/2.0/TCP h:0", "SIP/2.0/TCP h:65536", "SIP/2.0/TCP h:123456", "SIP/2.0/TCP h:",
-    "SIP/2.0/TCP h x", "SIP/2.0/TCP [::1", "SIP/2.0/TCP h/x;branch=1",
+      "",
+      ";",
+      "SIP/2.0/TCP",
+      "SIP/2.0/TCP ",
+      "SIP/2.0 TCP h",
+      "SIP/2.0/TCPh",
+      "SIP/2.0/TCP h:0",
+      "SIP/2.0/TCP h:65536",
+      "SIP/2.0/TCP h:123456",
+      "SIP/2.0/TCP h:",
+      "SIP/2.0/TCP h x",
+      "SIP/2.0/TCP [::1",
+      "SIP/2.0/TCP h/x;branch=1",
   };
   for (gsize i = 0; i < G_N_ELEMENTS(bad); i++) {
     g_autofree char *host = NULL;
@@ -738,13 +759,13 @@ test_nameaddr(void)
     const char *value, *user, *host;
     guint16 port;
   } good[] = {
-    { EDGE_RR, "Fl0wT0ken42", "127.0.0.1", 5070 },
-    { "\"Alice, A.\" <sips:alice:secret@example.com:5061;transport=tls>;q=1", "alice",
-      "example.com", 5061 },
-    { "sip:example.com;lr", NULL, "example.com", 0 },
-    { "<sip:[2001:db8::1]:5080>", NULL, "[2001:db8::1]", 5080 },
-    { "sip:user;par=u%40example.net@example.com", "user;par=u%40example.net", "example.com", 0 },
-    { "<sip:a@h?subject=x>", "a", "h", 0 },
+      {EDGE_RR, "Fl0wT0ken42", "127.0.0.1", 5070},
+      {"\"Alice, A.\" <sips:alice:secret@example.com:5061;transport=tls>;q=1", "alice",
+       "example.com", 5061},
+      {"sip:example.com;lr", NULL, "example.com", 0},
+      {"<sip:[2001:db8::1]:5080>", NULL, "[2001:db8::1]", 5080},
+      {"sip:user;par=u%40example.net@example.com", "user;par=u%40example.net", "example.com", 0},
+      {"<sip:a@h?subject=x>", "a", "h", 0},
   };
   for (gsize i = 0; i < G_N_ELEMENTS(good); i++) {
     g_autofree char *user = NULL, *host = NULL;
@@ -756,8 +777,8 @@ test_nameaddr(void)
     g_assert_cmpuint(port, ==, good[i].port);
   }
   static const char *const bad[] = {
-    "", "*", "<sip:a@h", "\"unterminated <sip:a@h>", "<>", "<sip:>", "<:a@h>",
-    "<sip:a@h:99999>", "<http://example.com/x>", "<sip:a@h x>",
+      "",       "*",      "<sip:a@h",        "\"unterminated <sip:a@h>", "<>",
+      "<sip:>", "<:a@h>", "<sip:a@h:99999>", "<http://example.com/x>",   "<sip:a@h x>",
   };
   for (gsize i = 0; i < G_N_ELEMENTS(bad); i++) {
     g_autofree char *user = NULL, *host = NULL;
@@ -784,20 +805,20 @@ mask_edge_branch(const char *text)
   return g_strconcat(head, "RANDOM", e, NULL);
 }
 
-#define CLIENT_SUBSCRIBE                                                                         \
-  "SUBSCRIBE sip:alice@example.com SIP/2.0\r\n"                                                  \
-  "Via: SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKc1ient;rport\r\n"                                \
-  "Max-Forwards: 70\r\n"                                                                         \
-  "Route: <sip:example.com;lr>\r\n"                                                              \
-  "From: <sip:alice@example.com>;tag=a1\r\n"                                                     \
-  "To: <sip:alice@example.com>\r\n"                                                              \
-  "Call-ID: sub1@10.0.0.5\r\n"                                                                   \
-  "CSeq: 1 SUBSCRIBE\r\n"                                                                        \
-  "Contact: <sips:alice@10.0.0.5:5061;transport=tls>\r\n"                                        \
-  "Event: credential\r\n"                                                                        \
-  "Accept: application/pkix-cert, application/pkcs8\r\n"                                         \
-  "Expires: 3600\r\n"                                                                            \
-  "Content-Length: 0\r\n"                                                                        \
+#define CLIENT_SUBSCRIBE                                                                          \
+  "SUBSCRIBE sip:alice@example.com SIP/2.0\r\n"                                                   \
+  "Via: SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKc1ient;rport\r\n"                                 \
+  "Max-Forwards: 70\r\n"                                                                          \
+  "Route: <sip:example.com;lr>\r\n"                                                               \
+  "From: <sip:alice@example.com>;tag=a1\r\n"                                                      \
+  "To: <sip:alice@example.com>\r\n"                                                               \
+  "Call-ID: sub1@10.0.0.5\r\n"                                                                    \
+  "CSeq: 1 SUBSCRIBE\r\n"                                                                         \
+  "Contact: <sips:alice@10.0.0.5:5061;transport=tls>\r\n"                                         \
+  "Event: credential\r\n"                                                                         \
+  "Accept: application/pkix-cert, application/pkcs8\r\n"                                          \
+  "Expires: 3600\r\n"                                                                             \
+  "Content-Length: 0\r\n"                                                                         \
   "\r\n"
 
 static void
@@ -843,22 +864,22 @@ static void
 test_relay_request_in_spoof(void)
 {
   g_autoptr(SipwireMsg) msg =
-    parse_str("SUBSCRIBE sip:bob@example.com SIP/2.0\r\n"
-              "Via: SIP/2.0/TCP 127.0.0.1:5080;branch=z9hG4bKfake;flow=VictimToken\r\n"
-              "Via: SIP/2.0/TCP 127.0.0.1:5070;branch=z9hG4bKfake2;flow=VictimToken, "
-              "SIP/2.0/TLS 10.0.0.6:5061;branch=z9hG4bKreal;flow=VictimToken;rport=1\r\n"
-              "Via: SIP/2.0/TCP 127.0.0.1:5090;branch=z9hG4bKother;FLOW=x\r\n"
-              "Record-Route: <sip:VictimToken@127.0.0.1:5070;transport=tcp;lr>, "
-              "<sip:proxy.example.net;lr>\r\n"
-              "Record-Route: <sip:127.0.0.1:5080;lr>\r\n"
-              "Route: <sip:example.org:5061;lr>, <sip:127.0.0.1:5080;transport=tcp;lr>, "
-              "<sip:example.com;lr>, <sip:example.com:5062;lr>, <sip:next.example.net;lr>\r\n"
-              "From: <sip:mallory@example.net>;tag=m1\r\n"
-              "To: <sip:bob@example.com>\r\n"
-              "Call-ID: spoof@10.0.0.6\r\n"
-              "CSeq: 1 SUBSCRIBE\r\n"
-              "Event: credential\r\n"
-              "Content-Length: 0\r\n\r\n");
+      parse_str("SUBSCRIBE sip:bob@example.com SIP/2.0\r\n"
+                "Via: SIP/2.0/TCP 127.0.0.1:5080;branch=z9hG4bKfake;flow=VictimToken\r\n"
+                "Via: SIP/2.0/TCP 127.0.0.1:5070;branch=z9hG4bKfake2;flow=VictimToken, "
+                "SIP/2.0/TLS 10.0.0.6:5061;branch=z9hG4bKreal;flow=VictimToken;rport=1\r\n"
+                "Via: SIP/2.0/TCP 127.0.0.1:5090;branch=z9hG4bKother;FLOW=x\r\n"
+                "Record-Route: <sip:VictimToken@127.0.0.1:5070;transport=tcp;lr>, "
+                "<sip:proxy.example.net;lr>\r\n"
+                "Record-Route: <sip:127.0.0.1:5080;lr>\r\n"
+                "Route: <sip:example.org:5061;lr>, <sip:127.0.0.1:5080;transport=tcp;lr>, "
+                "<sip:example.com;lr>, <sip:example.com:5062;lr>, <sip:next.example.net;lr>\r\n"
+                "From: <sip:mallory@example.net>;tag=m1\r\n"
+                "To: <sip:bob@example.com>\r\n"
+                "Call-ID: spoof@10.0.0.6\r\n"
+                "CSeq: 1 SUBSCRIBE\r\n"
+                "Event: credential\r\n"
+                "Content-Length: 0\r\n\r\n");
   g_autoptr(GError) error = NULL;
   g_assert_true(sipwire_relay_request_in(msg, &relay_ctx, &error));
   g_assert_no_error(error);
@@ -888,28 +909,28 @@ static void
 test_relay_request_in_errors(void)
 {
   static const char *const bad[] = {
-    /* no Via */
-    "MESSAGE sip:a@example.com SIP/2.0\r\nFrom: <sip:b@example.com>;tag=1\r\n"
-    "Content-Length: 0\r\n\r\n",
-    /* only internal Vias */
-    "MESSAGE sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5070;branch=z9hG4bK1\r\n"
-    "Content-Length: 0\r\n\r\n",
-    /* a Via we cannot read (RFC 4475 badinv01) */
-    "MESSAGE sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.15;;,;,,\r\n"
-    "Content-Length: 0\r\n\r\n",
-    /* <> in a Via: not Via syntax, and a place to hide a flow param */
-    "MESSAGE sip:a@example.com SIP/2.0\r\n"
-    "Via: SIP/2.0/TLS h;x=<\">;flow=Victim;y=<\">;branch=z9hG4bK1\r\n"
-    "Content-Length: 0\r\n\r\n",
-    /* an unterminated quoted string swallowing what follows */
-    "MESSAGE sip:a@example.com SIP/2.0\r\n"
-    "Via: SIP/2.0/TLS h;x=\"a, SIP/2.0/TCP 127.0.0.1:5070;flow=Victim\r\n"
-    "Content-Length: 0\r\n\r\n",
-    /* a Record-Route we cannot check */
-    "SUBSCRIBE sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\r\n"
-    "Record-Route: <sip:127.0.0.1:5080\r\nContent-Length: 0\r\n\r\n",
-    /* a response */
-    "SIP/2.0 200 OK\r\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\r\nContent-Length: 0\r\n\r\n",
+      /* no Via */
+      "MESSAGE sip:a@example.com SIP/2.0\r\nFrom: <sip:b@example.com>;tag=1\r\n"
+      "Content-Length: 0\r\n\r\n",
+      /* only internal Vias */
+      "MESSAGE sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5070;branch=z9hG4bK1\r\n"
+      "Content-Length: 0\r\n\r\n",
+      /* a Via we cannot read (RFC 4475 badinv01) */
+      "MESSAGE sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.15;;,;,,\r\n"
+      "Content-Length: 0\r\n\r\n",
+      /* <> in a Via: not Via syntax, and a place to hide a flow param */
+      "MESSAGE sip:a@example.com SIP/2.0\r\n"
+      "Via: SIP/2.0/TLS h;x=<\">;flow=Victim;y=<\">;branch=z9hG4bK1\r\n"
+      "Content-Length: 0\r\n\r\n",
+      /* an unterminated quoted string swallowing what follows */
+      "MESSAGE sip:a@example.com SIP/2.0\r\n"
+      "Via: SIP/2.0/TLS h;x=\"a, SIP/2.0/TCP 127.0.0.1:5070;flow=Victim\r\n"
+      "Content-Length: 0\r\n\r\n",
+      /* a Record-Route we cannot check */
+      "SUBSCRIBE sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\r\n"
+      "Record-Route: <sip:127.0.0.1:5080\r\nContent-Length: 0\r\n\r\n",
+      /* a response */
+      "SIP/2.0 200 OK\r\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\r\nContent-Length: 0\r\n\r\n",
   };
   for (gsize i = 0; i < G_N_ELEMENTS(bad); i++) {
     g_autoptr(SipwireMsg) msg = parse_str(bad[i]);
@@ -961,18 +982,18 @@ test_relay_many_values(void)
   assert_values(msg, "Route", "<sip:next.example.net;lr>");
 }
 
-#define NUA_200_OK                                                                               \
-  "SIP/2.0 200 OK\r\n"                                                                           \
-  "Via: SIP/2.0/TCP 127.0.0.1:5070;branch=z9hG4bKedge1;flow=Fl0wT0ken42\r\n"                     \
-  "Via: SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKc1ient;rport=49152;received=192.0.2.7\r\n"       \
-  "Record-Route: " EDGE_RR "\r\n"                                                                \
-  "From: <sip:alice@example.com>;tag=a1\r\n"                                                     \
-  "To: <sip:alice@example.com>;tag=n1\r\n"                                                       \
-  "Call-ID: sub1@10.0.0.5\r\n"                                                                   \
-  "CSeq: 1 SUBSCRIBE\r\n"                                                                        \
-  "Contact: <sip:example.com:5080;maddr=127.0.0.1;transport=tcp>;expires=3600\r\n"               \
-  "Expires: 3600\r\n"                                                                            \
-  "Content-Length: 0\r\n"                                                                        \
+#define NUA_200_OK                                                                                \
+  "SIP/2.0 200 OK\r\n"                                                                            \
+  "Via: SIP/2.0/TCP 127.0.0.1:5070;branch=z9hG4bKedge1;flow=Fl0wT0ken42\r\n"                      \
+  "Via: SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKc1ient;rport=49152;received=192.0.2.7\r\n"        \
+  "Record-Route: " EDGE_RR "\r\n"                                                                 \
+  "From: <sip:alice@example.com>;tag=a1\r\n"                                                      \
+  "To: <sip:alice@example.com>;tag=n1\r\n"                                                        \
+  "Call-ID: sub1@10.0.0.5\r\n"                                                                    \
+  "CSeq: 1 SUBSCRIBE\r\n"                                                                         \
+  "Contact: <sip:example.com:5080;maddr=127.0.0.1;transport=tcp>;expires=3600\r\n"                \
+  "Expires: 3600\r\n"                                                                             \
+  "Content-Length: 0\r\n"                                                                         \
   "\r\n"
 
 static void
@@ -1000,14 +1021,14 @@ test_relay_response_out(void)
 
   /* Other Record-Routes stay; a client's Contact is left alone, as is one
    * naming a served domain without the loopback binding. */
-  g_autoptr(SipwireMsg) m2 = parse_str(
-    "SIP/2.0 202 Accepted\r\n"
-    "Via: SIP/2.0/TCP 127.0.0.1:5070;branch=z9hG4bKedge2;flow=Fl0wT0ken42\r\n"
-    "Via: SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKc2\r\n"
-    "Record-Route: <sip:proxy.example.net;lr>, " EDGE_RR "\r\n"
-    "Contact: <sips:bob@10.0.0.9:5061;transport=tls>, <sip:carol@example.com>\r\n"
-    "Contact: \"nua\" <sip:127.0.0.1:5080;transport=TCP>\r\n"
-    "Content-Length: 0\r\n\r\n");
+  g_autoptr(SipwireMsg) m2 =
+      parse_str("SIP/2.0 202 Accepted\r\n"
+                "Via: SIP/2.0/TCP 127.0.0.1:5070;branch=z9hG4bKedge2;flow=Fl0wT0ken42\r\n"
+                "Via: SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKc2\r\n"
+                "Record-Route: <sip:proxy.example.net;lr>, " EDGE_RR "\r\n"
+                "Contact: <sips:bob@10.0.0.9:5061;transport=tls>, <sip:carol@example.com>\r\n"
+                "Contact: \"nua\" <sip:127.0.0.1:5080;transport=TCP>\r\n"
+                "Content-Length: 0\r\n\r\n");
   g_autofree char *token2 = NULL;
   g_assert_true(sipwire_relay_response_out(m2, &relay_ctx, &token2, &error));
   g_assert_no_error(error);
@@ -1022,12 +1043,12 @@ static void
 test_relay_response_out_spoofed(void)
 {
   static const char *const tops[] = {
-    "SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKc1;flow=Fl0wT0ken42", /* a client's */
-    "SIP/2.0/TCP 127.0.0.1:5070;branch=z9hG4bKedge1",              /* no flow */
-    "SIP/2.0/TCP 127.0.0.1:5070;branch=z9hG4bKedge1;flow",         /* empty flow */
-    "SIP/2.0/TCP 127.0.0.1:5070;branch=z9hG4bKedge1;flow=a-b",     /* not a token */
-    "SIP/2.0/TCP 127.0.0.1:5080;branch=z9hG4bKedge1;flow=Fl0wT0ken42", /* nua's port */
-    "SIP/2.0/TCP 127.0.0.1;branch=z9hG4bKedge1;flow=Fl0wT0ken42",  /* no port */
+      "SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKc1;flow=Fl0wT0ken42",     /* a client's */
+      "SIP/2.0/TCP 127.0.0.1:5070;branch=z9hG4bKedge1",                  /* no flow */
+      "SIP/2.0/TCP 127.0.0.1:5070;branch=z9hG4bKedge1;flow",             /* empty flow */
+      "SIP/2.0/TCP 127.0.0.1:5070;branch=z9hG4bKedge1;flow=a-b",         /* not a token */
+      "SIP/2.0/TCP 127.0.0.1:5080;branch=z9hG4bKedge1;flow=Fl0wT0ken42", /* nua's port */
+      "SIP/2.0/TCP 127.0.0.1;branch=z9hG4bKedge1;flow=Fl0wT0ken42",      /* no port */
   };
   for (gsize i = 0; i < G_N_ELEMENTS(tops); i++) {
     g_autofree char *text = g_strdup_printf("SIP/2.0 200 OK\r\nVia: %s\r\n"
@@ -1049,26 +1070,26 @@ test_relay_response_out_spoofed(void)
   g_assert_error(error, SIPWIRE_ERROR, SIPWIRE_ERROR_SPOOFED);
 }
 
-#define NUA_NOTIFY_HEAD                                                                          \
-  "NOTIFY sips:alice@10.0.0.5:5061;transport=tls SIP/2.0\r\n"                                    \
-  "Via: SIP/2.0/TCP 127.0.0.1:5080;rport;branch=z9hG4bKnua77\r\n"                                \
-  "Route: <sip:Fl0wT0ken42@127.0.0.1:5070;transport=tcp;lr>\r\n"                                \
-  "Max-Forwards: 70\r\n"                                                                         \
-  "From: <sip:alice@example.com>;tag=n1\r\n"                                                     \
-  "To: <sip:alice@example.com>;tag=a1\r\n"                                                       \
-  "Call-ID: sub1@10.0.0.5\r\n"                                                                   \
-  "CSeq: 2 NOTIFY\r\n"                                                                           \
-  "Contact: <sip:example.com:5080;maddr=127.0.0.1;transport=tcp>\r\n"                            \
-  "Event: credential\r\n"                                                                        \
-  "Subscription-State: active;expires=3600\r\n"                                                  \
-  "Content-Type: application/pkix-cert\r\n"                                                      \
-  "Content-Length: 4\r\n"                                                                        \
+#define NUA_NOTIFY_HEAD                                                                           \
+  "NOTIFY sips:alice@10.0.0.5:5061;transport=tls SIP/2.0\r\n"                                     \
+  "Via: SIP/2.0/TCP 127.0.0.1:5080;rport;branch=z9hG4bKnua77\r\n"                                 \
+  "Route: <sip:Fl0wT0ken42@127.0.0.1:5070;transport=tcp;lr>\r\n"                                  \
+  "Max-Forwards: 70\r\n"                                                                          \
+  "From: <sip:alice@example.com>;tag=n1\r\n"                                                      \
+  "To: <sip:alice@example.com>;tag=a1\r\n"                                                        \
+  "Call-ID: sub1@10.0.0.5\r\n"                                                                    \
+  "CSeq: 2 NOTIFY\r\n"                                                                            \
+  "Contact: <sip:example.com:5080;maddr=127.0.0.1;transport=tcp>\r\n"                             \
+  "Event: credential\r\n"                                                                         \
+  "Subscription-State: active;expires=3600\r\n"                                                   \
+  "Content-Type: application/pkix-cert\r\n"                                                       \
+  "Content-Length: 4\r\n"                                                                         \
   "\r\n"
 
 static void
 test_relay_notify_round_trip(void)
 {
-  static const guint8 body[] = { 0x30, 0x00, 0x82, 0x0d };
+  static const guint8 body[] = {0x30, 0x00, 0x82, 0x0d};
   g_autoptr(GByteArray) wire = g_byte_array_new();
   g_byte_array_append(wire, (const guint8 *)NUA_NOTIFY_HEAD, (guint)strlen(NUA_NOTIFY_HEAD));
   g_byte_array_append(wire, body, sizeof body);
@@ -1078,27 +1099,26 @@ test_relay_notify_round_trip(void)
   g_assert_no_error(error);
   g_autofree char *token = NULL, *saved_via = NULL, *branch = NULL;
   g_assert_true(
-    sipwire_relay_request_out(notify, &relay_ctx, &token, &saved_via, &branch, &error));
+      sipwire_relay_request_out(notify, &relay_ctx, &token, &saved_via, &branch, &error));
   g_assert_no_error(error);
   g_assert_cmpstr(token, ==, "Fl0wT0ken42");
   g_assert_cmpstr(saved_via, ==, "SIP/2.0/TCP 127.0.0.1:5080;rport;branch=z9hG4bKnua77");
   g_assert_cmpstr(branch, ==, "z9hG4bKnua77");
 
   g_autoptr(GBytes) out = sipwire_msg_serialize(notify);
-  static const char expected_head[] =
-    "NOTIFY sips:alice@10.0.0.5:5061;transport=tls SIP/2.0\r\n"
-    "Via: SIP/2.0/TLS example.com:5061;branch=z9hG4bKnua77\r\n"
-    "Max-Forwards: 70\r\n"
-    "From: <sip:alice@example.com>;tag=n1\r\n"
-    "To: <sip:alice@example.com>;tag=a1\r\n"
-    "Call-ID: sub1@10.0.0.5\r\n"
-    "CSeq: 2 NOTIFY\r\n"
-    "Contact: <sips:example.com:5061>\r\n"
-    "Event: credential\r\n"
-    "Subscription-State: active;expires=3600\r\n"
-    "Content-Type: application/pkix-cert\r\n"
-    "Content-Length: 4\r\n"
-    "\r\n";
+  static const char expected_head[] = "NOTIFY sips:alice@10.0.0.5:5061;transport=tls SIP/2.0\r\n"
+                                      "Via: SIP/2.0/TLS example.com:5061;branch=z9hG4bKnua77\r\n"
+                                      "Max-Forwards: 70\r\n"
+                                      "From: <sip:alice@example.com>;tag=n1\r\n"
+                                      "To: <sip:alice@example.com>;tag=a1\r\n"
+                                      "Call-ID: sub1@10.0.0.5\r\n"
+                                      "CSeq: 2 NOTIFY\r\n"
+                                      "Contact: <sips:example.com:5061>\r\n"
+                                      "Event: credential\r\n"
+                                      "Subscription-State: active;expires=3600\r\n"
+                                      "Content-Type: application/pkix-cert\r\n"
+                                      "Content-Length: 4\r\n"
+                                      "\r\n";
   g_autoptr(GByteArray) expected = g_byte_array_new();
   g_byte_array_append(expected, (const guint8 *)expected_head, sizeof expected_head - 1);
   g_byte_array_append(expected, body, sizeof body);
@@ -1136,28 +1156,27 @@ test_relay_request_out_errors(void)
     const char *route;
     SipwireError code;
   } cases[] = {
-    { NULL, SIPWIRE_ERROR_SPOOFED },
-    { "<sip:Fl0wT0ken42@127.0.0.1:5080;transport=tcp;lr>", SIPWIRE_ERROR_SPOOFED },
-    { "<sips:Fl0wT0ken42@127.0.0.1:5070;lr>", SIPWIRE_ERROR_SPOOFED },
-    { "<sip:127.0.0.1:5070;lr>", SIPWIRE_ERROR_SPOOFED },
-    { "<sip:Fl0w-T0ken@127.0.0.1:5070;lr>", SIPWIRE_ERROR_SPOOFED },
-    { "<sip:Fl0wT0ken42@example.com:5070;lr>", SIPWIRE_ERROR_SPOOFED },
-    { "<sip:proxy.example.net;lr>, " EDGE_RR, SIPWIRE_ERROR_SPOOFED },
+      {NULL, SIPWIRE_ERROR_SPOOFED},
+      {"<sip:Fl0wT0ken42@127.0.0.1:5080;transport=tcp;lr>", SIPWIRE_ERROR_SPOOFED},
+      {"<sips:Fl0wT0ken42@127.0.0.1:5070;lr>", SIPWIRE_ERROR_SPOOFED},
+      {"<sip:127.0.0.1:5070;lr>", SIPWIRE_ERROR_SPOOFED},
+      {"<sip:Fl0w-T0ken@127.0.0.1:5070;lr>", SIPWIRE_ERROR_SPOOFED},
+      {"<sip:Fl0wT0ken42@example.com:5070;lr>", SIPWIRE_ERROR_SPOOFED},
+      {"<sip:proxy.example.net;lr>, " EDGE_RR, SIPWIRE_ERROR_SPOOFED},
   };
   for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
-    g_autofree char *text = g_strdup_printf("NOTIFY sips:alice@10.0.0.5 SIP/2.0\r\n"
-                                            "Via: SIP/2.0/TCP 127.0.0.1:5080;branch=z9hG4bKn\r\n"
-                                            "%s%s%s"
-                                            "Content-Length: 0\r\n\r\n",
-                                            cases[i].route ? "Route: " : "",
-                                            cases[i].route ? cases[i].route : "",
-                                            cases[i].route ? "\r\n" : "");
+    g_autofree char *text =
+        g_strdup_printf("NOTIFY sips:alice@10.0.0.5 SIP/2.0\r\n"
+                        "Via: SIP/2.0/TCP 127.0.0.1:5080;branch=z9hG4bKn\r\n"
+                        "%s%s%s"
+                        "Content-Length: 0\r\n\r\n",
+                        cases[i].route ? "Route: " : "", cases[i].route ? cases[i].route : "",
+                        cases[i].route ? "\r\n" : "");
     g_autoptr(SipwireMsg) msg = parse_str(text);
     g_autoptr(GError) error = NULL;
     g_autofree char *token = NULL, *saved = NULL, *branch = NULL;
     g_test_message("route %s", cases[i].route ? cases[i].route : "(none)");
-    g_assert_false(
-      sipwire_relay_request_out(msg, &relay_ctx, &token, &saved, &branch, &error));
+    g_assert_false(sipwire_relay_request_out(msg, &relay_ctx, &token, &saved, &branch, &error));
     g_assert_error(error, SIPWIRE_ERROR, (gint)cases[i].code);
     g_assert_null(token);
   }
@@ -1174,14 +1193,14 @@ static void
 test_build_response(void)
 {
   g_autoptr(SipwireMsg) req =
-    parse_str("SUBSCRIBE sip:alice@example.com SIP/2.0\r\n"
-              "Via: SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKa, SIP/2.0/TLS p;branch=z9hG4bKb\r\n"
-              "From: <sip:alice@example.com>;tag=a1\r\n"
-              "t: <sip:alice@example.com>\r\n"
-              "Call-ID: sub9@10.0.0.5\r\n"
-              "CSeq: 7 SUBSCRIBE\r\n"
-              "Event: credential\r\n"
-              "Content-Length: 0\r\n\r\n");
+      parse_str("SUBSCRIBE sip:alice@example.com SIP/2.0\r\n"
+                "Via: SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKa, SIP/2.0/TLS p;branch=z9hG4bKb\r\n"
+                "From: <sip:alice@example.com>;tag=a1\r\n"
+                "t: <sip:alice@example.com>\r\n"
+                "Call-ID: sub9@10.0.0.5\r\n"
+                "CSeq: 7 SUBSCRIBE\r\n"
+                "Event: credential\r\n"
+                "Content-Length: 0\r\n\r\n");
   g_autoptr(GBytes) resp = sipwire_build_response(req, 489, "Bad Event");
   g_assert_nonnull(resp);
   gsize n;
@@ -1191,16 +1210,15 @@ test_build_response(void)
   g_autofree char *tag = sipwire_param_get(sipwire_msg_get_first(parsed, "To"), "tag");
   g_assert_nonnull(tag);
   g_assert_cmpuint(strlen(tag), >=, 8);
-  g_autofree char *expected =
-    g_strdup_printf("SIP/2.0 489 Bad Event\r\n"
-                    "Via: SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKa\r\n"
-                    "Via: SIP/2.0/TLS p;branch=z9hG4bKb\r\n"
-                    "From: <sip:alice@example.com>;tag=a1\r\n"
-                    "To: <sip:alice@example.com>;tag=%s\r\n"
-                    "Call-ID: sub9@10.0.0.5\r\n"
-                    "CSeq: 7 SUBSCRIBE\r\n"
-                    "Content-Length: 0\r\n\r\n",
-                    tag);
+  g_autofree char *expected = g_strdup_printf("SIP/2.0 489 Bad Event\r\n"
+                                              "Via: SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKa\r\n"
+                                              "Via: SIP/2.0/TLS p;branch=z9hG4bKb\r\n"
+                                              "From: <sip:alice@example.com>;tag=a1\r\n"
+                                              "To: <sip:alice@example.com>;tag=%s\r\n"
+                                              "Call-ID: sub9@10.0.0.5\r\n"
+                                              "CSeq: 7 SUBSCRIBE\r\n"
+                                              "Content-Length: 0\r\n\r\n",
+                                              tag);
   g_assert_cmpstr(text, ==, expected);
 
   /* An existing To tag is kept. */
@@ -1216,7 +1234,7 @@ test_build_response(void)
                                 "\r\nTo: <sip:a@example.com>;tag=keep\r\n"));
 
   /* Without what a response needs there is nothing to send. */
-  static const char *const missing[] = { "Via", "From", "To", "Call-ID", "CSeq" };
+  static const char *const missing[] = {"Via", "From", "To", "Call-ID", "CSeq"};
   for (gsize i = 0; i < G_N_ELEMENTS(missing); i++) {
     g_autoptr(SipwireMsg) m = parse_str(CLIENT_SUBSCRIBE);
     sipwire_msg_remove_header(m, missing[i]);
@@ -1242,27 +1260,55 @@ static const struct {
   const char *name;
   Outcome outcome;
 } rfc4475[] = {
-  { "badaspec", OUT_OK },     { "badbranch", OUT_OK },   { "baddate", OUT_OK },
-  { "baddn", OUT_INCOMPLETE }, /* the file has no empty line after its headers */
-  { "badinv01", OUT_OK },     { "badvers", OUT_VERSION }, { "bcast", OUT_OK },
-  { "bext01", OUT_OK },       { "bigcode", OUT_MALFORMED },
-  { "clerr", OUT_INCOMPLETE }, /* Content-Length 9999: a stream waits */
-  { "cparam01", OUT_OK },     { "cparam02", OUT_OK },
-  { "dblreq", OUT_OK },        /* checked in detail below */
-  { "esc01", OUT_OK },        { "esc02", OUT_OK },       { "escnull", OUT_OK },
-  { "escruri", OUT_OK },      { "insuf", OUT_OK },
-  { "intmeth", OUT_MALFORMED }, /* NUL in a header value: refused, see sipwire.c */
-  { "inv2543", OUT_FRAMING },   /* no Content-Length */
-  { "invut", OUT_OK },        { "longreq", OUT_OK },
-  { "ltgtruri", OUT_MALFORMED }, { "lwsdisp", OUT_OK },  { "lwsruri", OUT_MALFORMED },
-  { "lwsstart", OUT_MALFORMED }, { "mcl01", OUT_FRAMING }, { "mismatch01", OUT_OK },
-  { "mismatch02", OUT_OK },   { "mpart01", OUT_OK },     { "multi01", OUT_OK },
-  { "ncl", OUT_FRAMING },     { "noreason", OUT_OK },    { "novelsc", OUT_OK },
-  { "quotbal", OUT_OK },      { "regaut01", OUT_OK },    { "regbadct", OUT_OK },
-  { "regescrt", OUT_OK },     { "scalar02", OUT_OK },    { "scalarlg", OUT_OK },
-  { "sdp01", OUT_OK },        { "semiuri", OUT_OK },     { "transports", OUT_OK },
-  { "trws", OUT_MALFORMED },  { "unkscm", OUT_OK },      { "unksm2", OUT_OK },
-  { "unreason", OUT_OK },     { "wsinv", OUT_OK },       { "zeromf", OUT_OK },
+    {"badaspec", OUT_OK},
+    {"badbranch", OUT_OK},
+    {"baddate", OUT_OK},
+    {"baddn", OUT_INCOMPLETE}, /* the file has no empty line after its headers */
+    {"badinv01", OUT_OK},
+    {"badvers", OUT_VERSION},
+    {"bcast", OUT_OK},
+    {"bext01", OUT_OK},
+    {"bigcode", OUT_MALFORMED},
+    {"clerr", OUT_INCOMPLETE}, /* Content-Length 9999: a stream waits */
+    {"cparam01", OUT_OK},
+    {"cparam02", OUT_OK},
+    {"dblreq", OUT_OK}, /* checked in detail below */
+    {"esc01", OUT_OK},
+    {"esc02", OUT_OK},
+    {"escnull", OUT_OK},
+    {"escruri", OUT_OK},
+    {"insuf", OUT_OK},
+    {"intmeth", OUT_MALFORMED}, /* NUL in a header value: refused, see sipwire.c */
+    {"inv2543", OUT_FRAMING},   /* no Content-Length */
+    {"invut", OUT_OK},
+    {"longreq", OUT_OK},
+    {"ltgtruri", OUT_MALFORMED},
+    {"lwsdisp", OUT_OK},
+    {"lwsruri", OUT_MALFORMED},
+    {"lwsstart", OUT_MALFORMED},
+    {"mcl01", OUT_FRAMING},
+    {"mismatch01", OUT_OK},
+    {"mismatch02", OUT_OK},
+    {"mpart01", OUT_OK},
+    {"multi01", OUT_OK},
+    {"ncl", OUT_FRAMING},
+    {"noreason", OUT_OK},
+    {"novelsc", OUT_OK},
+    {"quotbal", OUT_OK},
+    {"regaut01", OUT_OK},
+    {"regbadct", OUT_OK},
+    {"regescrt", OUT_OK},
+    {"scalar02", OUT_OK},
+    {"scalarlg", OUT_OK},
+    {"sdp01", OUT_OK},
+    {"semiuri", OUT_OK},
+    {"transports", OUT_OK},
+    {"trws", OUT_MALFORMED},
+    {"unkscm", OUT_OK},
+    {"unksm2", OUT_OK},
+    {"unreason", OUT_OK},
+    {"wsinv", OUT_OK},
+    {"zeromf", OUT_OK},
 };
 
 static GBytes *
@@ -1270,7 +1316,7 @@ load_rfc4475(const char *name)
 {
   g_autofree char *file = g_strconcat(name, ".dat", NULL);
   g_autofree char *path =
-    g_test_build_filename(G_TEST_DIST, "fuzz", "corpus", "sipwire", file, NULL);
+      g_test_build_filename(G_TEST_DIST, "fuzz", "corpus", "sipwire", file, NULL);
   g_autoptr(GError) error = NULL;
   char *data;
   gsize len;
@@ -1346,7 +1392,7 @@ test_rfc4475_all(void)
       /* What we would send on parses the same way again. */
       g_autoptr(GBytes) s1 = sipwire_msg_serialize(msg);
       g_autoptr(SipwireMsg) again =
-        sipwire_msg_parse(g_bytes_get_data(s1, NULL), g_bytes_get_size(s1), &error);
+          sipwire_msg_parse(g_bytes_get_data(s1, NULL), g_bytes_get_size(s1), &error);
       g_assert_no_error(error);
       g_autoptr(GBytes) s2 = sipwire_msg_serialize(again);
       g_assert_true(g_bytes_equal(s1, s2));
@@ -1373,13 +1419,13 @@ test_rfc4475_specific(void)
   g_autoptr(GBytes) file = load_rfc4475("dblreq");
   g_autoptr(SipwireFramer) f = sipwire_framer_new(65536);
   sipwire_framer_push(f, g_bytes_get_data(file, NULL), g_bytes_get_size(file));
-  const char *methods[] = { "REGISTER", "INVITE" };
+  const char *methods[] = {"REGISTER", "INVITE"};
   for (gsize i = 0; i < G_N_ELEMENTS(methods); i++) {
     g_autoptr(GBytes) out = NULL;
     g_autoptr(GError) error = NULL;
     g_assert_cmpint(sipwire_framer_next(f, &out, &error), ==, SIPWIRE_FRAME_MESSAGE);
     g_autoptr(SipwireMsg) msg =
-      sipwire_msg_parse(g_bytes_get_data(out, NULL), g_bytes_get_size(out), &error);
+        sipwire_msg_parse(g_bytes_get_data(out, NULL), g_bytes_get_size(out), &error);
     g_assert_no_error(error);
     g_assert_cmpstr(sipwire_msg_get_method(msg), ==, methods[i]);
   }
@@ -1392,7 +1438,7 @@ test_rfc4475_specific(void)
   /* wsinv: folded, spaced and mixed-case headers read as intended. */
   g_autoptr(GBytes) ws = load_rfc4475("wsinv");
   g_autoptr(SipwireMsg) inv =
-    sipwire_msg_parse(g_bytes_get_data(ws, NULL), g_bytes_get_size(ws), &error);
+      sipwire_msg_parse(g_bytes_get_data(ws, NULL), g_bytes_get_size(ws), &error);
   g_assert_no_error(error);
   g_assert_cmpstr(sipwire_msg_get_first(inv, "Max-Forwards"), ==, "0068");
   g_assert_cmpstr(sipwire_msg_get_first(inv, "CSeq"), ==, "0009 INVITE");
@@ -1408,7 +1454,7 @@ test_rfc4475_specific(void)
   /* mpart01: the binary part with NULs is kept byte for byte. */
   g_autoptr(GBytes) mp = load_rfc4475("mpart01");
   g_autoptr(SipwireMsg) mpm =
-    sipwire_msg_parse(g_bytes_get_data(mp, NULL), g_bytes_get_size(mp), &error);
+      sipwire_msg_parse(g_bytes_get_data(mp, NULL), g_bytes_get_size(mp), &error);
   g_assert_no_error(error);
   g_autoptr(GBytes) mpbody = sipwire_msg_get_body(mpm);
   g_assert_cmpuint(g_bytes_get_size(mpbody), ==,
@@ -1418,7 +1464,7 @@ test_rfc4475_specific(void)
   /* longreq: 34 Vias written in every case and compact form. */
   g_autoptr(GBytes) lr = load_rfc4475("longreq");
   g_autoptr(SipwireMsg) lrm =
-    sipwire_msg_parse(g_bytes_get_data(lr, NULL), g_bytes_get_size(lr), &error);
+      sipwire_msg_parse(g_bytes_get_data(lr, NULL), g_bytes_get_size(lr), &error);
   g_assert_no_error(error);
   g_autoptr(GPtrArray) vias = sipwire_msg_get_values(lrm, "Via");
   g_assert_cmpuint(vias->len, ==, 34);

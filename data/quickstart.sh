@@ -6,12 +6,13 @@
 #   data/quickstart.sh test   install what is missing (test tools too), build, run meson test
 #
 # Environment:
-#   SIPCRED_DEMO_DIR   where the demo keeps everything it generates (default: ./demo at the
-#                      top of the checkout); a rerun reuses what is there
+#   SIPCRED_DEMO_DIR   where the demo keeps everything it generates (default: ./demo, relative
+#                      to the current directory); a rerun reuses what is there
 #   SIPCRED_DEMO_PORT  the demo's TLS port (default 5061)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+caller_dir=$PWD
 build="$root/build"
 
 say() { printf '==> %s\n' "$*" >&2; }
@@ -85,14 +86,48 @@ random_password() {
     od -An -tx1 -N16 /dev/urandom | tr -d ' \n'
 }
 
+# write_try_script FILE: a SUBSCRIBE through gnutls-cli against the demo, for people to try.
+write_try_script() {
+    cat >"$1" <<'EOF'
+#!/bin/bash
+# subscribe.sh [USER]: SUBSCRIBE to USER's certificate (default alice) on the demo sipcredd
+# and show the heads of the 200 and the NOTIFY. Written by data/quickstart.sh demo.
+set -euo pipefail
+. "$(dirname "$0")/demo.env"
+user=${1:-alice}
+[[ $user =~ ^[A-Za-z0-9._-]+$ ]] || { echo "usage: $0 [USER]" >&2; exit 2; }
+tag=$RANDOM$RANDOM
+crlf=$'\r\n'
+request="SUBSCRIBE sip:$user@$DOMAIN SIP/2.0$crlf"
+request+="Via: SIP/2.0/TLS 127.0.0.1:1;branch=z9hG4bK-$tag$crlf"
+request+="Max-Forwards: 70$crlf"
+request+="From: <sip:demo@$DOMAIN>;tag=$tag$crlf"
+request+="To: <sip:$user@$DOMAIN>$crlf"
+request+="Call-ID: $tag@127.0.0.1$crlf"
+request+="CSeq: 1 SUBSCRIBE$crlf"
+request+="Contact: <sip:demo@127.0.0.1:1;transport=tls>$crlf"
+request+="Event: certificate$crlf"
+request+="Accept: application/pkix-cert$crlf"
+request+="Expires: 60$crlf"
+request+="Content-Length: 0$crlf$crlf"
+{ printf '%s' "$request"; sleep 2; } |
+    gnutls-cli --x509cafile="$CA" --sni-hostname="$DOMAIN" --verify-hostname="$DOMAIN" \
+        -p "$PORT" 127.0.0.1 2>/dev/null |
+    grep -a -E '^(SIP/2.0 |NOTIFY |Event|Subscription-State|Content-Type|Content-Length)'
+EOF
+    chmod 0755 "$1"
+}
+
 cmd_demo() {
     install_missing "${build_pkgs[@]}"
     do_build
 
     local port=${SIPCRED_DEMO_PORT:-5061}
-    [[ $port =~ ^[0-9]+$ ]] && [ "$port" -ge 1 ] && [ "$port" -le 65535 ] \
-        || die "SIPCRED_DEMO_PORT must be a port number: $port"
-    local dir=${SIPCRED_DEMO_DIR:-$root/demo}
+    if ! [[ $port =~ ^[0-9]+$ ]] || [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
+        die "SIPCRED_DEMO_PORT must be a port number: $port"
+    fi
+    local dir=${SIPCRED_DEMO_DIR:-./demo}
+    [[ $dir == /* ]] || dir="$caller_dir/$dir"  # relative to where the script was started
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
     chmod 0700 "$dir"
@@ -129,7 +164,7 @@ EOF
         echo "# written by data/quickstart.sh demo; source it from a shell"
         echo "DOMAIN=$domain"
         echo "PORT=$port"
-        echo "CA=$dir/ca.pem"
+        printf 'CA=%q\n' "$dir/ca.pem"
     } >"$env_tmp"
     for u in "${users[@]}"; do
         local aor="sip:$u@$domain" pwfile="$dir/$u.password"
@@ -146,16 +181,16 @@ EOF
     chmod 0600 "$env_tmp"
     mv "$env_tmp" "$dir/demo.env"
 
+    write_try_script "$dir/subscribe.sh"
+
     cat >&2 <<EOF
 
 sipcredd is starting on 127.0.0.1:$port (TLS) for $domain; Ctrl-C stops it.
 Everything it uses is in $dir (demo.env holds DOMAIN, PORT, CA and the users).
-Try it from another shell: subscribe to alice's certificate (the NOTIFY carries the DER):
+Try it from another shell: subscribe to alice's certificate with gnutls-cli
+(the NOTIFY carries her certificate as DER; the script shows the SIP heads):
 
-  ( printf 'SUBSCRIBE sip:alice@$domain SIP/2.0\\r\\nVia: SIP/2.0/TLS 127.0.0.1:1;branch=z9hG4bK-try1\\r\\nMax-Forwards: 70\\r\\nFrom: <sip:bob@$domain>;tag=try1\\r\\nTo: <sip:alice@$domain>\\r\\nCall-ID: try1@127.0.0.1\\r\\nCSeq: 1 SUBSCRIBE\\r\\nContact: <sip:bob@127.0.0.1:1;transport=tls>\\r\\nEvent: certificate\\r\\nAccept: application/pkix-cert\\r\\nExpires: 60\\r\\nContent-Length: 0\\r\\n\\r\\n'; sleep 2 ) \\
-    | gnutls-cli --x509cafile='$dir/ca.pem' --sni-hostname=$domain \\
-        --verify-hostname=$domain -p $port 127.0.0.1 \\
-    | grep -a -E '^(SIP/2.0 |NOTIFY |Content-Type|Content-Length|Subscription-State)'
+  bash '$dir/subscribe.sh' alice
 
 EOF
     exec "$sipcredd" --config "$conf"

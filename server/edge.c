@@ -95,6 +95,7 @@ struct _EdgeConn {
   gint64 last_rx; /* monotonic time of the last received bytes */
   GQueue send_fifo;   /* GBytes* on their way to the client, in order */
   gboolean send_busy; /* the head of send_fifo is in an asynchronous stage */
+  GQueue txns;        /* EdgeTxn* from nua awaiting this client (EdgeTxn.flow_link) */
 };
 
 typedef struct {
@@ -119,9 +120,12 @@ typedef struct {
   char *key; /* "BRANCH METHOD": CANCEL shares the branch of its INVITE */
   char *token;
   char *saved_via;
-  EdgeConn *conn; /* nua connection the request came on (ref) */
+  GBytes *flow_failed; /* 430 for nua, built from its request as it came; may be NULL */
+  EdgeConn *conn;      /* nua connection the request came on (ref) */
+  EdgeConn *flow;      /* borrowed: a flow fails its txns before it closes */
   gint64 expires;
-  GList link;
+  GList link;      /* in Edge.txn_order */
+  GList flow_link; /* in flow->txns */
 } EdgeTxn;
 
 struct _Edge {
@@ -160,6 +164,7 @@ static gboolean conn_flush(EdgeConn *c);
 static void conn_start_reading(EdgeConn *c);
 static void edge_nua_fail_pending(Edge *edge);
 static void edge_flow_send_message(EdgeConn *flow, GBytes *msg);
+static void edge_flow_fail_txns(EdgeConn *flow);
 
 /* ---- Credentials and priority ------------------------------------------ */
 
@@ -470,6 +475,7 @@ edge_conn_new(Edge *edge, EdgeConnKind kind, GSocket *sock)
                                      ? edge->max_message_size
                                      : MAX(edge->max_message_size, EDGE_INTERNAL_MAX_MESSAGE));
   g_queue_init(&c->send_fifo);
+  g_queue_init(&c->txns);
   g_socket_set_blocking(sock, FALSE);
   g_hash_table_add(edge->conns, c); /* takes the initial ref */
   return c;
@@ -523,6 +529,7 @@ conn_close_now(EdgeConn *c)
       g_hash_table_remove(edge->flows, c->token);
       g_info("flow %s from %s closed", c->token, c->peer);
     }
+    edge_flow_fail_txns(c);
     if (c->counted) {
       c->counted = FALSE;
       edge->n_clients--;
@@ -568,6 +575,12 @@ conn_shutdown(EdgeConn *c)
   c->closing = TRUE;
   edge_source_clear(&c->in_source);
   edge_source_clear(&c->timer);
+  /* Nothing more is read, so no response from the client can come. */
+  if (c->kind == EDGE_CONN_CLIENT) {
+    edge_conn_ref(c);
+    edge_flow_fail_txns(c);
+    edge_conn_unref(c);
+  }
   if (c->tls != NULL && c->handshake_done)
     gnutls_bye(c->tls, GNUTLS_SHUT_WR); /* only appends to outbuf */
   if (c->out_off >= c->outbuf->len) {
@@ -967,9 +980,13 @@ static void
 edge_txn_free(gpointer data)
 {
   EdgeTxn *t = data;
+  if (t->flow != NULL)
+    g_queue_unlink(&t->flow->txns, &t->flow_link);
   g_free(t->key);
   g_free(t->token);
   g_free(t->saved_via);
+  if (t->flow_failed != NULL)
+    g_bytes_unref(t->flow_failed);
   edge_conn_unref(t->conn);
   g_free(t);
 }
@@ -1011,8 +1028,8 @@ edge_txn_key(const char *branch, const char *method)
 }
 
 static gboolean
-edge_txn_add(Edge *edge, const char *branch, const char *method, const char *token,
-             EdgeConn *conn, const char *saved_via)
+edge_txn_add(Edge *edge, const char *branch, const char *method, EdgeConn *flow, EdgeConn *conn,
+             const char *saved_via, GBytes *flow_failed)
 {
   g_autofree char *key = edge_txn_key(branch, method);
   EdgeTxn *old = g_hash_table_lookup(edge->txns, key);
@@ -1022,12 +1039,16 @@ edge_txn_add(Edge *edge, const char *branch, const char *method, const char *tok
     return FALSE;
   EdgeTxn *t = g_new0(EdgeTxn, 1);
   t->key = g_steal_pointer(&key);
-  t->token = g_strdup(token);
+  t->token = g_strdup(flow->token);
   t->saved_via = g_strdup(saved_via);
+  t->flow_failed = flow_failed != NULL ? g_bytes_ref(flow_failed) : NULL;
   t->conn = edge_conn_ref(conn);
+  t->flow = flow;
   t->expires = g_get_monotonic_time() + EDGE_TXN_TTL_US;
   t->link.data = t;
   g_queue_push_tail_link(&edge->txn_order, &t->link);
+  t->flow_link.data = t;
+  g_queue_push_tail_link(&flow->txns, &t->flow_link);
   g_hash_table_insert(edge->txns, t->key, t);
   if (edge->txn_sweep == NULL) {
     edge->txn_sweep = g_timeout_source_new(1000);
@@ -1043,6 +1064,36 @@ edge_txn_clear_all(Edge *edge)
   edge_source_clear(&edge->txn_sweep);
   g_queue_init(&edge->txn_order);
   g_hash_table_remove_all(edge->txns);
+}
+
+/* Hands a response for nua back on @conn, the connection its request came
+ * on, or on the shared one when that is going (nua matches responses by
+ * transaction, not by connection). */
+static void
+edge_txn_send_to_nua(Edge *edge, EdgeConn *conn, GBytes *wire)
+{
+  if (conn != NULL && !conn->closed && !conn->closing)
+    conn_write_plain(conn, wire);
+  else
+    edge_nua_send(edge, wire, NULL, NULL);
+}
+
+/* @flow can no longer answer: every request nua sent on it gets 430 Flow
+ * Failed (RFC 5626) at once, instead of nua waiting for Timer F (32 s). */
+static void
+edge_flow_fail_txns(EdgeConn *flow)
+{
+  Edge *edge = flow->edge;
+  EdgeTxn *t;
+  while ((t = g_queue_peek_head(&flow->txns)) != NULL) {
+    g_autoptr(GBytes) reply = t->flow_failed != NULL ? g_bytes_ref(t->flow_failed) : NULL;
+    EdgeConn *conn = edge_conn_ref(t->conn);
+    g_debug("flow %s is gone; 430 for %s", flow->token, t->key);
+    edge_txn_remove(edge, t);
+    if (reply != NULL)
+      edge_txn_send_to_nua(edge, conn, reply);
+    edge_conn_unref(conn);
+  }
 }
 
 /* "1 NOTIFY" -> "NOTIFY" */
@@ -1145,22 +1196,17 @@ client_handle_response(EdgeConn *c, SipwireMsg *msg)
   g_autofree char *method = cseq_get_method(msg);
   g_autofree char *key = edge_txn_key(branch, method != NULL ? method : "");
   EdgeTxn *t = g_hash_table_lookup(edge->txns, key);
-  if (t == NULL || g_strcmp0(t->token, c->token) != 0) {
+  if (t == NULL || t->flow != c) {
     g_debug("flow %s (%s): dropping a response to an unknown transaction", c->token, c->peer);
     return;
   }
   sipwire_relay_response_in_restore(msg, t->saved_via);
   g_autoptr(GBytes) wire = sipwire_msg_serialize(msg);
-  EdgeConn *target = t->conn->closed ? NULL : edge_conn_ref(t->conn);
+  EdgeConn *target = edge_conn_ref(t->conn);
   if (sipwire_msg_get_status(msg) >= 200)
     edge_txn_remove(edge, t);
-  if (target != NULL) {
-    conn_write_plain(target, wire);
-    edge_conn_unref(target);
-  } else {
-    /* nua matches responses by transaction, not by connection. */
-    edge_nua_send(edge, wire, NULL, NULL);
-  }
+  edge_txn_send_to_nua(edge, target, wire);
+  edge_conn_unref(target);
 }
 
 static void
@@ -1259,6 +1305,11 @@ nua_handle_request(EdgeConn *c, SipwireMsg *msg, GBytes *frame)
     nua_reply(c, msg, 430, "Flow Failed"); /* msg is still as nua sent it */
     return;
   }
+  gboolean is_ack = g_strcmp0(method, "ACK") == 0;
+  /* Built now, while @msg is as nua sent it: the answer if the flow dies
+   * before the client answers. */
+  g_autoptr(GBytes) flow_failed = is_ack ? NULL
+                                         : sipwire_build_response(msg, 430, "Flow Failed");
   SipwireRelayCtx ctx;
   flow_relay_ctx(flow, &ctx);
   g_autoptr(GError) err = NULL;
@@ -1274,8 +1325,8 @@ nua_handle_request(EdgeConn *c, SipwireMsg *msg, GBytes *frame)
       conn_write_plain(c, reply);
     return;
   }
-  if (g_strcmp0(method, "ACK") != 0 &&
-      !edge_txn_add(edge, branch != NULL ? branch : "", method, token, c, saved_via)) {
+  if (!is_ack &&
+      !edge_txn_add(edge, branch != NULL ? branch : "", method, flow, c, saved_via, flow_failed)) {
     g_warning("too many requests from nua awaiting a client response (%u)", EDGE_TXN_MAX);
     g_autoptr(GBytes) reply = edge_build_reply_from_bytes(frame, 503, "Service Unavailable");
     if (reply != NULL)

@@ -1361,6 +1361,81 @@ test_flow_failed(void)
   fixture_clear(&f);
 }
 
+/* A NOTIFY the client never answers gets 430 for its branch and CSeq as
+ * soon as the flow goes (not after Timer F), with nua's own Via. */
+static void
+assert_flow_failed_430(Fixture *f, int ifd, SipwireFramer *ifr, const char *branch,
+                       const char *cseq)
+{
+  gint64 start = g_get_monotonic_time();
+  g_autoptr(GBytes) resp = fd_read_msg(ifd, ifr, 1000);
+  g_assert_nonnull(resp);
+  g_assert_cmpint(g_get_monotonic_time() - start, <, G_USEC_PER_SEC);
+  g_autoptr(SipwireMsg) msg = msg_parse(resp);
+  g_autofree char *text = msg_text(resp);
+  g_assert_true(g_str_has_prefix(text, "SIP/2.0 430 Flow Failed\r\n"));
+  g_autofree char *via =
+      g_strdup_printf("SIP/2.0/TCP 127.0.0.1:%u;branch=%s;rport", f->nua_port, branch);
+  g_assert_cmpuint(msg_count(msg, "Via"), ==, 1);
+  g_assert_cmpstr(sipwire_msg_get_first(msg, "Via"), ==, via);
+  g_assert_cmpstr(sipwire_msg_get_first(msg, "CSeq"), ==, cseq);
+  g_assert_cmpstr(sipwire_msg_get_first(msg, "Call-ID"), ==, "sub-call-1");
+  g_assert_cmpstr(sipwire_msg_get_first(msg, "To"), ==, "<sips:alice@a.example>;tag=fromtag");
+}
+
+static void
+script_flow_dies(Fixture *f)
+{
+  /* The client closes its TLS connection. */
+  TestClient *c = client_connect(f->port, "a.example", "a.example");
+  g_autofree char *token = client_get_token(f, c);
+  int ifd = tcp_connect(f->internal_port);
+  g_autoptr(SipwireFramer) ifr = sipwire_framer_new(1 << 20);
+  g_autofree char *n1 = make_notify(f, token, "z9hG4bKdie1", 7);
+  g_autofree char *n2 = make_notify(f, token, "z9hG4bKdie2", 8);
+  fd_send(ifd, n1);
+  fd_send(ifd, n2);
+  g_autoptr(GBytes) r1 = client_read_msg(c, IO_TIMEOUT_MS);
+  g_autoptr(GBytes) r2 = client_read_msg(c, IO_TIMEOUT_MS);
+  g_autoptr(SipwireMsg) m2 = msg_parse(r2);
+  g_assert_cmpstr(sipwire_msg_get_first(m2, "CSeq"), ==, "8 NOTIFY");
+  /* The second is answered; only the first is left when the flow dies. */
+  g_autofree char *ok = make_response(m2, 200, "OK", NULL);
+  client_send(c, ok);
+  g_autoptr(GBytes) ok_back = fd_read_msg(ifd, ifr, IO_TIMEOUT_MS);
+  g_autoptr(SipwireMsg) ok_msg = msg_parse(ok_back);
+  g_assert_cmpuint(sipwire_msg_get_status(ok_msg), ==, 200);
+  client_free(c);
+  assert_flow_failed_430(f, ifd, ifr, "z9hG4bKdie1", "7 NOTIFY");
+  /* Exactly one answer per request: no 430 for the answered one. */
+  g_autoptr(GBytes) none = fd_read_msg(ifd, ifr, 300);
+  g_assert_null(none);
+  wait_n_flows(f, 0);
+
+  /* The edge closes the flow (framing lost), with a NOTIFY pending. */
+  c = client_connect(f->port, "a.example", "a.example");
+  g_autofree char *token2 = client_get_token(f, c);
+  g_autofree char *n3 = make_notify(f, token2, "z9hG4bKdie3", 9);
+  fd_send(ifd, n3);
+  g_autoptr(GBytes) r3 = client_read_msg(c, IO_TIMEOUT_MS);
+  g_assert_nonnull(r3);
+  client_send(c, "HELLO THERE\r\nthis is not SIP\r\n\r\n");
+  assert_flow_failed_430(f, ifd, ifr, "z9hG4bKdie3", "9 NOTIFY");
+  g_assert_true(client_wait_closed(c, IO_TIMEOUT_MS));
+  client_free(c);
+  close(ifd);
+}
+
+static void
+test_flow_dies(void)
+{
+  Fixture f;
+  fixture_init(&f);
+  fixture_start(&f);
+  fixture_run(&f, script_flow_dies);
+  fixture_clear(&f);
+}
+
 /* Pipelined requests, sent before the edge's connection to nua exists:
  * queued while it opens, relayed complete and in order; a large body
  * crosses several TLS records intact. */
@@ -1990,6 +2065,7 @@ main(int argc, char **argv)
   g_test_add_func("/edge/config/errors", test_config_errors);
   g_test_add_func("/edge/relay/round-trip", test_relay);
   g_test_add_func("/edge/relay/flow-failed", test_flow_failed);
+  g_test_add_func("/edge/relay/flow-dies", test_flow_dies);
   g_test_add_func("/edge/relay/nua-down", test_nua_down);
   g_test_add_func("/edge/relay/pipeline", test_pipeline);
   g_test_add_func("/edge/relay/burst", test_burst);

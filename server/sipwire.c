@@ -1472,6 +1472,87 @@ str_array_new(void)
   return g_ptr_array_new_with_free_func(g_free);
 }
 
+#define RFC3261_COOKIE "z9hG4bK"
+
+static void
+checksum_add_field(GChecksum *sum, const char *field)
+{
+  /* NUL ends each field: header values never contain one (the parser
+   * rejects it), so fields cannot run into each other. */
+  if (field == NULL)
+    field = "";
+  g_checksum_update(sum, (const guchar *)field, (gssize)strlen(field) + 1);
+}
+
+/* "  0042 INVITE" -> "42"; NULL when there is no number. */
+static char *
+cseq_number(const char *cseq)
+{
+  if (cseq == NULL)
+    return NULL;
+  const char *p = skip_ws(cseq);
+  const char *end = p;
+  while (g_ascii_isdigit(*end))
+    end++;
+  if (end == p)
+    return NULL;
+  while (p + 1 < end && *p == '0')
+    p++;
+  return g_strndup(p, (gsize)(end - p));
+}
+
+/* The branch of the edge's Via on a client request (RFC 3261 16.11): the
+ * same for the request, its retransmissions, its CANCEL and, for an INVITE,
+ * the ACK to a non-2xx final response, so nua matches them to the INVITE's
+ * transaction; different for every other client transaction. It hashes what
+ * identifies the client's transaction (RFC 3261 17.2.3) and the flow token,
+ * so two flows that happen to use the same branch never collide at nua and
+ * clients cannot aim at another flow's transactions.
+ *
+ * With the magic cookie that is the client's branch and sent-by. Without it
+ * (RFC 2543 clients) it is the Request-URI, From tag, Call-ID, CSeq number
+ * and the whole top Via. 17.2.3 also lists the To tag, but for the ACK it
+ * compares the To tag of the *response*, which a stateless edge does not
+ * know: the INVITE carries none and the ACK the UAS's, so the To tag is left
+ * out, or the ACK would never match its INVITE. Besides CANCEL and ACK, two
+ * requests of a client that agree on all the rest are retransmissions. */
+static char *
+edge_branch_derive(const SipwireMsg *msg, const char *client_via, const SipwireRelayCtx *ctx)
+{
+  g_autoptr(GChecksum) sum = g_checksum_new(G_CHECKSUM_SHA256);
+  checksum_add_field(sum, "sipcred edge branch 1");
+  checksum_add_field(sum, ctx->flow_token);
+  g_autofree char *branch = sipwire_param_get(client_via, "branch");
+  g_autofree char *host = NULL;
+  guint16 port = 0;
+  if (branch != NULL && g_str_has_prefix(branch, RFC3261_COOKIE) &&
+      sipwire_via_get_sent_by(client_via, &host, &port)) {
+    g_autofree char *host_lower = g_ascii_strdown(host, -1);
+    g_autofree char *port_str = g_strdup_printf("%u", port);
+    checksum_add_field(sum, "rfc3261");
+    checksum_add_field(sum, branch);
+    checksum_add_field(sum, host_lower);
+    checksum_add_field(sum, port_str);
+  } else {
+    g_autofree char *from_tag = sipwire_param_get(sipwire_msg_get_first(msg, "From"), "tag");
+    g_autofree char *cseq = cseq_number(sipwire_msg_get_first(msg, "CSeq"));
+    checksum_add_field(sum, "rfc2543");
+    checksum_add_field(sum, msg->uri);
+    checksum_add_field(sum, from_tag);
+    checksum_add_field(sum, sipwire_msg_get_first(msg, "Call-ID"));
+    checksum_add_field(sum, cseq);
+    checksum_add_field(sum, client_via);
+  }
+  /* 128 bits, as lower-case hex. */
+  guint8 digest[32];
+  gsize len = sizeof digest;
+  g_checksum_get_digest(sum, digest, &len);
+  GString *out = g_string_new(RFC3261_COOKIE);
+  for (gsize i = 0; i < 16; i++)
+    g_string_append_printf(out, "%02x", digest[i]);
+  return g_string_free(out, FALSE);
+}
+
 /* Route/Record-Route values without those naming an internal address.
  * A value we cannot read could hide one: FALSE then. */
 static gboolean
@@ -1552,17 +1633,19 @@ sipwire_relay_request_in(SipwireMsg *msg, const SipwireRelayCtx *ctx, GError **e
                        g_strdup_printf("<sip:%s@%s:%u;transport=tcp;lr>", ctx->flow_token,
                                        ctx->internal_host, ctx->edge_internal_port));
 
+  /* From the client's Via as it came (minus flow params, which it cannot
+   * have meant for us), before received/rport. */
+  g_autofree char *branch = edge_branch_derive(msg, kept->pdata[0], ctx);
+
   /* RFC 3581: where the request really came from. */
   g_autofree char *port_str = g_strdup_printf("%u", ctx->peer_port);
   g_autofree char *top = sipwire_param_set(kept->pdata[0], "received", ctx->peer_ip);
   g_free(kept->pdata[0]);
   kept->pdata[0] = sipwire_param_set(top, "rport", port_str);
 
-  g_autofree char *branch = random_alnum(24);
   g_ptr_array_insert(kept, 0,
-                     g_strdup_printf("SIP/2.0/TCP %s:%u;branch=z9hG4bK%s;flow=%s",
-                                     ctx->internal_host, ctx->edge_internal_port, branch,
-                                     ctx->flow_token));
+                     g_strdup_printf("SIP/2.0/TCP %s:%u;branch=%s;flow=%s", ctx->internal_host,
+                                     ctx->edge_internal_port, branch, ctx->flow_token));
 
   sipwire_msg_set_values(msg, "Via", kept);
   sipwire_msg_set_values(msg, "Route", routes);

@@ -135,7 +135,10 @@ typedef struct {
  * "SIP/2.0/TCP internal_host:edge_internal_port;branch=z9hG4bK...;flow=TOKEN",
  * and adds "Record-Route: <sip:TOKEN@internal_host:edge_internal_port;
  * transport=tcp;lr>" to dialog-creating requests (SUBSCRIBE, INVITE, REFER).
- * Fails with MALFORMED when there is no Via. */
+ * The edge's branch is derived from the client's transaction and the flow
+ * token (RFC 3261 16.11): a retransmission, a CANCEL and the ACK to a non-2xx
+ * response get the branch of their request; other transactions and other
+ * flows get different ones. Fails with MALFORMED when there is no Via. */
 gboolean sipwire_relay_request_in(SipwireMsg *msg, const SipwireRelayCtx *ctx, GError **error);
 
 /* nua -> client response. Pops the edge's Via and returns its flow token in

@@ -790,7 +790,7 @@ test_nameaddr(void)
 
 /* ---- edge rewriting ---------------------------------------------------- */
 
-/* Replaces the random branch of the edge's Via by "RANDOM". */
+/* Replaces the (hashed) branch of the edge's Via by "RANDOM". */
 static char *
 mask_edge_branch(const char *text)
 {
@@ -829,7 +829,7 @@ test_relay_request_in(void)
   g_assert_true(sipwire_relay_request_in(msg, &relay_ctx, &error));
   g_assert_no_error(error);
 
-  /* The edge's Via on top with a fresh branch and the flow token; the
+  /* The edge's Via on top with its own branch and the flow token; the
    * client's Via with received/rport; our Route popped; our Record-Route. */
   g_autofree char *text = serialize_str(msg);
   g_autofree char *masked = mask_edge_branch(text);
@@ -851,13 +851,137 @@ test_relay_request_in(void)
                   "Content-Length: 0\r\n"
                   "\r\n");
 
-  /* Each relayed request gets its own branch. */
+  /* A retransmission gets the same branch (RFC 3261 16.11), so nua sees it
+   * as one. */
   g_autoptr(SipwireMsg) again = parse_str(CLIENT_SUBSCRIBE);
   g_assert_true(sipwire_relay_request_in(again, &relay_ctx, &error));
   g_autofree char *b1 = sipwire_param_get(sipwire_msg_get_first(msg, "Via"), "branch");
   g_autofree char *b2 = sipwire_param_get(sipwire_msg_get_first(again, "Via"), "branch");
   g_assert_true(g_str_has_prefix(b1, "z9hG4bK"));
-  g_assert_cmpstr(b1, !=, b2);
+  g_assert_cmpstr(b1, ==, b2);
+}
+
+/* The edge branch @text gets with @ctx ("z9hG4bK" + 32 hex digits). */
+static char *
+relay_branch(const char *text, const SipwireRelayCtx *ctx)
+{
+  g_autoptr(SipwireMsg) msg = parse_str(text);
+  g_autoptr(GError) error = NULL;
+  g_assert_true(sipwire_relay_request_in(msg, ctx, &error));
+  g_assert_no_error(error);
+  g_autoptr(GPtrArray) vias = sipwire_msg_get_values(msg, "Via");
+  g_assert_cmpuint(vias->len, ==, 2);
+  g_autofree char *flow = sipwire_param_get(vias->pdata[0], "flow");
+  g_assert_cmpstr(flow, ==, ctx->flow_token);
+  char *branch = sipwire_param_get(vias->pdata[0], "branch");
+  g_assert_nonnull(branch);
+  g_assert_true(g_str_has_prefix(branch, "z9hG4bK"));
+  g_assert_cmpuint(strlen(branch), ==, 7 + 32);
+  for (const char *p = branch + 7; *p != '\0'; p++)
+    g_assert_true(g_ascii_isxdigit(*p) && !g_ascii_isupper(*p));
+  return branch;
+}
+
+/* A client request: @method, CSeq @cseq_method, top Via @via, To tag @to_tag
+ * (or none), Call-ID @call_id. */
+static char *
+branch_req(const char *method, const char *cseq_method, const char *via, const char *to_tag,
+           const char *call_id)
+{
+  return g_strdup_printf("%s sip:bob@example.com SIP/2.0\r\n"
+                         "Via: %s\r\n"
+                         "Max-Forwards: 70\r\n"
+                         "From: <sip:alice@example.com>;tag=a1\r\n"
+                         "To: <sip:bob@example.com>%s%s\r\n"
+                         "Call-ID: %s\r\n"
+                         "CSeq: 1 %s\r\n"
+                         "Content-Length: 0\r\n\r\n",
+                         method, via, to_tag != NULL ? ";tag=" : "", to_tag != NULL ? to_tag : "",
+                         call_id, cseq_method);
+}
+
+#define VIA_3261 "SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKinv1;rport"
+
+/* RFC 3261 16.11: an INVITE, its CANCEL and the ACK to its non-2xx response
+ * share the edge branch, so nua matches them; other transactions and the
+ * same client branch on another flow do not. */
+static void
+test_relay_branch(void)
+{
+  SipwireRelayCtx other_flow = relay_ctx;
+  other_flow.flow_token = "An0therFl0w";
+
+  g_autofree char *invite = branch_req("INVITE", "INVITE", VIA_3261, NULL, "c1@10.0.0.5");
+  g_autofree char *cancel = branch_req("CANCEL", "CANCEL", VIA_3261, NULL, "c1@10.0.0.5");
+  g_autofree char *ack = branch_req("ACK", "ACK", VIA_3261, "uas486", "c1@10.0.0.5");
+  g_autofree char *b_invite = relay_branch(invite, &relay_ctx);
+  g_autofree char *b_cancel = relay_branch(cancel, &relay_ctx);
+  g_autofree char *b_ack = relay_branch(ack, &relay_ctx);
+  g_assert_cmpstr(b_cancel, ==, b_invite);
+  g_assert_cmpstr(b_ack, ==, b_invite);
+  /* Host case does not make another transaction. */
+  g_autofree char *upper = branch_req(
+      "CANCEL", "CANCEL", "SIP/2.0/TLS CLIENT.example:5061;branch=z9hG4bKinv1", NULL, "c1");
+  g_autofree char *lower = branch_req(
+      "INVITE", "INVITE", "SIP/2.0/TLS client.example:5061;branch=z9hG4bKinv1", NULL, "c1");
+  g_autofree char *b_upper = relay_branch(upper, &relay_ctx);
+  g_autofree char *b_lower = relay_branch(lower, &relay_ctx);
+  g_assert_cmpstr(b_upper, ==, b_lower);
+
+  /* Same client branch on another flow. */
+  g_autofree char *b_other_flow = relay_branch(invite, &other_flow);
+  g_autofree char *b_other_cancel = relay_branch(cancel, &other_flow);
+  g_assert_cmpstr(b_other_flow, !=, b_invite);
+  g_assert_cmpstr(b_other_cancel, ==, b_other_flow);
+  /* Another client branch: the ACK to a 2xx, a new INVITE. */
+  g_autofree char *ack2xx = branch_req(
+      "ACK", "ACK", "SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKack2;rport", "uas", "c1@10.0.0.5");
+  g_autofree char *invite2 = branch_req(
+      "INVITE", "INVITE", "SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKinv2;rport", NULL, "c1");
+  g_autofree char *b_ack2xx = relay_branch(ack2xx, &relay_ctx);
+  g_autofree char *b_invite2 = relay_branch(invite2, &relay_ctx);
+  g_assert_cmpstr(b_ack2xx, !=, b_invite);
+  g_assert_cmpstr(b_invite2, !=, b_invite);
+  /* Same branch from another sent-by. */
+  g_autofree char *moved = branch_req(
+      "INVITE", "INVITE", "SIP/2.0/TLS 10.0.0.6:5061;branch=z9hG4bKinv1;rport", NULL, "c1");
+  g_autofree char *b_moved = relay_branch(moved, &relay_ctx);
+  g_assert_cmpstr(b_moved, !=, b_invite);
+
+  /* RFC 2543 client: no magic cookie (or no branch at all). The To tag
+   * differs between an INVITE and the ACK to its non-2xx response. */
+  const char *const old_vias[] = {"SIP/2.0/UDP 10.0.0.7:5060;branch=1234",
+                                  "SIP/2.0/UDP 10.0.0.7:5060"};
+  for (gsize i = 0; i < G_N_ELEMENTS(old_vias); i++) {
+    g_test_message("RFC 2543 Via: %s", old_vias[i]);
+    g_autofree char *o_inv = branch_req("INVITE", "INVITE", old_vias[i], NULL, "o1@10.0.0.7");
+    g_autofree char *o_can = branch_req("CANCEL", "CANCEL", old_vias[i], NULL, "o1@10.0.0.7");
+    g_autofree char *o_ack = branch_req("ACK", "ACK", old_vias[i], "uas404", "o1@10.0.0.7");
+    g_autofree char *o_call = branch_req("INVITE", "INVITE", old_vias[i], NULL, "o2@10.0.0.7");
+    g_autofree char *b_o_inv = relay_branch(o_inv, &relay_ctx);
+    g_autofree char *b_o_can = relay_branch(o_can, &relay_ctx);
+    g_autofree char *b_o_ack = relay_branch(o_ack, &relay_ctx);
+    g_autofree char *b_o_call = relay_branch(o_call, &relay_ctx);
+    g_autofree char *b_o_flow = relay_branch(o_inv, &other_flow);
+    g_assert_cmpstr(b_o_can, ==, b_o_inv);
+    g_assert_cmpstr(b_o_ack, ==, b_o_inv);
+    g_assert_cmpstr(b_o_call, !=, b_o_inv);
+    g_assert_cmpstr(b_o_flow, !=, b_o_inv);
+    /* The next request of the call (CSeq 2) is another transaction. */
+    g_autoptr(GString) next = g_string_new(o_inv);
+    g_string_replace(next, "CSeq: 1 INVITE", "CSeq: 2 INVITE", 1);
+    g_autofree char *b_o_next = relay_branch(next->str, &relay_ctx);
+    g_assert_cmpstr(b_o_next, !=, b_o_inv);
+  }
+  /* A branch that only looks like one (case differs from the cookie) is
+   * not RFC 3261's: the Call-ID then tells transactions apart. */
+  g_autofree char *fake1 =
+      branch_req("INVITE", "INVITE", "SIP/2.0/UDP 10.0.0.7:5060;branch=Z9HG4BKx", NULL, "f1");
+  g_autofree char *fake2 =
+      branch_req("INVITE", "INVITE", "SIP/2.0/UDP 10.0.0.7:5060;branch=Z9HG4BKx", NULL, "f2");
+  g_autofree char *b_fake1 = relay_branch(fake1, &relay_ctx);
+  g_autofree char *b_fake2 = relay_branch(fake2, &relay_ctx);
+  g_assert_cmpstr(b_fake1, !=, b_fake2);
 }
 
 static void
@@ -1499,6 +1623,7 @@ main(int argc, char **argv)
   g_test_add_func("/sipwire/relay/request-in", test_relay_request_in);
   g_test_add_func("/sipwire/relay/request-in-spoof", test_relay_request_in_spoof);
   g_test_add_func("/sipwire/relay/request-in-errors", test_relay_request_in_errors);
+  g_test_add_func("/sipwire/relay/branch", test_relay_branch);
   g_test_add_func("/sipwire/relay/many-values", test_relay_many_values);
   g_test_add_func("/sipwire/relay/response-out", test_relay_response_out);
   g_test_add_func("/sipwire/relay/response-out-spoofed", test_relay_response_out_spoofed);

@@ -1418,16 +1418,6 @@ ctx_is_valid(const SipwireRelayCtx *ctx)
          is_safe_value(ctx->public_host) && ctx->peer_ip != NULL && is_safe_value(ctx->peer_ip);
 }
 
-/* An address on the internal side: nua's listener or the edge's own. An
- * unwritten port is 5060 (the default for TCP and UDP). */
-static gboolean
-ctx_is_internal(const SipwireRelayCtx *ctx, const char *host, guint16 port)
-{
-  guint16 p = port != 0 ? port : 5060;
-  return host_equal(host, ctx->internal_host) &&
-         (p == ctx->edge_internal_port || p == ctx->nua_port);
-}
-
 static gboolean
 ctx_is_served(const SipwireRelayCtx *ctx, const char *host)
 {
@@ -1437,6 +1427,19 @@ ctx_is_served(const SipwireRelayCtx *ctx, const char *host)
     if (host_equal(host, *d))
       return TRUE;
   return FALSE;
+}
+
+/* An address on the internal side: nua's listener or the edge's own, named
+ * by the internal host or by a served name, as nua names itself in its Via
+ * and Contact ("example.com:NUA_PORT"). An unwritten port is 5060 (the
+ * default for TCP and UDP). */
+static gboolean
+ctx_is_internal(const SipwireRelayCtx *ctx, const char *host, guint16 port)
+{
+  guint16 p = port != 0 ? port : 5060;
+  if (p != ctx->edge_internal_port && p != ctx->nua_port)
+    return FALSE;
+  return host_equal(host, ctx->internal_host) || ctx_is_served(ctx, host);
 }
 
 static gboolean
@@ -1553,6 +1556,24 @@ edge_branch_derive(const SipwireMsg *msg, const char *client_via, const SipwireR
   return g_string_free(out, FALSE);
 }
 
+/* Whether a Route/Record-Route value leads to the internal side, by its host
+ * or by a maddr parameter (which overrides the host as the destination).
+ * FALSE when the value cannot be read. */
+static gboolean
+route_read_internal(const SipwireRelayCtx *ctx, const char *value, gboolean *internal)
+{
+  g_autofree char *uri = value_get_uri(value);
+  g_auto(UriParts) parts = {0};
+  if (uri == NULL || !uri_parse(uri, &parts))
+    return FALSE;
+  *internal = ctx_is_internal(ctx, parts.host, parts.port);
+  if (!*internal) {
+    g_autofree char *maddr = sipwire_param_get(uri, "maddr");
+    *internal = maddr != NULL && ctx_is_internal(ctx, maddr, parts.port);
+  }
+  return TRUE;
+}
+
 /* Route/Record-Route values without those naming an internal address.
  * A value we cannot read could hide one: FALSE then. */
 static gboolean
@@ -1560,16 +1581,15 @@ routes_strip_internal(const SipwireRelayCtx *ctx, GPtrArray *values, GError **er
 {
   guint kept = 0;
   for (guint i = 0; i < values->len; i++) {
-    g_autofree char *host = NULL;
-    guint16 port = 0;
-    if (!sipwire_nameaddr_get_host_port(values->pdata[i], NULL, &host, &port)) {
+    gboolean internal = FALSE;
+    if (!route_read_internal(ctx, values->pdata[i], &internal)) {
       g_set_error(error, SIPWIRE_ERROR, SIPWIRE_ERROR_MALFORMED, "unreadable route");
       for (guint j = i; j < values->len; j++) /* still owned: the caller frees them */
         values->pdata[kept++] = values->pdata[j];
       ptr_array_truncate(values, kept);
       return FALSE;
     }
-    if (ctx_is_internal(ctx, host, port))
+    if (internal)
       g_free(values->pdata[i]);
     else
       values->pdata[kept++] = values->pdata[i];
@@ -1715,10 +1735,8 @@ routes_remove_internal(SipwireMsg *msg, const SipwireRelayCtx *ctx, const char *
   g_autoptr(GPtrArray) values = sipwire_msg_get_values(msg, name);
   guint kept = 0;
   for (guint i = 0; i < values->len; i++) {
-    g_autofree char *host = NULL;
-    guint16 port = 0;
-    if (sipwire_nameaddr_get_host_port(values->pdata[i], NULL, &host, &port) &&
-        ctx_is_internal(ctx, host, port))
+    gboolean internal = FALSE;
+    if (route_read_internal(ctx, values->pdata[i], &internal) && internal)
       g_free(values->pdata[i]);
     else
       values->pdata[kept++] = values->pdata[i];

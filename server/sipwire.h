@@ -129,9 +129,11 @@ typedef struct {
 } SipwireRelayCtx;
 
 /* Client -> nua request. Removes what could spoof the internal side (Via,
- * Route and Record-Route values naming an internal address, every "flow"
- * parameter), pops Route values naming us (a served domain or the public
- * address), sets received/rport on the client's Via, pushes the edge's Via
+ * Route and Record-Route values naming an internal address: internal_host,
+ * a served domain or public_host with nua_port or edge_internal_port, as
+ * host or route maddr; every "flow" parameter), pops Route values naming us
+ * (a served domain or the public address), sets received/rport on the
+ * client's Via, pushes the edge's Via
  * "SIP/2.0/TCP internal_host:edge_internal_port;branch=z9hG4bK...;flow=TOKEN",
  * and adds "Record-Route: <sip:TOKEN@internal_host:edge_internal_port;
  * transport=tcp;lr>" to dialog-creating requests (SUBSCRIBE, INVITE, REFER).

@@ -1361,6 +1361,57 @@ test_flow_failed(void)
   fixture_clear(&f);
 }
 
+/* nua's own name (a served domain with nua's or the edge's internal port)
+ * in a client's Via, Route or Record-Route never reaches nua. */
+static void
+script_strip_nua_name(Fixture *f)
+{
+  TestClient *c = client_connect(f->port, "a.example", "a.example");
+  g_autofree char *sub = g_strdup_printf(
+      "SUBSCRIBE sips:alice@a.example SIP/2.0\r\n"
+      "Via: SIP/2.0/TCP a.example:%u;branch=z9hG4bKnuaname\r\n"
+      "Via: SIP/2.0/TCP B.EXAMPLE:%u;branch=z9hG4bKedgename\r\n"
+      "Via: SIP/2.0/TLS client.invalid;branch=z9hG4bKsub2\r\n"
+      "Route: <sip:b.example:%u;transport=tcp;lr>\r\n"
+      "Record-Route: <sip:a.example:%u;transport=tcp;lr>, <sip:proxy.invalid;lr>\r\n"
+      "Max-Forwards: 70\r\n"
+      "From: <sips:alice@a.example>;tag=fromtag\r\n"
+      "To: <sips:alice@a.example>\r\n"
+      "Call-ID: sub-call-2\r\n"
+      "CSeq: 1 SUBSCRIBE\r\n"
+      "Contact: <sips:alice@client.invalid>\r\n"
+      "Event: certificate\r\n"
+      "Content-Length: 0\r\n\r\n",
+      f->nua_port, f->internal_port, f->internal_port, f->nua_port);
+  client_send(c, sub);
+  g_autoptr(GBytes) req_bytes = nua_read(f);
+  g_autoptr(SipwireMsg) req = msg_parse(req_bytes);
+  g_autoptr(GPtrArray) vias = sipwire_msg_get_values(req, "Via");
+  g_assert_cmpuint(vias->len, ==, 2);
+  g_autofree char *token = sipwire_param_get(vias->pdata[0], "flow");
+  g_assert_nonnull(token);
+  g_assert_true(
+      g_str_has_prefix(vias->pdata[1], "SIP/2.0/TLS client.invalid;branch=z9hG4bKsub2;"));
+  g_assert_cmpuint(msg_count(req, "Route"), ==, 0);
+  g_autoptr(GPtrArray) rrs = sipwire_msg_get_values(req, "Record-Route");
+  g_assert_cmpuint(rrs->len, ==, 2);
+  g_autofree char *rr_expect =
+      g_strdup_printf("<sip:%s@127.0.0.1:%u;transport=tcp;lr>", token, f->internal_port);
+  g_assert_cmpstr(rrs->pdata[0], ==, rr_expect);
+  g_assert_cmpstr(rrs->pdata[1], ==, "<sip:proxy.invalid;lr>");
+  client_free(c);
+}
+
+static void
+test_strip_nua_name(void)
+{
+  Fixture f;
+  fixture_init(&f);
+  fixture_start(&f);
+  fixture_run(&f, script_strip_nua_name);
+  fixture_clear(&f);
+}
+
 /* A NOTIFY the client never answers gets 430 for its branch and CSeq as
  * soon as the flow goes (not after Timer F), with nua's own Via. */
 static void
@@ -2066,6 +2117,7 @@ main(int argc, char **argv)
   g_test_add_func("/edge/relay/round-trip", test_relay);
   g_test_add_func("/edge/relay/flow-failed", test_flow_failed);
   g_test_add_func("/edge/relay/flow-dies", test_flow_dies);
+  g_test_add_func("/edge/relay/strip-nua-name", test_strip_nua_name);
   g_test_add_func("/edge/relay/nua-down", test_nua_down);
   g_test_add_func("/edge/relay/pipeline", test_pipeline);
   g_test_add_func("/edge/relay/burst", test_burst);

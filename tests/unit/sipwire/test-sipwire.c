@@ -1029,6 +1029,82 @@ test_relay_request_in_spoof(void)
   g_assert_null(strstr(strstr(text, "flow=Fl0wT0ken42") + 1, "flow="));
 }
 
+/* nua names itself by the public name and its own port ("Via: SIP/2.0/TCP
+ * example.com:44813", "Contact: <sip:example.com:44813;transport=tcp>"): a
+ * client's Via, Route or Record-Route naming a served domain or the public
+ * host with nua's or the edge's internal port is internal too, and so is a
+ * route whose maddr names the internal side. */
+static void
+test_relay_request_in_nua_name(void)
+{
+  g_autoptr(SipwireMsg) msg =
+      parse_str("SUBSCRIBE sip:bob@example.com SIP/2.0\r\n"
+                "Via: SIP/2.0/TCP example.com:5080;branch=z9hG4bKnua, "
+                "SIP/2.0/TCP EXAMPLE.ORG:5070;branch=z9hG4bKedge;flow=Victim\r\n"
+                "Via: SIP/2.0/TCP example.com:5090;branch=z9hG4bKother, "
+                "SIP/2.0/TLS 10.0.0.6:5061;branch=z9hG4bKreal\r\n"
+                "Record-Route: <sip:Victim@example.com:5070;transport=tcp;lr>, "
+                "<sip:example.org:5080;lr>, <sip:proxy.example.net;lr>\r\n"
+                "Route: <sip:example.com;lr>, <sip:example.com:5080;transport=tcp;lr>, "
+                "<sip:Victim@Example.Org:5070;lr>, <sip:relay.example.net:5080;lr>, "
+                "<sip:evil.example.net:5070;maddr=127.0.0.1;lr>, "
+                "<sip:evil.example.net:5080;maddr=example.org;lr>, "
+                "<sip:evil.example.net:5061;maddr=127.0.0.1;lr>, <sip:next.example.net;lr>\r\n"
+                "From: <sip:mallory@example.net>;tag=m1\r\n"
+                "To: <sip:bob@example.com>\r\n"
+                "Call-ID: nua-name@10.0.0.6\r\n"
+                "CSeq: 1 SUBSCRIBE\r\n"
+                "Event: credential\r\n"
+                "Content-Length: 0\r\n\r\n");
+  g_autoptr(GError) error = NULL;
+  g_assert_true(sipwire_relay_request_in(msg, &relay_ctx, &error));
+  g_assert_no_error(error);
+
+  g_autoptr(GPtrArray) vias = sipwire_msg_get_values(msg, "Via");
+  g_assert_cmpuint(vias->len, ==, 3);
+  g_autofree char *token = sipwire_param_get(vias->pdata[0], "flow");
+  g_assert_cmpstr(token, ==, "Fl0wT0ken42");
+  /* The first Via left is the client's: received/rport go there. */
+  g_assert_cmpstr(vias->pdata[1], ==,
+                  "SIP/2.0/TCP example.com:5090;branch=z9hG4bKother;received=192.0.2.7;"
+                  "rport=49152");
+  g_assert_cmpstr(vias->pdata[2], ==, "SIP/2.0/TLS 10.0.0.6:5061;branch=z9hG4bKreal");
+  assert_values(msg, "Record-Route", EDGE_RR " | <sip:proxy.example.net;lr>");
+  /* Other hosts on those ports, and maddr naming something else, stay. */
+  assert_values(msg, "Route",
+                "<sip:relay.example.net:5080;lr> | "
+                "<sip:evil.example.net:5061;maddr=127.0.0.1;lr> | <sip:next.example.net;lr>");
+  g_autofree char *text = serialize_str(msg);
+  g_assert_null(strstr(text, "Victim"));
+  g_assert_null(strstr(text, "example.com:5080"));
+  g_assert_null(strstr(text, "5070;maddr"));
+
+  /* A request whose only Via is nua's name is not from a client. */
+  g_autoptr(SipwireMsg) only = parse_str("MESSAGE sip:a@example.com SIP/2.0\r\n"
+                                         "Via: SIP/2.0/TCP example.org:5080;branch=z9hG4bK1\r\n"
+                                         "Content-Length: 0\r\n\r\n");
+  g_autoptr(GError) only_error = NULL;
+  g_assert_false(sipwire_relay_request_in(only, &relay_ctx, &only_error));
+  g_assert_error(only_error, SIPWIRE_ERROR, SIPWIRE_ERROR_MALFORMED);
+
+  /* Toward the client, routes naming nua that way do not leave either. */
+  g_autoptr(SipwireMsg) ok =
+      parse_str("SIP/2.0 200 OK\r\n"
+                "Via: SIP/2.0/TCP 127.0.0.1:5070;branch=z9hG4bKedge1;flow=Fl0wT0ken42\r\n"
+                "Via: SIP/2.0/TLS 10.0.0.5:5061;branch=z9hG4bKc1ient\r\n"
+                "Record-Route: " EDGE_RR ", <sip:example.com:5080;transport=tcp;lr>, "
+                "<sip:proxy.example.net;lr>\r\n"
+                "From: <sip:alice@example.com>;tag=a1\r\n"
+                "To: <sip:alice@example.com>;tag=n1\r\n"
+                "Call-ID: sub1@10.0.0.5\r\n"
+                "CSeq: 1 SUBSCRIBE\r\n"
+                "Content-Length: 0\r\n\r\n");
+  g_autofree char *flow = NULL;
+  g_assert_true(sipwire_relay_response_out(ok, &relay_ctx, &flow, &error));
+  g_assert_no_error(error);
+  assert_values(ok, "Record-Route", "<sip:proxy.example.net;lr>");
+}
+
 static void
 test_relay_request_in_errors(void)
 {
@@ -1623,6 +1699,7 @@ main(int argc, char **argv)
   g_test_add_func("/sipwire/relay/request-in", test_relay_request_in);
   g_test_add_func("/sipwire/relay/request-in-spoof", test_relay_request_in_spoof);
   g_test_add_func("/sipwire/relay/request-in-errors", test_relay_request_in_errors);
+  g_test_add_func("/sipwire/relay/request-in-nua-name", test_relay_request_in_nua_name);
   g_test_add_func("/sipwire/relay/branch", test_relay_branch);
   g_test_add_func("/sipwire/relay/many-values", test_relay_many_values);
   g_test_add_func("/sipwire/relay/response-out", test_relay_response_out);

@@ -6,9 +6,11 @@ accepts, private keys only the owner can read, and a rerun that changes nothing.
 import os
 import shutil
 import stat
+import sys
 import tempfile
 
-import sipcredharness as h
+sys.dont_write_bytecode = True  # keep the source tree clean (it may be read-only)
+import sipcredharness as h  # noqa: E402
 
 
 def info(path):

@@ -15,9 +15,11 @@ Where the index expects what a later issue delivers, the line is a TAP TODO nami
 
 import hashlib
 import os
+import sys
 import time
 
-import sipcredharness as h
+sys.dont_write_bytecode = True  # keep the source tree clean (it may be read-only)
+import sipcredharness as h  # noqa: E402
 
 IDLE_S = 4.0      # idle-timeout of this test's daemon
 ANSWER_S = 2.0    # how long to wait for an answer (below IDLE_S, so silence is told apart)

@@ -8,10 +8,12 @@ compared with the DER that `sipcred cred export` gives (SIPp's own logs mangle b
 import os
 import select
 import socket
+import sys
 import threading
 import time
 
-import sipcredharness as h
+sys.dont_write_bytecode = True  # keep the source tree clean (it may be read-only)
+import sipcredharness as h  # noqa: E402
 
 ALICE = 'sip:alice@example.com'
 

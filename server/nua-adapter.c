@@ -82,7 +82,10 @@ port_respond(gpointer txnp, const CoreResponse *r, gpointer user_data)
   g_snprintf(expires, sizeof expires, "%u", r->expires);
   g_snprintf(min_expires, sizeof min_expires, "%u", r->min_expires);
 
-  nua_respond(t->nh, r->status, r->phrase, NUTAG_WITH_THIS(ad->nua),
+  /* nua keeps the phrase pointer until its stack runs the response; the
+   * core's string dies when this call returns, so the handle owns a copy. */
+  char const *phrase = r->phrase ? su_strdup(nua_handle_home(t->nh), r->phrase) : NULL;
+  nua_respond(t->nh, r->status, phrase, NUTAG_WITH_THIS(ad->nua),
               TAG_IF(is_2xx, SIPTAG_EXPIRES_STR(expires)),
               TAG_IF(r->min_expires, SIPTAG_MIN_EXPIRES_STR(min_expires)),
               TAG_IF(r->accept, SIPTAG_ACCEPT_STR(r->accept)),

@@ -131,6 +131,7 @@ typedef struct {
 struct _Edge {
   GMainContext *ctx;
   GStrv domains;
+  guint32 subscribe_default_expires; /* see SipwireRelayCtx */
   GStrv listen;
   gnutls_priority_t priority;
   EdgeCreds *creds;
@@ -1132,6 +1133,7 @@ flow_relay_ctx(EdgeConn *flow, SipwireRelayCtx *ctx)
   ctx->public_host = flow->public_host;
   ctx->public_port = flow->public_port;
   ctx->served_domains = (const char *const *) edge->domains;
+  ctx->subscribe_default_expires = edge->subscribe_default_expires;
 }
 
 static void
@@ -1894,6 +1896,7 @@ edge_new(const SrvConfig *cfg, GError **error)
   Edge *edge = g_new0(Edge, 1);
   edge->ctx = g_main_context_ref_thread_default();
   edge->domains = g_steal_pointer(&domains);
+  edge->subscribe_default_expires = cfg->core.default_expires;
   edge->listen = g_strdupv(cfg->listen);
   edge->priority = priority;
   edge->creds = creds;

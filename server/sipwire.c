@@ -1648,6 +1648,11 @@ sipwire_relay_request_in(SipwireMsg *msg, const SipwireRelayCtx *ctx, GError **e
   if (!routes_strip_internal(ctx, rrs, error))
     return FALSE;
   const char *m = msg->method;
+  if (strcmp(m, "SUBSCRIBE") == 0 && ctx->subscribe_default_expires > 0 &&
+      sipwire_msg_get_first(msg, "Expires") == NULL) {
+    g_autofree char *expires = g_strdup_printf("%u", ctx->subscribe_default_expires);
+    sipwire_msg_append_header(msg, "Expires", expires);
+  }
   if (strcmp(m, "SUBSCRIBE") == 0 || strcmp(m, "INVITE") == 0 || strcmp(m, "REFER") == 0)
     g_ptr_array_insert(rrs, 0,
                        g_strdup_printf("<sip:%s@%s:%u;transport=tcp;lr>", ctx->flow_token,

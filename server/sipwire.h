@@ -126,6 +126,10 @@ typedef struct {
   const char *public_host;        /* the served domain this flow speaks for (SNI) */
   guint16 public_port;            /* the TLS listener's port */
   const char *const *served_domains;
+  /* Written into a SUBSCRIBE that has no Expires; 0 leaves it alone. nua
+   * takes a missing Expires as 3600 s and never grants more than requested,
+   * so without this the event packages' one-day default could not apply. */
+  guint32 subscribe_default_expires;
 } SipwireRelayCtx;
 
 /* Client -> nua request. Removes what could spoof the internal side (Via,

@@ -1671,6 +1671,35 @@ test_rfc4475_specific(void)
   g_assert_cmpstr(vias->pdata[0], ==, "SIP/2.0/TCP sip33.example.com");
 }
 
+/* nua takes a SUBSCRIBE without Expires as 3600 s and grants no more, so the
+ * edge writes the configured default in; an explicit Expires is untouched. */
+static void
+test_relay_subscribe_default_expires(void)
+{
+  SipwireRelayCtx ctx = relay_ctx;
+  ctx.subscribe_default_expires = 86400;
+
+  g_autoptr(GString) without = g_string_new(CLIENT_SUBSCRIBE);
+  g_assert_cmpuint(g_string_replace(without, "Expires: 3600\r\n", "", 0), ==, 1);
+  g_autoptr(SipwireMsg) msg = parse_str(without->str);
+  g_autoptr(GError) error = NULL;
+  g_assert_true(sipwire_relay_request_in(msg, &ctx, &error));
+  g_autoptr(GPtrArray) values = sipwire_msg_get_values(msg, "Expires");
+  g_assert_cmpuint(values->len, ==, 1);
+  g_assert_cmpstr(values->pdata[0], ==, "86400");
+
+  g_autoptr(SipwireMsg) with = parse_str(CLIENT_SUBSCRIBE);
+  g_assert_true(sipwire_relay_request_in(with, &ctx, &error));
+  g_autoptr(GPtrArray) kept = sipwire_msg_get_values(with, "Expires");
+  g_assert_cmpuint(kept->len, ==, 1);
+  g_assert_cmpstr(kept->pdata[0], ==, "3600");
+
+  /* Off (0): nothing is added. */
+  g_autoptr(SipwireMsg) off = parse_str(without->str);
+  g_assert_true(sipwire_relay_request_in(off, &relay_ctx, &error));
+  g_assert_null(sipwire_msg_get_first(off, "Expires"));
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1701,6 +1730,8 @@ main(int argc, char **argv)
   g_test_add_func("/sipwire/relay/request-in-errors", test_relay_request_in_errors);
   g_test_add_func("/sipwire/relay/request-in-nua-name", test_relay_request_in_nua_name);
   g_test_add_func("/sipwire/relay/branch", test_relay_branch);
+  g_test_add_func("/sipwire/relay/subscribe-default-expires",
+                  test_relay_subscribe_default_expires);
   g_test_add_func("/sipwire/relay/many-values", test_relay_many_values);
   g_test_add_func("/sipwire/relay/response-out", test_relay_response_out);
   g_test_add_func("/sipwire/relay/response-out-spoofed", test_relay_response_out_spoofed);

@@ -44,7 +44,7 @@ __lsan_default_suppressions(void)
 
 static char *tmp_dir;
 static char *conf_path;
-static const char *const tmp_files[] = {"sipcredd.conf", "example.com.pem", "example.com.key",
+static const char *const tmp_files[] = {"sipcredd.conf",   "example.com.pem", "example.com.key",
                                         "example.org.pem", "example.org.key", "other.key",
                                         "garbage.pem"};
 
@@ -74,9 +74,8 @@ make_key(void)
 {
   gnutls_x509_privkey_t key;
   FUZZ_CHECK(gnutls_x509_privkey_init(&key) == 0);
-  FUZZ_CHECK(gnutls_x509_privkey_generate(key, GNUTLS_PK_ECDSA,
-                                          GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1),
-                                          0) == 0);
+  FUZZ_CHECK(gnutls_x509_privkey_generate(
+                 key, GNUTLS_PK_ECDSA, GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1), 0) == 0);
   return key;
 }
 

@@ -91,9 +91,12 @@ check_aor(const char *uri)
   /* One spelling per AOR: the canonical form is a fixed point. */
   g_autofree char *again = core_aor_canonicalize(aor, &error);
   FUZZ_CHECK(again != NULL && g_str_equal(again, aor));
+  /* The length limit counts the blanks and <> too. */
   g_autofree char *bracketed = g_strdup_printf(" <%s>\t", aor);
-  g_autofree char *again2 = core_aor_canonicalize(bracketed, &error);
-  FUZZ_CHECK(again2 != NULL && g_str_equal(again2, aor));
+  if (strlen(bracketed) <= CORE_AOR_MAX_INPUT) {
+    g_autofree char *again2 = core_aor_canonicalize(bracketed, &error);
+    FUZZ_CHECK(again2 != NULL && g_str_equal(again2, aor));
+  }
 
   /* Served exactly when the host is one of ours (a trailing dot on the
    * configured name does not matter). */

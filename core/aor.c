@@ -270,6 +270,13 @@ core_aor_canonicalize(const char *uri, GError **error)
   const char *tail = aor_parse_host(at + 1, out, error);
   if (tail == NULL || !aor_check_tail(tail, error))
     return NULL;
+  /* Normalising can lengthen an IPv6 host ("::ffff:a:a" prints as
+   * "::ffff:0.10.0.10"); the result must itself be acceptable input, so a
+   * canonical AOR is always a fixed point. */
+  if (out->len > CORE_AOR_MAX_INPUT) {
+    aor_fail(error, "longer than " G_STRINGIFY(CORE_AOR_MAX_INPUT) " bytes once normalised");
+    return NULL;
+  }
   return g_string_free(g_steal_pointer(&out), FALSE);
 }
 

@@ -550,7 +550,9 @@ class Subscription:
 
     def send_subscribe(self, expires):
         self.cseq += 1
-        extra = ['Event: ' + self.event, 'Expires: %d' % expires]
+        extra = ['Event: ' + self.event]
+        if expires is not None:  # None: no Expires header, the server's default applies
+            extra.append('Expires: %d' % expires)
         if self.accept:
             extra.append('Accept: ' + self.accept)
         extra += ['Route: ' + r for r in self.routes]

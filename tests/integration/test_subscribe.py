@@ -25,7 +25,7 @@ def expires_of(notify):
 def main(tap):
     h.require_tools('certtool')
     with h.Deployment(tap, users=(ALICE,),
-                      certificate={'default-expires': 1800, 'max-expires': 3600,
+                      certificate={'default-expires': 7200, 'max-expires': 10800,
                                    'min-expires': 60}) as dep:
         dep.import_certs()
         dep.start()
@@ -86,11 +86,16 @@ def main(tap):
                    and final.get('min-expires', '').strip() == '60',
                    'Expires below min-expires gets 423 with Min-Expires: 60 (%s)'
                    % (final.start if final else 'no answer'))
-            final, notify = h.Subscription(c, ALICE).exchange(7200)
+            final, notify = h.Subscription(c, ALICE).exchange(None)
             granted = final.get('expires', '').strip() if final else ''
-            tap.ok(final is not None and final.code == 200 and granted == '3600'
-                   and expires_of(notify) is not None and expires_of(notify) <= 3600,
-                   'Expires above max-expires is granted as 3600 (got %r)' % granted)
+            tap.ok(final is not None and final.code == 200 and granted == '7200'
+                   and expires_of(notify) is not None and 7190 <= expires_of(notify) <= 7200,
+                   'no Expires gets default-expires, 7200 (got %r)' % granted)
+            final, notify = h.Subscription(c, ALICE).exchange(20000)
+            granted = final.get('expires', '').strip() if final else ''
+            tap.ok(final is not None and final.code == 200 and granted == '10800'
+                   and expires_of(notify) is not None and 10790 <= expires_of(notify) <= 10800,
+                   'Expires 20000 above max-expires is granted as 10800 (got %r)' % granted)
 
         tap.ok(h.options_ok(dep), 'the daemon still answers OPTIONS with 200')
         tap.ok(dep.stop() == 0, 'sipcredd exits 0 on SIGTERM')

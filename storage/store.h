@@ -22,6 +22,7 @@ typedef enum {
   STORE_ERROR_SCHEMA,    /* schema version newer than this build knows */
   STORE_ERROR_BUSY,      /* reader table full or lock held */
   STORE_ERROR_INVALID,   /* caller passed something unstorable */
+  STORE_ERROR_KEY,       /* master key missing, unsafe (mode), malformed or not the store's */
 } StoreError;
 
 /* Current on-disk schema version; see store_db_open() for migrations. */
@@ -39,8 +40,15 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(StoreDb, store_db_free)
 /* Schema version recorded in the store's meta table. */
 guint store_db_get_schema_version(StoreDb *db);
 
-/* The certificate record of one AOR. The private-key part of a credential
- * arrives with the credential issue; this record already reserves its place. */
+/* How the private key of a credential is held. */
+typedef enum {
+  STORE_KEY_NONE = 0,       /* certificate only */
+  STORE_KEY_USER_ENCRYPTED, /* PKCS#8 encrypted by the user: opaque, stored as given */
+  STORE_KEY_SERVER_HELD,    /* plain PKCS#8, wrapped with AES-256-GCM under the master key
+                               (additional data: AOR and version); never on disk in clear */
+} StoreKeyKind;
+
+/* The credential record of one AOR. */
 typedef struct {
   char *aor;
   GBytes *cert_der;  /* X.509 certificate, DER */
@@ -49,19 +57,93 @@ typedef struct {
   gint64 updated;    /* unix seconds, time of the last write */
   guint64 version;   /* starts at 1, +1 per write */
   char *etag;        /* opaque, changes on every write */
+  StoreKeyKind key_kind;
+  GBytes *pkcs8;     /* PKCS#8 DER: as stored for USER_ENCRYPTED, unwrapped for SERVER_HELD
+                        (only when the store has its master key), else NULL */
 } StoreCred;
 
 void store_cred_free(StoreCred *cred);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(StoreCred, store_cred_free)
 
-/* Stores (replacing) the certificate of @aor. Returns after a durable commit. */
+/* ---- Master key ---------------------------------------------------------
+ * 32 random bytes in a file of mode 0600 (no group/other bits). Its id (a
+ * hash, never the key) is recorded in meta on first use; a different key is
+ * refused. */
+#define STORE_MASTER_KEY_SIZE 32
+typedef struct _StoreMasterKey StoreMasterKey;
+
+/* Creates @path exclusively (never overwrites), mode 0600. */
+gboolean store_master_key_generate(const char *path, GError **error);
+/* STORE_ERROR_KEY naming the file when it is readable by group/others,
+ * not exactly 32 bytes, or unreadable. */
+StoreMasterKey *store_master_key_load(const char *path, GError **error);
+void store_master_key_free(StoreMasterKey *key); /* wipes the bytes */
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(StoreMasterKey, store_master_key_free)
+/* Hex id of the key (derived by a one-way hash; safe to log). */
+const char *store_master_key_get_id(StoreMasterKey *key);
+
+/* Gives the store its master key (the store keeps its own copy). Refuses
+ * with STORE_ERROR_KEY, naming both ids, a key that is not the store's. */
+gboolean store_db_set_master_key(StoreDb *db, StoreMasterKey *key, GError **error);
+
+/* Re-wraps every server-held key under @new_key in one transaction and
+ * records the new id; the store uses @new_key afterwards. */
+gboolean store_db_rekey(StoreDb *db, StoreMasterKey *new_key, GError **error);
+
+/* ---- Maintenance ------------------------------------------------------- */
+
+/* A consistent, compacted copy of the store at @path (a new file), safe
+ * while other processes write. */
+gboolean store_db_backup(StoreDb *db, const char *path, GError **error);
+/* Reads and decodes every record (unwrapping server-held keys when the master
+ * key is set); the first problem is reported naming the table and key. */
+gboolean store_db_check(StoreDb *db, GError **error);
+
+typedef struct {
+  guint64 map_size, map_used; /* bytes */
+  guint64 n_users, n_credentials, n_server_held, n_registrations, n_changes;
+  guint64 last_change;        /* sequence number, 0 when none */
+  guint schema_version;
+} StoreStats;
+gboolean store_db_get_stats(StoreDb *db, StoreStats *out, GError **error);
+
+/* ---- Change log ---------------------------------------------------------
+ * Every write of a credential or user appends (seq, AOR, kind) in the same
+ * transaction. The daemon tails it, so admin changes reach subscribers. */
+typedef enum {
+  STORE_CHANGE_CREDENTIAL = 1, /* put (certificate and/or key) */
+  STORE_CHANGE_REVOKED = 2,    /* credential removed or revoked */
+  STORE_CHANGE_USER = 3,       /* user added, changed or removed */
+} StoreChangeKind;
+
+typedef struct {
+  guint64 seq; /* > 0, increasing */
+  char *aor;
+  StoreChangeKind kind;
+  gint64 time; /* unix seconds */
+} StoreChange;
+
+void store_change_free(StoreChange *change);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(StoreChange, store_change_free)
+/* Highest sequence number so far (0 when empty). */
+guint64 store_change_get_last_seq(StoreDb *db, GError **error);
+/* Up to @max changes with seq > @after, oldest first (StoreChange*). */
+GPtrArray *store_change_list_since(StoreDb *db, guint64 after, guint max, GError **error);
+
+/* Stores (replacing) the credential of @aor. @pkcs8 must be NULL for
+ * STORE_KEY_NONE; SERVER_HELD needs the master key. Durable on return. */
+gboolean store_cred_put(StoreDb *db, const char *aor, GBytes *cert_der, gint64 not_before,
+                        gint64 not_after, StoreKeyKind key_kind, GBytes *pkcs8, GError **error);
+
+/* Certificate only (STORE_KEY_NONE); kept for callers that hold no key. */
 gboolean store_cred_put_cert(StoreDb *db, const char *aor, GBytes *cert_der, gint64 not_before,
                              gint64 not_after, GError **error);
 
 /* Returns the record, or NULL with STORE_ERROR_NOT_FOUND when @aor has none. */
 StoreCred *store_cred_get(StoreDb *db, const char *aor, GError **error);
 
-/* Removes the certificate of @aor. NOT_FOUND if there was none. */
+/* Removes the credential of @aor (logged as STORE_CHANGE_REVOKED).
+ * NOT_FOUND if there was none. */
 gboolean store_cred_delete(StoreDb *db, const char *aor, GError **error);
 
 /* Lists AORs that have a certificate, sorted. */

@@ -20,16 +20,6 @@
 #include "server/config.h"
 #include "fuzz.h"
 
-#define FUZZ_CHECK(cond)                                                                          \
-  G_STMT_START                                                                                    \
-  {                                                                                               \
-    if (!(cond)) {                                                                                \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);                    \
-      abort();                                                                                    \
-    }                                                                                             \
-  }                                                                                               \
-  G_STMT_END
-
 /* LeakSanitizer reads this at start. GnuTLS 3.7.9 leaks the certificate it
  * was decoding when gnutls_certificate_set_x509_key_file2() meets a PEM
  * CERTIFICATE block that does not decode (seen with a plain C program, no

@@ -16,16 +16,6 @@
 #include "core/core-private.h"
 #include "fuzz.h"
 
-#define FUZZ_CHECK(cond)                                                                          \
-  G_STMT_START                                                                                    \
-  {                                                                                               \
-    if (!(cond)) {                                                                                \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);                    \
-      abort();                                                                                    \
-    }                                                                                             \
-  }                                                                                               \
-  G_STMT_END
-
 static const char *const domains[] = {"example.com", "example.org.", NULL};
 
 static void

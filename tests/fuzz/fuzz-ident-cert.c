@@ -15,16 +15,6 @@
 #include "identity/cert.h"
 #include "fuzz.h"
 
-#define FUZZ_CHECK(cond)                                                                          \
-  G_STMT_START                                                                                    \
-  {                                                                                               \
-    if (!(cond)) {                                                                                \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);                    \
-      abort();                                                                                    \
-    }                                                                                             \
-  }                                                                                               \
-  G_STMT_END
-
 #define AOR "sip:alice@example.com"
 /* 2023-11-14T22:13:20Z: inside the validity of the seed user certificates
  * (see corpus/make-cert-seeds.sh), after the expired one, before the

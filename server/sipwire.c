@@ -696,23 +696,39 @@ parse_start_line(SipwireMsg *msg, const char *s, gsize n, GError **error)
     return TRUE;
   }
 
-  /* Request-Line = Method SP Request-URI SP SIP-Version, single spaces. */
+  /* Request-Line = Method SP Request-URI SP SIP-Version (RFC 3261 25.1):
+   * exactly two single spaces. Each way of getting the whitespace wrong
+   * (RFC 4475 lwsstart, trws, lwsruri) is MALFORMED with its own reason;
+   * only a well-formed version other than 2.0 (badvers) is VERSION. */
   const char *sp1 = memchr(s, ' ', n);
   if (sp1 == NULL)
     return set_error_malformed(error, "invalid start line");
   gsize mlen = (gsize)(sp1 - s);
   if (!is_token(s, mlen))
     return set_error_malformed(error, "invalid method");
-  const char *uri = sp1 + 1;
-  gsize left = n - mlen - 1;
-  const char *sp2 = memchr(uri, ' ', left);
-  if (sp2 == NULL)
+  if (IS_WS(s[n - 1]))
+    return set_error_malformed(error, "whitespace at the end of the request line");
+  const char *last = sp1;
+  for (const char *p = s + n - 1; p > sp1; p--) {
+    if (*p == ' ') {
+      last = p;
+      break;
+    }
+  }
+  if (last == sp1)
     return set_error_malformed(error, "request line without a SIP version");
-  gsize ulen = (gsize)(sp2 - uri);
+  const char *uri = sp1 + 1;
+  gsize ulen = (gsize)(last - uri);
+  if (ulen == 0 || IS_WS(uri[0]) || IS_WS(uri[ulen - 1]))
+    return set_error_malformed(error, "more than one space between request line elements");
+  if (!check_version(last + 1, (gsize)(s + n - last - 1), error))
+    return FALSE;
+  if (memchr(uri, ' ', ulen) != NULL || memchr(uri, '\t', ulen) != NULL)
+    return set_error_malformed(error, "whitespace in the Request-URI");
+  if (uri[0] == '<')
+    return set_error_malformed(error, "Request-URI in angle brackets");
   if (!is_request_uri(uri, ulen))
     return set_error_malformed(error, "invalid Request-URI");
-  if (!check_version(sp2 + 1, left - ulen - 1, error))
-    return FALSE;
   msg->method = g_strndup(s, mlen);
   msg->uri = g_strndup(uri, ulen);
   return TRUE;
@@ -1901,4 +1917,228 @@ sipwire_build_response(const SipwireMsg *request, guint status, const char *phra
                          cseq);
   g_string_append(s, "Content-Length: 0\r\n\r\n");
   return g_string_free_to_bytes(s);
+}
+
+/* ---- Answers to requests that do not parse ------------------------------ */
+
+gboolean
+sipwire_method_is_known(const char *method)
+{
+  /* RFC 3261, 3262, 3265, 3311, 3428, 3515, 3903 and 6086. Methods are
+   * case-sensitive (RFC 3261 7.1). */
+  static const char *const known[] = {
+      "INVITE",    "ACK",    "BYE",    "CANCEL",  "OPTIONS", "REGISTER", "PRACK",
+      "SUBSCRIBE", "NOTIFY", "UPDATE", "MESSAGE", "REFER",   "PUBLISH",  "INFO",
+  };
+  if (method == NULL)
+    return FALSE;
+  for (gsize i = 0; i < G_N_ELEMENTS(known); i++)
+    if (strcmp(method, known[i]) == 0)
+      return TRUE;
+  return FALSE;
+}
+
+static void
+raw_skip_crlf(const guint8 **data, gsize *len)
+{
+  while (*len > 0 && (**data == '\r' || **data == '\n')) {
+    (*data)++;
+    (*len)--;
+  }
+}
+
+/* Length of the method token @data starts with, when a space follows it. */
+static gsize
+raw_method_len(const guint8 *data, gsize len)
+{
+  gsize i = 0;
+  while (i < len && is_token_char(data[i]))
+    i++;
+  return i > 0 && i < len && data[i] == ' ' ? i : 0;
+}
+
+char *
+sipwire_raw_get_method(const guint8 *data, gsize len)
+{
+  g_return_val_if_fail(data != NULL || len == 0, NULL);
+  raw_skip_crlf(&data, &len);
+  gsize n = raw_method_len(data, len);
+  return n > 0 ? g_strndup((const char *)data, n) : NULL;
+}
+
+/* Like line_next(), but a last line without its LF is not returned: the
+ * data may have been cut inside it. */
+static gboolean
+raw_line_next(LineReader *r, const guint8 **line, gsize *line_len)
+{
+  if (r->pos >= r->len || memchr(r->data + r->pos, '\n', r->len - r->pos) == NULL)
+    return FALSE;
+  return line_next(r, line, line_len);
+}
+
+#define RAW_IS_WS(c) ((c) == ' ' || (c) == '\t' || (c) == '\r')
+
+/* Appends a piece of a (possibly folded) value, trimmed, with one space
+ * between pieces. A bare CR becomes a space: it could end the line for the
+ * client's parser. Every other byte is copied as it is. */
+static void
+raw_value_append(GByteArray *value, const guint8 *p, gsize n)
+{
+  while (n > 0 && RAW_IS_WS(*p)) {
+    p++;
+    n--;
+  }
+  while (n > 0 && RAW_IS_WS(p[n - 1]))
+    n--;
+  if (n == 0)
+    return;
+  if (value->len > 0)
+    g_byte_array_append(value, (const guint8 *)" ", 1);
+  guint start = value->len;
+  g_byte_array_append(value, p, (guint)n);
+  for (guint i = start; i < value->len; i++)
+    if (value->data[i] == '\r')
+      value->data[i] = ' ';
+}
+
+/* @to (no NUL) with a tag, as sipwire_build_response() writes it. */
+static char *
+to_with_tag(const char *to)
+{
+  g_autofree char *tag = sipwire_param_get(to, "tag");
+  if (tag != NULL && *tag != '\0')
+    return g_strdup(to);
+  g_autofree char *new_tag = random_alnum(16);
+  return sipwire_param_set(to, "tag", new_tag);
+}
+
+/* The same for a To value that may hold NUL bytes: they stand in as a
+ * control byte the value does not contain, so the parameter rules are
+ * exactly those of the C-string helpers, and go back afterwards. NULL in
+ * the absurd case that the value holds every candidate byte. */
+static GByteArray *
+raw_to_with_tag(const GByteArray *to)
+{
+  guint8 stand_in = 0;
+  if (memchr(to->data, '\0', to->len) != NULL) {
+    for (guint8 c = 1; c < 0x20 && stand_in == 0; c++)
+      if (c != '\t' && c != '\n' && c != '\r' && memchr(to->data, c, to->len) == NULL)
+        stand_in = c;
+    if (stand_in == 0)
+      return NULL;
+  }
+  /* Not g_strndup(): it would stop at the first NUL. */
+  g_autofree char *s = g_malloc((gsize)to->len + 1);
+  memcpy(s, to->data, to->len);
+  s[to->len] = '\0';
+  for (guint i = 0; i < to->len; i++)
+    if (s[i] == '\0')
+      s[i] = (char)stand_in;
+  g_autofree char *tagged = to_with_tag(s);
+  gsize n = strlen(tagged);
+  GByteArray *out = g_byte_array_sized_new((guint)n);
+  g_byte_array_append(out, (const guint8 *)tagged, (guint)n);
+  for (guint i = 0; stand_in != 0 && i < out->len; i++)
+    if (out->data[i] == stand_in)
+      out->data[i] = '\0';
+  return out;
+}
+
+static void
+byte_array_unref0(gpointer p)
+{
+  if (p != NULL)
+    g_byte_array_unref(p);
+}
+
+static void
+raw_append_header(GString *s, const char *name, const GByteArray *value)
+{
+  g_string_append(s, name);
+  g_string_append(s, ": ");
+  g_string_append_len(s, (const char *)value->data, (gssize)value->len);
+  g_string_append(s, "\r\n");
+}
+
+GBytes *
+sipwire_build_response_raw(const guint8 *data, gsize len, guint status, const char *phrase)
+{
+  g_return_val_if_fail(data != NULL || len == 0, NULL);
+  g_return_val_if_fail(status >= 100 && status <= 699, NULL);
+  g_return_val_if_fail(is_safe_value(phrase), NULL);
+
+  raw_skip_crlf(&data, &len);
+  if (raw_method_len(data, len) == 0)
+    return NULL;
+
+  enum { RAW_FROM, RAW_TO, RAW_CALL_ID, RAW_CSEQ, RAW_N };
+  static const char *const names[RAW_N] = {"From", "To", "Call-ID", "CSeq"};
+  GByteArray *one[RAW_N] = {NULL};
+  g_autoptr(GPtrArray) vias = g_ptr_array_new_with_free_func(byte_array_unref0);
+  GByteArray *cur = NULL; /* the value continuation lines belong to, if copied */
+
+  LineReader r = {data, len, 0};
+  const guint8 *line;
+  gsize n;
+  if (!raw_line_next(&r, &line, &n)) /* the start line */
+    return NULL;
+  while (raw_line_next(&r, &line, &n) && n > 0) {
+    if (IS_WS(line[0])) {
+      if (cur != NULL)
+        raw_value_append(cur, line, n);
+      continue;
+    }
+    cur = NULL;
+    const guint8 *colon = memchr(line, ':', n);
+    if (colon == NULL)
+      continue;
+    gsize nlen = (gsize)(colon - line);
+    while (nlen > 0 && IS_WS(line[nlen - 1]))
+      nlen--;
+    if (!is_token((const char *)line, nlen))
+      continue;
+    g_autofree char *name = g_strndup((const char *)line, nlen);
+    if (name_equal(name, "Via")) {
+      cur = g_byte_array_new();
+      g_ptr_array_add(vias, cur);
+    } else {
+      for (guint i = 0; i < RAW_N; i++) {
+        if (name_equal(name, names[i])) {
+          if (one[i] == NULL) /* only the first counts */
+            cur = one[i] = g_byte_array_new();
+          break;
+        }
+      }
+    }
+    if (cur != NULL)
+      raw_value_append(cur, colon + 1, n - (gsize)(colon + 1 - line));
+  }
+
+  GBytes *out = NULL;
+  guint n_vias = 0;
+  for (guint i = 0; i < vias->len; i++)
+    if (((GByteArray *)vias->pdata[i])->len > 0)
+      n_vias++;
+  gboolean complete = n_vias > 0;
+  for (guint i = 0; i < RAW_N; i++)
+    if (one[i] == NULL || one[i]->len == 0)
+      complete = FALSE;
+  GByteArray *to = complete ? raw_to_with_tag(one[RAW_TO]) : NULL;
+  if (to != NULL) {
+    GString *s = g_string_new(NULL);
+    g_string_append_printf(s, "SIP/2.0 %u %s\r\n", status, phrase);
+    for (guint i = 0; i < vias->len; i++)
+      if (((GByteArray *)vias->pdata[i])->len > 0)
+        raw_append_header(s, "Via", vias->pdata[i]);
+    raw_append_header(s, "From", one[RAW_FROM]);
+    raw_append_header(s, "To", to);
+    raw_append_header(s, "Call-ID", one[RAW_CALL_ID]);
+    raw_append_header(s, "CSeq", one[RAW_CSEQ]);
+    g_string_append(s, "Content-Length: 0\r\n\r\n");
+    out = g_string_free_to_bytes(s);
+    g_byte_array_unref(to);
+  }
+  for (guint i = 0; i < RAW_N; i++)
+    byte_array_unref0(one[i]);
+  return out;
 }

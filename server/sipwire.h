@@ -95,6 +95,29 @@ GBytes *sipwire_msg_serialize(const SipwireMsg *msg);
  * rejects. NULL when the request lacks what a response needs. */
 GBytes *sipwire_build_response(const SipwireMsg *request, guint status, const char *phrase);
 
+/* ---- Answers to requests that do not parse ------------------------------ */
+
+/* The same minimal response, built leniently from the bytes of a request
+ * that sipwire_msg_parse() refused. The start line must begin with a method
+ * token and a space; header lines are read up to the empty line or the end
+ * of @data (a last line without its LF is ignored: it may be cut), unfolded,
+ * compact names recognised. Every non-empty Via and the first From, To,
+ * Call-ID and CSeq are copied as bytes: they may hold NUL or other control
+ * bytes (the answer goes back to the client that wrote them), but a bare CR
+ * becomes a space, so no line ends early. NULL when any of the five is
+ * missing or empty. The caller decides whether the request gets an answer
+ * at all (never an ACK). */
+GBytes *sipwire_build_response_raw(const guint8 *data, gsize len, guint status,
+                                   const char *phrase);
+
+/* The method token @data starts with (when a space follows it), or NULL. */
+char *sipwire_raw_get_method(const guint8 *data, gsize len);
+
+/* TRUE for the methods of RFC 3261, 3262, 3265, 3311, 3428, 3515, 3903 and
+ * 6086 (case-sensitive): INVITE ACK BYE CANCEL OPTIONS REGISTER PRACK
+ * SUBSCRIBE NOTIFY UPDATE MESSAGE REFER PUBLISH INFO. */
+gboolean sipwire_method_is_known(const char *method);
+
 /* ---- URI and header-parameter helpers ---------------------------------- */
 
 /* Value of ;@param in a header value (Via, Route, ...), outside <> for

@@ -424,6 +424,54 @@ test_msg_parse_errors(void)
                      SIPWIRE_ERROR_MALFORMED);
 }
 
+/* Each way of getting the request line's whitespace wrong is MALFORMED and
+ * says which; only a well-formed version other than 2.0 is VERSION (the edge
+ * answers 400 with the reason, or 505). */
+static void
+test_msg_request_line(void)
+{
+  static const struct {
+    const char *line;
+    SipwireError code;
+    const char *why;
+  } cases[] = {
+      {"INVITE  sip:a@b  SIP/2.0", SIPWIRE_ERROR_MALFORMED,
+       "more than one space between request line elements"},
+      {"INVITE sip:a@b  SIP/2.0", SIPWIRE_ERROR_MALFORMED,
+       "more than one space between request line elements"},
+      {"OPTIONS sip:a@b SIP/2.0  ", SIPWIRE_ERROR_MALFORMED,
+       "whitespace at the end of the request line"},
+      {"OPTIONS sip:a@b SIP/2.0\t", SIPWIRE_ERROR_MALFORMED,
+       "whitespace at the end of the request line"},
+      {"INVITE sip:a@b; lr SIP/2.0", SIPWIRE_ERROR_MALFORMED, "whitespace in the Request-URI"},
+      {"INVITE sip:a@b;\tlr SIP/2.0", SIPWIRE_ERROR_MALFORMED, "whitespace in the Request-URI"},
+      {"INVITE <sip:a@b> SIP/2.0", SIPWIRE_ERROR_MALFORMED, "Request-URI in angle brackets"},
+      {"INVITE nocolon SIP/2.0", SIPWIRE_ERROR_MALFORMED, "invalid Request-URI"},
+      {"INVITE sip:a@b HTTP/1.1", SIPWIRE_ERROR_MALFORMED, "invalid SIP version"},
+      {"INVITE sip:a@b SIP/2.0x", SIPWIRE_ERROR_MALFORMED, "invalid SIP version"},
+      {"INVITE sip:a@b", SIPWIRE_ERROR_MALFORMED, "request line without a SIP version"},
+      {"INV(ITE sip:a@b SIP/2.0", SIPWIRE_ERROR_MALFORMED, "invalid method"},
+      {"INVITE", SIPWIRE_ERROR_MALFORMED, "invalid start line"},
+      {"OPTIONS sip:a@b SIP/7.0", SIPWIRE_ERROR_VERSION, "SIP version not supported"},
+      {"OPTIONS sip:a@b sip/10.20", SIPWIRE_ERROR_VERSION, "SIP version not supported"},
+      /* The version is looked at before the URI's content. */
+      {"OPTIONS <sip:a@b> SIP/3.0", SIPWIRE_ERROR_VERSION, "SIP version not supported"},
+  };
+  for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
+    g_autofree char *text = g_strdup_printf("%s\r\nContent-Length: 0\r\n\r\n", cases[i].line);
+    g_autoptr(GError) error = NULL;
+    g_autoptr(SipwireMsg) msg = sipwire_msg_parse((const guint8 *)text, strlen(text), &error);
+    g_test_message("%s", cases[i].line);
+    g_assert_null(msg);
+    g_assert_error(error, SIPWIRE_ERROR, (gint)cases[i].code);
+    g_assert_cmpstr(error->message, ==, cases[i].why);
+  }
+  /* A single space each, and odd but legal characters, still parse. */
+  g_autoptr(SipwireMsg) ok = parse_str("!odd-Method.% sip:a;b=c@example.com SIP/2.0\r\n\r\n");
+  g_assert_cmpstr(sipwire_msg_get_method(ok), ==, "!odd-Method.%");
+  g_assert_cmpstr(sipwire_msg_get_request_uri(ok), ==, "sip:a;b=c@example.com");
+}
+
 static void
 test_msg_folding(void)
 {
@@ -1446,6 +1494,209 @@ test_build_response(void)
   g_assert_null(r3);
 }
 
+/* ---- Answers to requests that do not parse ------------------------------ */
+
+static GBytes *
+build_raw(const char *data, gsize len, guint status, const char *phrase)
+{
+  return sipwire_build_response_raw((const guint8 *)data, len, status, phrase);
+}
+
+/* No CR without its LF and no LF without its CR: nothing in the answer can
+ * start a line the client did not write as one. */
+static void
+assert_clean_lines(GBytes *bytes)
+{
+  gsize n;
+  const guint8 *d = g_bytes_get_data(bytes, &n);
+  for (gsize i = 0; i < n; i++) {
+    if (d[i] == '\r')
+      g_assert_true(i + 1 < n && d[i + 1] == '\n');
+    if (d[i] == '\n')
+      g_assert_true(i > 0 && d[i - 1] == '\r');
+  }
+}
+
+/* The To tag the answer carries (To has no NUL in these cases). */
+static char *
+raw_to_tag(GBytes *bytes)
+{
+  g_autofree char *text = g_strndup(g_bytes_get_data(bytes, NULL), g_bytes_get_size(bytes));
+  g_autoptr(SipwireMsg) msg = parse_str(text);
+  return sipwire_param_get(sipwire_msg_get_first(msg, "To"), "tag");
+}
+
+static void
+test_build_response_raw(void)
+{
+  /* NUL, BEL and DEL in From and To (RFC 4475 intmeth) are copied byte for
+   * byte; a To tag is added behind the NUL-bearing value. */
+  static const char nul_req[] = "OPTIONS sip:a@example.com SIP/2.0\r\n"
+                                "Via: SIP/2.0/TLS 10.0.0.5;branch=z9hG4bKn1\r\n"
+                                "From: \"B\aE\0L\x7f\" <sip:b@example.com>;tag=f1\r\n"
+                                "To: \"x\0y\" <sip:a@example.com>\r\n"
+                                "Call-ID: nul1\r\n"
+                                "CSeq: 4 OPTIONS\r\n"
+                                "Content-Length: 0\r\n\r\n";
+  g_autoptr(GBytes) r1 = build_raw(nul_req, sizeof nul_req - 1, 400, "Bad Header");
+  g_assert_nonnull(r1);
+  assert_clean_lines(r1);
+  gsize n1;
+  const char *d1 = g_bytes_get_data(r1, &n1);
+  static const char from_line[] = "\r\nFrom: \"B\aE\0L\x7f\" <sip:b@example.com>;tag=f1\r\n";
+  static const char to_start[] = "\r\nTo: \"x\0y\" <sip:a@example.com>;tag=";
+  g_assert_nonnull(memmem(d1, n1, from_line, sizeof from_line - 1));
+  const char *to = memmem(d1, n1, to_start, sizeof to_start - 1);
+  g_assert_nonnull(to);
+  g_assert_true(g_ascii_isalnum(to[sizeof to_start - 1]));
+  static const char head[] = "SIP/2.0 400 Bad Header\r\n"
+                             "Via: SIP/2.0/TLS 10.0.0.5;branch=z9hG4bKn1\r\n";
+  g_assert_cmpuint(n1, >, sizeof head - 1);
+  g_assert_cmpmem(d1, sizeof head - 1, head, sizeof head - 1);
+  static const char tail[] = "\r\nCall-ID: nul1\r\nCSeq: 4 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+  g_assert_cmpmem(d1 + n1 - (sizeof tail - 1), sizeof tail - 1, tail, sizeof tail - 1);
+
+  /* Compact names, folded lines, several Vias in order (one with two
+   * values on a line, an empty one skipped), the first From only, and a To
+   * that already has a tag. */
+  static const char compact[] = "\r\nNEWMETHOD sip:a@example.com SIP/2.0\r\n"
+                                "v: SIP/2.0/TLS h1;branch=z9hG4bK1, SIP/2.0/TLS h2\r\n"
+                                "Via:\r\n"
+                                "X-Bad\x01Name: whatever\r\n"
+                                "VIA  :  SIP/2.0/TLS h3\r\n"
+                                "\t;branch=z9hG4bK3  \r\n"
+                                "f: <sip:b@example.com>\r\n"
+                                "   ;tag=first\r\n"
+                                "From: <sip:c@example.com>;tag=second\r\n"
+                                "t: <sip:a@example.com>;TAG=keep\r\n"
+                                "i:  c2\r\n"
+                                "cseq: 9\r\n"
+                                " NEWMETHOD\r\n"
+                                "\r\n";
+  g_autoptr(GBytes) r2 = build_raw(compact, sizeof compact - 1, 501, "Not Implemented");
+  g_assert_nonnull(r2);
+  g_autofree char *t2 = g_strndup(g_bytes_get_data(r2, NULL), g_bytes_get_size(r2));
+  g_assert_cmpstr(t2, ==,
+                  "SIP/2.0 501 Not Implemented\r\n"
+                  "Via: SIP/2.0/TLS h1;branch=z9hG4bK1, SIP/2.0/TLS h2\r\n"
+                  "Via: SIP/2.0/TLS h3 ;branch=z9hG4bK3\r\n"
+                  "From: <sip:b@example.com> ;tag=first\r\n"
+                  "To: <sip:a@example.com>;TAG=keep\r\n"
+                  "Call-ID: c2\r\n"
+                  "CSeq: 9 NEWMETHOD\r\n"
+                  "Content-Length: 0\r\n\r\n");
+
+  /* A To tag is added where there is none, or only an empty one. */
+  static const char *const tos[] = {"<sip:a@example.com>", "sip:a@example.com",
+                                    "<sip:a@example.com>;tag=", "sip:a;tag=x@example.com"};
+  for (gsize i = 0; i < G_N_ELEMENTS(tos); i++) {
+    g_autofree char *req = g_strdup_printf("OPTIONS sip:a@example.com SIP/2.0\r\n"
+                                           "Via: SIP/2.0/TLS h;branch=z9hG4bKt\r\n"
+                                           "From: <sip:b@example.com>;tag=1\r\n"
+                                           "To: %s\r\nCall-ID: t\r\nCSeq: 1 OPTIONS\r\n\r\n",
+                                           tos[i]);
+    g_autoptr(GBytes) r = build_raw(req, strlen(req), 400, "Bad Request");
+    g_assert_nonnull(r);
+    g_autofree char *tag = raw_to_tag(r);
+    g_assert_nonnull(tag);
+    g_assert_cmpuint(strlen(tag), ==, 16);
+  }
+
+  /* A bare CR becomes a space: it must not end a line for the client. */
+  static const char cr_req[] = "OPTIONS sip:a@example.com SIP/2.0\r\n"
+                               "Via: SIP/2.0/TLS h;branch=z9hG4bKcr\r\n"
+                               "From: <sip:b@example.com>;tag=1\rRoute: <sip:evil>\r\n"
+                               "To: <sip:a@example.com>;tag=2\r\n"
+                               "Call-ID: cr\r\nCSeq: 1 OPTIONS\r\n\r\n";
+  g_autoptr(GBytes) r3 = build_raw(cr_req, sizeof cr_req - 1, 400, "Bad Request");
+  g_assert_nonnull(r3);
+  assert_clean_lines(r3);
+  g_assert_nonnull(g_strstr_len(g_bytes_get_data(r3, NULL), (gssize)g_bytes_get_size(r3),
+                                "\r\nFrom: <sip:b@example.com>;tag=1 Route: <sip:evil>\r\n"));
+
+  /* No empty line (RFC 4475 baddn over a stream): the lines there count,
+   * but a last line without its LF may be cut and does not. */
+  static const char open_req[] = "OPTIONS sip:a@example.com SIP/2.0\r\n"
+                                 "Via: SIP/2.0/TLS h;branch=z9hG4bKo\r\n"
+                                 "From: <sip:b@example.com>;tag=1\r\n"
+                                 "To: <sip:a@example.com>\r\n"
+                                 "Call-ID: open\r\n"
+                                 "CSeq: 12 OPTIONS\r\n";
+  g_autoptr(GBytes) r4 = build_raw(open_req, sizeof open_req - 1, 400, "Bad Request");
+  g_assert_nonnull(r4);
+  g_assert_nonnull(g_strstr_len(g_bytes_get_data(r4, NULL), (gssize)g_bytes_get_size(r4),
+                                "\r\nCSeq: 12 OPTIONS\r\n"));
+  g_autoptr(GBytes) r5 = build_raw(open_req, sizeof open_req - 3, 400, "Bad Request");
+  g_assert_null(r5);
+
+  /* Without what a response needs (absent or empty), or without a request
+   * line: nothing. */
+  static const char *const needed[] = {"Via", "From", "To", "Call-ID", "CSeq"};
+  static const char *const values[] = {"SIP/2.0/TLS h;branch=z9hG4bKm", "<sip:b@h>;tag=1",
+                                       "<sip:a@h>", "m1", "1 OPTIONS"};
+  for (gsize i = 0; i < G_N_ELEMENTS(needed); i++) {
+    for (guint variant = 0; variant < 2; variant++) {
+      g_autoptr(GString) req = g_string_new("OPTIONS sip:a@h SIP/2.0\r\n");
+      for (gsize j = 0; j < G_N_ELEMENTS(needed); j++) {
+        if (j != i)
+          g_string_append_printf(req, "%s: %s\r\n", needed[j], values[j]);
+        else if (variant == 1)
+          g_string_append_printf(req, "%s:  \r\n", needed[j]);
+      }
+      g_string_append(req, "Content-Length: 0\r\n\r\n");
+      g_autoptr(GBytes) r = build_raw(req->str, req->len, 400, "Bad Request");
+      g_assert_null(r);
+    }
+  }
+  static const char *const not_requests[] = {
+      "SIP/2.0 200 OK\r\nVia: SIP/2.0/TLS h\r\nFrom: <sip:b>;tag=1\r\nTo: <sip:a>\r\n"
+      "Call-ID: r\r\nCSeq: 1 OPTIONS\r\n\r\n",
+      "FOO\r\nVia: SIP/2.0/TLS h\r\nFrom: <sip:b>;tag=1\r\nTo: <sip:a>\r\n"
+      "Call-ID: r\r\nCSeq: 1 OPTIONS\r\n\r\n",
+      " OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/TLS h\r\nFrom: <sip:b>;tag=1\r\nTo: <sip:a>\r\n"
+      "Call-ID: r\r\nCSeq: 1 OPTIONS\r\n\r\n",
+      "",
+  };
+  for (gsize i = 0; i < G_N_ELEMENTS(not_requests); i++) {
+    g_autoptr(GBytes) r = build_raw(not_requests[i], strlen(not_requests[i]), 400, "Bad Request");
+    g_assert_null(r);
+  }
+}
+
+static void
+test_raw_method(void)
+{
+  static const struct {
+    const char *data;
+    const char *method;
+  } cases[] = {
+      {"INVITE sip:a SIP/2.0\r\n", "INVITE"},
+      {"\r\n\r\nOPTIONS <sip:a> SIP/2.0\r\n", "OPTIONS"},
+      {"!interesting-Method0123456789_*+`.%indeed'~ sip:x SIP/2.0\r\n",
+       "!interesting-Method0123456789_*+`.%indeed'~"},
+      {"SIP/2.0 200 OK\r\n", NULL},
+      {"INVITE\r\n", NULL},
+      {"INVITE", NULL},
+      {"INV@ITE sip:a SIP/2.0\r\n", NULL},
+      {" INVITE sip:a SIP/2.0\r\n", NULL},
+      {"", NULL},
+  };
+  for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
+    g_autofree char *m =
+        sipwire_raw_get_method((const guint8 *)cases[i].data, strlen(cases[i].data));
+    g_assert_cmpstr(m, ==, cases[i].method);
+  }
+  static const char *const known[] = {"INVITE",   "ACK",   "BYE",       "CANCEL", "OPTIONS",
+                                      "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "UPDATE",
+                                      "MESSAGE",  "REFER", "PUBLISH",   "INFO"};
+  for (gsize i = 0; i < G_N_ELEMENTS(known); i++)
+    g_assert_true(sipwire_method_is_known(known[i]));
+  static const char *const unknown[] = {"invite", "NEWMETHOD", "RE%47IST%45R", "", "INVITEX"};
+  for (gsize i = 0; i < G_N_ELEMENTS(unknown); i++)
+    g_assert_false(sipwire_method_is_known(unknown[i]));
+  g_assert_false(sipwire_method_is_known(NULL));
+}
+
 /* ---- RFC 4475 torture messages ----------------------------------------- */
 
 typedef enum {
@@ -1478,7 +1729,7 @@ static const struct {
     {"escnull", OUT_OK},
     {"escruri", OUT_OK},
     {"insuf", OUT_OK},
-    {"intmeth", OUT_MALFORMED}, /* NUL in a header value: refused, see sipwire.c */
+    {"intmeth", OUT_MALFORMED}, /* NUL in a header value: never relayed, see sipwire.c */
     {"inv2543", OUT_FRAMING},   /* no Content-Length */
     {"invut", OUT_OK},
     {"longreq", OUT_OK},
@@ -1671,6 +1922,77 @@ test_rfc4475_specific(void)
   g_assert_cmpstr(vias->pdata[0], ==, "SIP/2.0/TCP sip33.example.com");
 }
 
+/* The messages the edge cannot relay: why sipwire refuses each (the reason
+ * the edge puts in its 400), and that the lenient builder still finds what
+ * an answer needs (intmeth's NUL/BEL/DEL-bearing To included). */
+static void
+test_rfc4475_unparsable(void)
+{
+  static const struct {
+    const char *name;
+    SipwireError code;
+    const char *why;
+    const char *method;
+    const char *call_id;
+  } cases[] = {
+      {"intmeth", SIPWIRE_ERROR_MALFORMED, "control character in a header",
+       "!interesting-Method0123456789_*+`.%indeed'~",
+       "intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{"},
+      {"ltgtruri", SIPWIRE_ERROR_MALFORMED, "Request-URI in angle brackets", "INVITE",
+       "ltgtruri.1@192.0.2.5"},
+      {"lwsruri", SIPWIRE_ERROR_MALFORMED, "whitespace in the Request-URI", "INVITE",
+       "lwsruri.asdfasdoeoi2323-asdfwrn23-asd834rk423"},
+      {"lwsstart", SIPWIRE_ERROR_MALFORMED, "more than one space between request line elements",
+       "INVITE", "lwsstart.dfknq234oi243099adsdfnawe3@example.com"},
+      {"trws", SIPWIRE_ERROR_MALFORMED, "whitespace at the end of the request line", "OPTIONS",
+       "trws.oicu34958239neffasdhr2345r"},
+      {"badvers", SIPWIRE_ERROR_VERSION, "SIP version not supported", "OPTIONS",
+       "badvers.31417@c.example.com"},
+  };
+  for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
+    g_test_message("%s", cases[i].name);
+    g_autoptr(GBytes) file = load_rfc4475(cases[i].name);
+    gsize n;
+    const guint8 *d = g_bytes_get_data(file, &n);
+    g_autoptr(GError) error = NULL;
+    g_autoptr(SipwireMsg) msg = sipwire_msg_parse(d, n, &error);
+    g_assert_null(msg);
+    g_assert_error(error, SIPWIRE_ERROR, (gint)cases[i].code);
+    g_assert_cmpstr(error->message, ==, cases[i].why);
+    g_autofree char *method = sipwire_raw_get_method(d, n);
+    g_assert_cmpstr(method, ==, cases[i].method);
+    g_autoptr(GBytes) r = sipwire_build_response_raw(d, n, 400, "Bad Request");
+    g_assert_nonnull(r);
+    assert_clean_lines(r);
+    g_autofree char *line = g_strdup_printf("\r\nCall-ID: %s\r\n", cases[i].call_id);
+    g_assert_nonnull(memmem(g_bytes_get_data(r, NULL), g_bytes_get_size(r), line, strlen(line)));
+  }
+  g_assert_false(sipwire_method_is_known(cases[0].method));
+
+  /* intmeth's To keeps its NUL, BEL and DEL and gains a tag. */
+  g_autoptr(GBytes) im = load_rfc4475("intmeth");
+  g_autoptr(GBytes) r =
+      sipwire_build_response_raw(g_bytes_get_data(im, NULL), g_bytes_get_size(im), 501, "X");
+  static const char to[] = "\r\nTo: \"BEL:\\\a NUL:\\\0 DEL:\\\x7f\" "
+                           "<sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*@example.com>"
+                           ";tag=";
+  g_assert_nonnull(memmem(g_bytes_get_data(r, NULL), g_bytes_get_size(r), to, sizeof to - 1));
+
+  /* baddn has no empty line: on a stream it never ends (the framer waits),
+   * yet what was received is enough for an answer. */
+  g_autoptr(GBytes) dn = load_rfc4475("baddn");
+  g_autoptr(SipwireFramer) f = sipwire_framer_new(65536);
+  sipwire_framer_push(f, g_bytes_get_data(dn, NULL), g_bytes_get_size(dn));
+  g_autoptr(GBytes) none = NULL;
+  g_assert_cmpint(sipwire_framer_next(f, &none, NULL), ==, SIPWIRE_FRAME_NEED_MORE);
+  g_autoptr(GBytes) dr =
+      sipwire_build_response_raw(g_bytes_get_data(dn, NULL), g_bytes_get_size(dn), 400, "X");
+  g_assert_nonnull(dr);
+  static const char dn_from[] = "\r\nFrom: Bell, Alexander <sip:a.g.bell@example.com>;tag=43\r\n";
+  g_assert_nonnull(
+      memmem(g_bytes_get_data(dr, NULL), g_bytes_get_size(dr), dn_from, sizeof dn_from - 1));
+}
+
 /* nua takes a SUBSCRIBE without Expires as 3600 s and grants no more, so the
  * edge writes the configured default in; an explicit Expires is untouched. */
 static void
@@ -1716,6 +2038,7 @@ main(int argc, char **argv)
   g_test_add_func("/sipwire/msg/parse-request", test_msg_parse_request);
   g_test_add_func("/sipwire/msg/parse-response", test_msg_parse_response);
   g_test_add_func("/sipwire/msg/parse-errors", test_msg_parse_errors);
+  g_test_add_func("/sipwire/msg/request-line", test_msg_request_line);
   g_test_add_func("/sipwire/msg/folding", test_msg_folding);
   g_test_add_func("/sipwire/msg/compact", test_msg_compact);
   g_test_add_func("/sipwire/msg/list-split", test_msg_list_split);
@@ -1738,8 +2061,11 @@ main(int argc, char **argv)
   g_test_add_func("/sipwire/relay/notify-round-trip", test_relay_notify_round_trip);
   g_test_add_func("/sipwire/relay/request-out-errors", test_relay_request_out_errors);
   g_test_add_func("/sipwire/build-response", test_build_response);
+  g_test_add_func("/sipwire/build-response-raw", test_build_response_raw);
+  g_test_add_func("/sipwire/raw-method", test_raw_method);
   g_test_add_func("/sipwire/rfc4475/all", test_rfc4475_all);
   g_test_add_func("/sipwire/rfc4475/specific", test_rfc4475_specific);
+  g_test_add_func("/sipwire/rfc4475/unparsable", test_rfc4475_unparsable);
 
   return g_test_run();
 }

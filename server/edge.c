@@ -31,6 +31,9 @@
 #define EDGE_CLIENT_OUTBUF_MIN ((gsize) 1024 * 1024)
 /* How long a closing connection may take to drain its output. */
 #define EDGE_LINGER_MS 2000
+/* After a client's framing is lost, how long nua's answers to the requests
+ * already relayed from it may still reach it. */
+#define EDGE_DRAIN_MS 2000
 /* After accept() fails (EMFILE...), the listener pauses this long. */
 #define EDGE_ACCEPT_PAUSE_MS 200
 #define EDGE_ACCEPT_BATCH 64
@@ -72,12 +75,14 @@ struct _EdgeConn {
   GSource *out_source;
   GSource *timer;  /* handshake or idle timeout */
   GSource *linger; /* bounds the drain of a closing connection */
+  GSource *drain;  /* CLIENT, draining: bounds the wait for nua's answers */
   GByteArray *outbuf;
   gsize out_off; /* bytes of outbuf already written */
   SipwireFramer *framer;
 
   gboolean closed;     /* socket closed and out of every table */
   gboolean closing;    /* no more reading; closes once outbuf drained */
+  gboolean draining;   /* CLIENT: no more reading; still sends nua's answers */
   gboolean connecting; /* NUA_OUT: connect() in progress */
 
   /* EDGE_CONN_CLIENT */
@@ -96,6 +101,10 @@ struct _EdgeConn {
   GQueue send_fifo;   /* GBytes* on their way to the client, in order */
   gboolean send_busy; /* the head of send_fifo is in an asynchronous stage */
   GQueue txns;        /* EdgeTxn* from nua awaiting this client (EdgeTxn.flow_link) */
+  /* Requests relayed to nua (ACK aside) minus final answers sent back. Only
+   * an estimate (a retransmission counts twice): it lets a draining flow
+   * close early, and EDGE_DRAIN_MS bounds the wait when it is too high. */
+  guint awaiting;
 };
 
 typedef struct {
@@ -520,6 +529,7 @@ conn_close_now(EdgeConn *c)
   edge_source_clear(&c->out_source);
   edge_source_clear(&c->timer);
   edge_source_clear(&c->linger);
+  edge_source_clear(&c->drain);
   g_socket_close(c->sock, NULL);
   g_queue_clear_full(&c->send_fifo, (GDestroyNotify) g_bytes_unref);
   g_queue_init(&c->send_fifo);
@@ -576,6 +586,7 @@ conn_shutdown(EdgeConn *c)
   c->closing = TRUE;
   edge_source_clear(&c->in_source);
   edge_source_clear(&c->timer);
+  edge_source_clear(&c->drain);
   /* Nothing more is read, so no response from the client can come. */
   if (c->kind == EDGE_CONN_CLIENT) {
     edge_conn_ref(c);
@@ -594,6 +605,64 @@ conn_shutdown(EdgeConn *c)
   edge_conn_ref(c);
   conn_flush(c);
   edge_conn_unref(c);
+}
+
+/* A draining flow closes once nothing it waits for is outstanding. */
+static void
+client_drain_check(EdgeConn *c)
+{
+  if (!c->draining || c->closing || c->awaiting > 0 || c->send_fifo.length > 0 || c->send_busy)
+    return;
+  g_debug("flow %s (%s): every relayed request answered; closing", c->token, c->peer);
+  edge_conn_ref(c);
+  conn_shutdown(c);
+  edge_conn_unref(c);
+}
+
+static gboolean
+client_drain_timeout_cb(gpointer data)
+{
+  EdgeConn *c = data;
+  g_debug("flow %s (%s): about %u answers still outstanding after %u ms; closing", c->token,
+          c->peer, c->awaiting, EDGE_DRAIN_MS);
+  edge_source_clear(&c->drain);
+  edge_conn_ref(c);
+  conn_shutdown(c);
+  edge_conn_unref(c);
+  return G_SOURCE_REMOVE;
+}
+
+/* Framing is lost: nothing more can be read from the client. nua may still
+ * answer requests relayed from it before, so the flow stays (and still
+ * counts against the connection limits) until those answers have gone out
+ * or EDGE_DRAIN_MS have passed, and then closes gracefully. */
+static void
+client_start_draining(EdgeConn *c)
+{
+  if (c->closing || c->draining)
+    return;
+  c->draining = TRUE;
+  edge_source_clear(&c->in_source);
+  edge_source_clear(&c->timer);
+  edge_conn_ref(c);
+  /* No response from the client can come now: nua's requests get 430. */
+  edge_flow_fail_txns(c);
+  if (!c->closed) {
+    c->drain = g_timeout_source_new(EDGE_DRAIN_MS);
+    g_source_set_callback(c->drain, client_drain_timeout_cb, c, NULL);
+    g_source_attach(c->drain, c->edge->ctx);
+    client_drain_check(c);
+  }
+  edge_conn_unref(c);
+}
+
+/* A final answer to one of the flow's requests went out (or was given up). */
+static void
+client_answer_sent(EdgeConn *c)
+{
+  if (c->awaiting > 0)
+    c->awaiting--;
+  client_drain_check(c);
 }
 
 static gboolean conn_writable_cb(GSocket *sock, GIOCondition cond, gpointer data);
@@ -864,8 +933,11 @@ edge_reply_to_flow(Edge *edge, const char *token, GBytes *orig, guint status,
   if (flow == NULL)
     return;
   g_autoptr(GBytes) reply = edge_build_reply_from_bytes(orig, status, phrase);
+  edge_conn_ref(flow); /* sending may close it */
   if (reply != NULL)
     edge_flow_send_message(flow, reply);
+  client_answer_sent(flow);
+  edge_conn_unref(flow);
 }
 
 /* ---- The connection to nua --------------------------------------------- */
@@ -1136,51 +1208,64 @@ flow_relay_ctx(EdgeConn *flow, SipwireRelayCtx *ctx)
   ctx->subscribe_default_expires = edge->subscribe_default_expires;
 }
 
-static void
-client_send_reply(EdgeConn *c, const SipwireMsg *request, guint status, const char *phrase)
+/* "invalid Request-URI" -> "Invalid Request-URI": a reason phrase saying
+ * what was wrong, in printable ASCII and of bounded length. */
+static char *
+edge_phrase_from_error(const GError *err, const char *fallback)
 {
-  g_autoptr(GBytes) reply = edge_build_reply(request, status, phrase);
-  if (reply != NULL)
-    edge_flow_send_message(c, reply);
+  g_autofree char *phrase = edge_phrase_sanitize(err != NULL && err->message[0] != '\0'
+                                                     ? err->message
+                                                     : fallback);
+  phrase[0] = g_ascii_toupper(phrase[0]);
+  return g_steal_pointer(&phrase);
 }
 
-/* A framed message that does not parse. Without a parsed request there is
- * nothing to copy Via/From/To/Call-ID/CSeq from; a wrong SIP version is the
- * exception: the same bytes with "SIP/2.0" parse, and the 505 is built from
- * them. */
+/* A framed message that does not parse: framing is intact, so the flow
+ * stays and the request gets the answer RFC 3261 8.2 gives it, built from
+ * its bytes: 505 for a SIP version other than 2.0, 501 for a method we do
+ * not know (8.2.1 looks at the method before the headers), otherwise 400
+ * saying what was wrong. No answer to an ACK or to a response. */
 static void
 client_reject_unparsable(EdgeConn *c, GBytes *frame, const GError *err)
 {
   gsize len = 0;
   const guint8 *data = g_bytes_get_data(frame, &len);
-  if (g_error_matches(err, SIPWIRE_ERROR, SIPWIRE_ERROR_VERSION)) {
-    const guint8 *eol = memchr(data, '\n', len);
-    gsize line_len = eol != NULL ? (gsize) (eol - data) : len;
-    if (line_len > 0 && data[line_len - 1] == '\r')
-      line_len--;
-    const guint8 *sp = NULL;
-    for (gsize i = line_len; i > 0; i--) {
-      if (data[i - 1] == ' ') {
-        sp = data + i - 1;
-        break;
-      }
-    }
-    if (sp != NULL) {
-      gsize head = (gsize) (sp - data) + 1;
-      g_autoptr(GByteArray) fixed = g_byte_array_sized_new(len + 8);
-      g_byte_array_append(fixed, data, head);
-      g_byte_array_append(fixed, (const guint8 *) "SIP/2.0", 7);
-      g_byte_array_append(fixed, data + line_len, len - line_len);
-      g_autoptr(SipwireMsg) msg = sipwire_msg_parse(fixed->data, fixed->len, NULL);
-      if (msg != NULL && sipwire_msg_is_request(msg)) {
-        g_debug("flow %s (%s): unsupported SIP version; 505", c->token, c->peer);
-        client_send_reply(c, msg, 505, "Version Not Supported");
-        return;
-      }
-    }
+  const char *why = err != NULL ? err->message : "?";
+  g_autofree char *method = sipwire_raw_get_method(data, len);
+  if (method == NULL) {
+    if (len >= 4 && g_ascii_strncasecmp((const char *) data, "SIP/", 4) == 0)
+      g_debug("flow %s (%s): dropping a response that does not parse: %s", c->token, c->peer,
+              why);
+    else
+      g_info("flow %s (%s): dropping a message that does not parse: %s", c->token, c->peer,
+             why);
+    return;
   }
-  g_info("flow %s (%s): dropping a message that does not parse: %s", c->token, c->peer,
-         err != NULL ? err->message : "?");
+  if (strcmp(method, "ACK") == 0) {
+    g_info("flow %s (%s): dropping an ACK that does not parse: %s", c->token, c->peer, why);
+    return;
+  }
+  guint status = 400;
+  g_autofree char *phrase = NULL;
+  if (g_error_matches(err, SIPWIRE_ERROR, SIPWIRE_ERROR_VERSION)) {
+    status = 505;
+    phrase = g_strdup("Version Not Supported");
+  } else if (!sipwire_method_is_known(method)) {
+    status = 501;
+    phrase = g_strdup("Not Implemented");
+  } else {
+    phrase = edge_phrase_from_error(err, "Bad Request");
+  }
+  g_autoptr(GBytes) reply = sipwire_build_response_raw(data, len, status, phrase);
+  if (reply == NULL) {
+    g_info("flow %s (%s): dropping a request that does not parse (%s) and lacks what an "
+           "answer needs (Via, From, To, Call-ID, CSeq)",
+           c->token, c->peer, why);
+    return;
+  }
+  g_info("flow %s (%s): %u for a request that does not parse: %s", c->token, c->peer, status,
+         why);
+  edge_flow_send_message(c, reply);
 }
 
 /* A client's response to a request from nua: restore nua's Via and hand it
@@ -1235,19 +1320,22 @@ client_handle_message(EdgeConn *c, GBytes *frame)
     }
     g_info("flow %s (%s): rejecting a request: %s", c->token, c->peer, err->message);
     /* The rewrite may have stopped halfway; answer from the bytes received. */
-    g_autoptr(GBytes) reply = edge_build_reply_from_bytes(frame, 400, "Bad Request");
+    g_autofree char *phrase = edge_phrase_from_error(err, "Bad Request");
+    g_autoptr(GBytes) reply = edge_build_reply_from_bytes(frame, 400, phrase);
     if (reply != NULL)
       edge_flow_send_message(c, reply);
     return;
   }
   g_autoptr(GBytes) wire = sipwire_msg_serialize(msg);
+  if (g_strcmp0(sipwire_msg_get_method(msg), "ACK") != 0)
+    c->awaiting++;
   edge_nua_send(c->edge, wire, c->token, frame);
 }
 
 static void
 client_process_frames(EdgeConn *c)
 {
-  while (!c->closed && !c->closing) {
+  while (!c->closed && !c->closing && !c->draining) {
     g_autoptr(GBytes) frame = NULL;
     g_autoptr(GError) err = NULL;
     switch (sipwire_framer_next(c->framer, &frame, &err)) {
@@ -1265,7 +1353,7 @@ client_process_frames(EdgeConn *c)
       else
         g_info("closing flow %s (%s): SIP framing lost: %s", c->token, c->peer,
                err != NULL ? err->message : "?");
-      conn_shutdown(c);
+      client_start_draining(c);
       return;
     case SIPWIRE_FRAME_MESSAGE:
       client_handle_message(c, frame);
@@ -1302,7 +1390,7 @@ nua_handle_request(EdgeConn *c, SipwireMsg *msg, GBytes *frame)
     return;
   }
   EdgeConn *flow = g_hash_table_lookup(edge->flows, user);
-  if (flow == NULL || flow->closing) {
+  if (flow == NULL || flow->closing || flow->draining) {
     g_info("%s for flow %s: the flow is gone; 430", method, user);
     nua_reply(c, msg, 430, "Flow Failed"); /* msg is still as nua sent it */
     return;
@@ -1369,7 +1457,11 @@ nua_handle_response(EdgeConn *c, SipwireMsg *msg)
     return;
   }
   g_autoptr(GBytes) wire = sipwire_msg_serialize(msg);
+  edge_conn_ref(flow); /* sending may close it */
   edge_flow_send_message(flow, wire);
+  if (sipwire_msg_get_status(msg) >= 200)
+    client_answer_sent(flow);
+  edge_conn_unref(flow);
 }
 
 static void
@@ -1550,7 +1642,7 @@ client_on_input(EdgeConn *c)
   if (!c->handshake_done && !client_handshake_step(c))
     return;
   guint8 buf[16384];
-  for (guint i = 0; !c->closed && !c->closing; i++) {
+  for (guint i = 0; !c->closed && !c->closing && !c->draining; i++) {
     /* Records GnuTLS already decrypted never wake the socket source. */
     if (i >= EDGE_READ_BATCH && gnutls_record_check_pending(c->tls) == 0)
       break;
@@ -1613,7 +1705,7 @@ conn_readable_cb(GSocket *sock, GIOCondition cond, gpointer data)
     client_on_input(c);
   else
     plain_on_input(c);
-  gboolean keep = !c->closed && !c->closing;
+  gboolean keep = !c->closed && !c->closing && !c->draining;
   edge_conn_unref(c);
   return keep ? G_SOURCE_CONTINUE : G_SOURCE_REMOVE;
 }

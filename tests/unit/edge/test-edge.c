@@ -498,9 +498,8 @@ client_connect(guint16 port, const char *sni, const char *host)
 }
 
 static void
-client_send(TestClient *c, const char *text)
+client_send_len(TestClient *c, const char *text, gsize len)
 {
-  gsize len = strlen(text);
   while (len > 0) {
     ssize_t n = gnutls_record_send(c->tls, text, len);
     if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED)
@@ -509,6 +508,12 @@ client_send(TestClient *c, const char *text)
     text += n;
     len -= (gsize) n;
   }
+}
+
+static void
+client_send(TestClient *c, const char *text)
+{
+  client_send_len(c, text, strlen(text));
 }
 
 static GBytes *
@@ -1712,7 +1717,7 @@ script_garbage(Fixture *f)
   client_free(c);
 
   c = client_connect(f->port, "a.example", "a.example");
-  /* Framed but unparsable: dropped, the flow stays. */
+  /* Framed but no request line to answer: dropped, the flow stays. */
   client_send(c, "FOO\r\nContent-Length: 0\r\n\r\n");
   client_assert_alive(c);
   /* Wrong SIP version: 505. */
@@ -1767,6 +1772,217 @@ test_garbage(void)
   fixture_init(&f);
   fixture_start(&f);
   fixture_run(&f, script_garbage);
+  fixture_clear(&f);
+}
+
+/* A request as a client writes it, around @request_line and @extra (header
+ * lines, may hold NUL: hence the explicit length). */
+static GString *
+make_client_request(const char *request_line, const char *extra, gsize extra_len,
+                    const char *call_id, guint cseq)
+{
+  GString *s = g_string_new(request_line);
+  g_string_append_printf(s,
+                         "\r\nVia: SIP/2.0/TLS client.invalid;branch=z9hG4bK%s\r\n"
+                         "Max-Forwards: 70\r\n"
+                         "From: <sips:alice@a.example>;tag=u1\r\n",
+                         call_id);
+  g_string_append_len(s, extra, (gssize) extra_len);
+  g_string_append_printf(s,
+                         "Call-ID: %s\r\n"
+                         "CSeq: %u OPTIONS\r\n"
+                         "Content-Length: 0\r\n\r\n",
+                         call_id, cseq);
+  return s;
+}
+
+static gboolean
+bytes_contain(GBytes *bytes, const char *needle, gsize len)
+{
+  return memmem(g_bytes_get_data(bytes, NULL), g_bytes_get_size(bytes), needle, len) != NULL;
+}
+
+/* A framed request that does not parse gets the answer of RFC 3261 8.2,
+ * built from its bytes (505 for the version, 501 for an unknown method,
+ * else 400 saying what is wrong); an ACK or a response gets none. The flow
+ * carries on in every case. */
+static void
+script_unparsable(Fixture *f)
+{
+  TestClient *c = client_connect(f->port, "a.example", "a.example");
+  static const char to[] = "To: <sips:a.example>\r\n";
+  static const char nul_to[] = "To: \"n\0l\a\x7f\" <sips:a.example>\r\n";
+  static const char nul_hdr[] = "To: <sips:a.example>\r\nX-Odd: a\0b\r\n";
+  static const struct {
+    const char *request_line;
+    const char *extra;
+    gsize extra_len;
+    const char *status_line;
+  } cases[] = {
+      {"OPTIONS <sips:a.example> SIP/2.0", to, sizeof to - 1,
+       "SIP/2.0 400 Request-URI in angle brackets\r\n"},
+      {"OPTIONS  sips:a.example  SIP/2.0", to, sizeof to - 1,
+       "SIP/2.0 400 More than one space between request line elements\r\n"},
+      {"OPTIONS sips:a.example SIP/2.0 ", to, sizeof to - 1,
+       "SIP/2.0 400 Whitespace at the end of the request line\r\n"},
+      {"OPTIONS sips:a.example; lr SIP/2.0", to, sizeof to - 1,
+       "SIP/2.0 400 Whitespace in the Request-URI\r\n"},
+      {"OPTIONS sips:a.example SIP/2.0", nul_hdr, sizeof nul_hdr - 1,
+       "SIP/2.0 400 Control character in a header\r\n"},
+      {"OPTIONS sips:a.example SIP/7.0", to, sizeof to - 1, "SIP/2.0 505 Version Not Supported\r\n"},
+      /* The method is looked at before the headers and the version's syntax. */
+      {"NEWMETHOD <sips:a.example> SIP/2.0", to, sizeof to - 1,
+       "SIP/2.0 501 Not Implemented\r\n"},
+      {"!interesting-Method sips:a.example SIP/2.0", nul_to, sizeof nul_to - 1,
+       "SIP/2.0 501 Not Implemented\r\n"},
+  };
+  for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
+    g_autofree char *call_id = g_strdup_printf("unparsable-%u", i);
+    g_autoptr(GString) req = make_client_request(cases[i].request_line, cases[i].extra,
+                                                 cases[i].extra_len, call_id, i + 1);
+    client_send_len(c, req->str, req->len);
+    g_autoptr(GBytes) resp = client_read_msg(c, IO_TIMEOUT_MS);
+    g_assert_nonnull(resp);
+    gsize n = 0;
+    const char *d = g_bytes_get_data(resp, &n);
+    g_test_message("%s -> %.*s", cases[i].request_line, (int) MIN(n, 60), d);
+    g_assert_true(n > strlen(cases[i].status_line) &&
+                  memcmp(d, cases[i].status_line, strlen(cases[i].status_line)) == 0);
+    g_autofree char *call_line = g_strdup_printf("\r\nCall-ID: %s\r\n", call_id);
+    g_autofree char *cseq_line = g_strdup_printf("\r\nCSeq: %u OPTIONS\r\n", i + 1);
+    g_assert_true(bytes_contain(resp, call_line, strlen(call_line)));
+    g_assert_true(bytes_contain(resp, cseq_line, strlen(cseq_line)));
+    static const char via[] = "\r\nVia: SIP/2.0/TLS client.invalid;branch=z9hG4bKunparsable-";
+    g_assert_true(bytes_contain(resp, via, sizeof via - 1));
+    /* The To value comes back as sent, NUL included, with a tag added. */
+    gsize to_len = cases[i].extra == nul_to ? sizeof nul_to - 3 : sizeof to - 3;
+    g_autoptr(GString) to_tagged = g_string_new("\r\n");
+    g_string_append_len(to_tagged, cases[i].extra, (gssize) to_len);
+    g_string_append(to_tagged, ";tag=");
+    g_assert_true(bytes_contain(resp, to_tagged->str, to_tagged->len));
+  }
+
+  /* No answer to an ACK, to a response, or to a request lacking what an
+   * answer needs: the next thing the client reads is the keep-alive pong. */
+  g_autoptr(GString) ack = make_client_request("ACK <sips:a.example> SIP/2.0", to, sizeof to - 1,
+                                               "unparsable-ack", 1);
+  client_send_len(c, ack->str, ack->len);
+  client_assert_alive(c);
+  client_send(c, "SIP/2.0 2000 OK\r\n"
+                 "Via: SIP/2.0/TLS a.example;branch=z9hG4bKbadresp\r\n"
+                 "From: <sips:a@a.example>;tag=1\r\nTo: <sips:b@a.example>;tag=2\r\n"
+                 "Call-ID: r\r\nCSeq: 1 NOTIFY\r\nContent-Length: 0\r\n\r\n");
+  client_assert_alive(c);
+  client_send(c, "OPTIONS <sips:a.example> SIP/2.0\r\n"
+                 "From: <sips:a@a.example>;tag=1\r\nTo: <sips:b@a.example>\r\n"
+                 "Call-ID: novia\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n");
+  client_assert_alive(c);
+
+  /* None of it reached nua, and the flow still relays. */
+  g_autoptr(GString) good =
+      make_client_request("OPTIONS sips:a.example SIP/2.0", to, sizeof to - 1, "good-after", 9);
+  client_send_len(c, good->str, good->len);
+  g_autoptr(GBytes) req_bytes = nua_read(f);
+  g_autoptr(SipwireMsg) req = msg_parse(req_bytes);
+  g_assert_cmpstr(sipwire_msg_get_first(req, "Call-ID"), ==, "good-after");
+  g_autofree char *ok = make_response(req, 200, "OK", NULL);
+  fd_send(f->nua_fd, ok);
+  g_autoptr(GBytes) back = client_read_msg(c, IO_TIMEOUT_MS);
+  g_autoptr(SipwireMsg) back_msg = msg_parse(back);
+  g_assert_cmpuint(sipwire_msg_get_status(back_msg), ==, 200);
+  g_assert_cmpstr(sipwire_msg_get_first(back_msg, "Call-ID"), ==, "good-after");
+  client_free(c);
+}
+
+static void
+test_unparsable(void)
+{
+  Fixture f;
+  fixture_init(&f);
+  fixture_start(&f);
+  fixture_run(&f, script_unparsable);
+  fixture_clear(&f);
+}
+
+/* Framing lost after a good request (RFC 4475 dblreq over a stream): nua's
+ * answer to the good request still reaches the client, then the flow closes
+ * at once. While it waits, it keeps its place in the connection limits and
+ * nua's requests to it get 430. Without an answer it closes after about
+ * 2 s. */
+static void
+script_drain(Fixture *f)
+{
+  static const char to[] = "To: <sips:a.example>\r\n";
+  TestClient *c = client_connect(f->port, "a.example", "a.example");
+  g_autofree char *token = client_get_token(f, c);
+  g_autoptr(GString) good =
+      make_client_request("OPTIONS sips:a.example SIP/2.0", to, sizeof to - 1, "drain-1", 2);
+  g_string_append(good, "C\r\n\r\n"); /* a header block without Content-Length */
+  client_send_len(c, good->str, good->len);
+  g_autoptr(GBytes) req_bytes = nua_read(f);
+  g_autoptr(SipwireMsg) req = msg_parse(req_bytes);
+  g_assert_cmpstr(sipwire_msg_get_first(req, "Call-ID"), ==, "drain-1");
+
+  /* max-connections-per-ip is 1: the draining flow still holds the slot. */
+  TestClient *other = client_try(f->port, "a.example", NULL);
+  g_assert_cmpint(other->hs_ret, <, 0);
+  client_free(other);
+  g_assert_cmpuint(main_n_flows(f), ==, 1);
+
+  int ifd = tcp_connect(f->internal_port);
+  g_autoptr(SipwireFramer) ifr = sipwire_framer_new(1 << 20);
+  g_autofree char *notify = make_notify(f, token, "z9hG4bKdrain1", 5);
+  fd_send(ifd, notify);
+  assert_flow_failed_430(f, ifd, ifr, "z9hG4bKdrain1", "5 NOTIFY");
+  close(ifd);
+
+  g_usleep(200000);
+  g_autofree char *ok = make_response(req, 200, "OK", NULL);
+  fd_send(f->nua_fd, ok);
+  g_autoptr(GBytes) back = client_read_msg(c, IO_TIMEOUT_MS);
+  g_assert_nonnull(back);
+  g_autoptr(SipwireMsg) back_msg = msg_parse(back);
+  g_assert_cmpuint(sipwire_msg_get_status(back_msg), ==, 200);
+  g_assert_cmpstr(sipwire_msg_get_first(back_msg, "Call-ID"), ==, "drain-1");
+  /* Nothing else is outstanding: closed well before the 2 s bound. */
+  gint64 start = g_get_monotonic_time();
+  g_assert_true(client_wait_closed(c, 1000));
+  g_assert_cmpint(g_get_monotonic_time() - start, <, G_USEC_PER_SEC);
+  client_free(c);
+  wait_n_flows(f, 0);
+
+  /* nua does not answer: the flow closes after the drain time. */
+  c = client_connect(f->port, "a.example", "a.example");
+  g_autoptr(GString) lost =
+      make_client_request("OPTIONS sips:a.example SIP/2.0", to, sizeof to - 1, "drain-2", 3);
+  g_string_append(lost, "C\r\n\r\n");
+  start = g_get_monotonic_time();
+  client_send_len(c, lost->str, lost->len);
+  g_autoptr(GBytes) lost_req_bytes = nua_read(f);
+  g_autoptr(SipwireMsg) lost_req = msg_parse(lost_req_bytes);
+  g_assert_cmpstr(sipwire_msg_get_first(lost_req, "Call-ID"), ==, "drain-2");
+  g_assert_true(client_wait_closed(c, IO_TIMEOUT_MS));
+  gint64 took = g_get_monotonic_time() - start;
+  g_assert_cmpint(took, >=, 1800 * 1000);
+  g_assert_cmpint(took, <, 4 * G_USEC_PER_SEC);
+  client_free(c);
+  wait_n_flows(f, 0);
+  /* A late answer goes nowhere and breaks nothing. */
+  g_autofree char *late = make_response(lost_req, 200, "OK", NULL);
+  fd_send(f->nua_fd, late);
+  c = client_connect(f->port, "a.example", "a.example");
+  client_assert_alive(c);
+  client_free(c);
+}
+
+static void
+test_drain(void)
+{
+  Fixture f;
+  fixture_init(&f);
+  f.cfg.max_connections_per_ip = 1;
+  fixture_start(&f);
+  fixture_run(&f, script_drain);
   fixture_clear(&f);
 }
 
@@ -2125,6 +2341,8 @@ main(int argc, char **argv)
   g_test_add_func("/edge/framing/ping", test_ping);
   g_test_add_func("/edge/framing/garbage", test_garbage);
   g_test_add_func("/edge/framing/max-size", test_max_size);
+  g_test_add_func("/edge/framing/unparsable", test_unparsable);
+  g_test_add_func("/edge/framing/drain", test_drain);
   g_test_add_func("/edge/limits/handshake-timeout", test_handshake_timeout);
   g_test_add_func("/edge/limits/idle-timeout", test_idle_timeout);
   g_test_add_func("/edge/limits/per-ip", test_per_ip);

@@ -3,10 +3,12 @@
 #include "storage/store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <glib/gstdio.h>
 #include <gnutls/crypto.h>
@@ -59,9 +61,21 @@ typedef struct {
 G_LOCK_DEFINE_STATIC(store_envs);
 static GHashTable *store_envs; /* key -> StoreEnv*, not owned */
 
+/* Immutable once loaded and shared by reference: a StoreDb keeps a ref of
+ * the key it was given, so the caller may free its own at once. */
+struct _StoreMasterKey {
+  guint8 bytes[STORE_MASTER_KEY_SIZE];
+  char id[STORE_KEY_ID_HEX_LEN + 1];
+  char *path; /* for messages; "(memory)" when not loaded from a file */
+};
+
 struct _StoreDb {
   StoreEnv *env;
   guint schema_version;
+  /* The key may be set or replaced (rekey) while other threads read. */
+  GMutex key_lock;
+  StoreMasterKey *key;   /* a ref, or NULL */
+  gint warned_stale_key; /* atomic: warned once that another process re-keyed */
 };
 
 /* The one place where LMDB return codes become StoreError. */
@@ -397,6 +411,18 @@ store_txn_put(StoreTxn *txn, StoreTable table, const char *key, GVariant *value,
   return store_txn_check(txn, mdb_put(txn->txn, txn->env->dbis[table], &k, &v, 0), what);
 }
 
+static gboolean
+store_txn_put_raw(StoreTxn *txn, StoreTable table, const char *key, const void *data, gsize len,
+                  const char *what)
+{
+  MDB_val k = {strlen(key), (void *)key};
+  MDB_val v = {len, (void *)data};
+
+  if (!store_txn_ok(txn))
+    return FALSE;
+  return store_txn_check(txn, mdb_put(txn->txn, txn->env->dbis[table], &k, &v, 0), what);
+}
+
 /* FALSE, with NOT_FOUND recorded, when there was nothing to delete. */
 static gboolean
 store_txn_del(StoreTxn *txn, StoreTable table, const char *key, const char *what)
@@ -434,6 +460,411 @@ store_env_write(StoreEnv *env, StoreWriteFunc func, gpointer user_data, GError *
   }
 }
 
+/* ---- secrets --------------------------------------------------------- */
+
+typedef struct {
+  gsize len;
+  guint8 data[];
+} StoreSecret;
+
+static void
+store_secret_free(gpointer p)
+{
+  StoreSecret *secret = p;
+
+  gnutls_memset(secret->data, 0, secret->len);
+  g_free(secret);
+}
+
+/* A GBytes of @len bytes (from @data when not NULL) that are wiped when the
+ * last reference goes; *@out is where to write them. */
+static GBytes *
+store_secret_bytes_new(const void *data, gsize len, guint8 **out)
+{
+  StoreSecret *secret = g_malloc(sizeof *secret + MAX(len, 1));
+
+  secret->len = len;
+  if (data != NULL)
+    memcpy(secret->data, data, len);
+  if (out != NULL)
+    *out = secret->data;
+  return g_bytes_new_with_free_func(secret->data, len, store_secret_free, secret);
+}
+
+/* ---- master key ------------------------------------------------------ */
+
+static void
+store_master_key_clear(gpointer p)
+{
+  StoreMasterKey *key = p;
+
+  gnutls_memset(key->bytes, 0, sizeof key->bytes);
+  g_free(key->path);
+}
+
+void
+store_master_key_free(StoreMasterKey *key)
+{
+  if (key != NULL)
+    g_atomic_rc_box_release_full(key, store_master_key_clear);
+}
+
+const char *
+store_master_key_get_id(StoreMasterKey *key)
+{
+  g_return_val_if_fail(key != NULL, NULL);
+  return key->id;
+}
+
+static gboolean
+store_master_key_derive_id(StoreMasterKey *key, GError **error)
+{
+  guint8 digest[32];
+  gnutls_hash_hd_t hash;
+  int rc;
+
+  /* A one-way function of the key under its own label: safe to store and
+   * log, and not usable as a known plaintext for anything else. */
+  rc = gnutls_hash_init(&hash, GNUTLS_DIG_SHA256);
+  if (rc < 0) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_KEY, "master key %s: cannot hash: %s", key->path,
+                gnutls_strerror(rc));
+    return FALSE;
+  }
+  gnutls_hash(hash, STORE_KEY_ID_CONTEXT, strlen(STORE_KEY_ID_CONTEXT));
+  gnutls_hash(hash, key->bytes, sizeof key->bytes);
+  gnutls_hash_deinit(hash, digest);
+  for (guint i = 0; i < STORE_KEY_ID_HEX_LEN / 2; i++)
+    g_snprintf(key->id + 2 * i, 3, "%02x", digest[i]);
+  return TRUE;
+}
+
+static gboolean
+store_fsync_parent(const char *path, GError **error)
+{
+  g_autofree char *dir = g_path_get_dirname(path);
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+  if (fd < 0 || fsync(fd) != 0) {
+    int saved = errno;
+    if (fd >= 0)
+      close(fd);
+    g_set_error(error, STORE_ERROR, STORE_ERROR_IO, "cannot sync directory %s: %s", dir,
+                g_strerror(saved));
+    return FALSE;
+  }
+  close(fd);
+  return TRUE;
+}
+
+static gboolean
+store_write_all(int fd, const void *data, gsize len)
+{
+  const guint8 *p = data;
+
+  while (len > 0) {
+    ssize_t n = write(fd, p, len);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return FALSE;
+    p += n;
+    len -= (gsize)n;
+  }
+  return TRUE;
+}
+
+gboolean
+store_master_key_generate(const char *path, GError **error)
+{
+  guint8 bytes[STORE_MASTER_KEY_SIZE];
+  int fd, rc, saved;
+
+  g_return_val_if_fail(path != NULL, FALSE);
+  g_return_val_if_fail(error == NULL || *error == NULL, FALSE);
+
+  rc = gnutls_rnd(GNUTLS_RND_KEY, bytes, sizeof bytes);
+  if (rc < 0) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_KEY, "master key %s: no random bytes: %s", path,
+                gnutls_strerror(rc));
+    return FALSE;
+  }
+  /* O_EXCL: never replace a key that wraps existing records. */
+  fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    saved = errno;
+    gnutls_memset(bytes, 0, sizeof bytes);
+    g_set_error(error, STORE_ERROR, saved == EEXIST ? STORE_ERROR_KEY : STORE_ERROR_IO,
+                saved == EEXIST ? "master key file %s already exists; not overwriting it"
+                                : "cannot create master key file %s: %s",
+                path, g_strerror(saved));
+    return FALSE;
+  }
+  if (fchmod(fd, 0600) != 0 || !store_write_all(fd, bytes, sizeof bytes) || fsync(fd) != 0) {
+    saved = errno;
+    gnutls_memset(bytes, 0, sizeof bytes);
+    close(fd);
+    unlink(path);
+    g_set_error(error, STORE_ERROR, STORE_ERROR_IO, "cannot write master key file %s: %s", path,
+                g_strerror(saved));
+    return FALSE;
+  }
+  gnutls_memset(bytes, 0, sizeof bytes);
+  if (close(fd) != 0) {
+    saved = errno;
+    unlink(path);
+    g_set_error(error, STORE_ERROR, STORE_ERROR_IO, "cannot write master key file %s: %s", path,
+                g_strerror(saved));
+    return FALSE;
+  }
+  return store_fsync_parent(path, error);
+}
+
+StoreMasterKey *
+store_master_key_load(const char *path, GError **error)
+{
+  StoreMasterKey *key;
+  struct stat st;
+  gsize got = 0;
+  guint8 extra;
+  int fd, saved;
+
+  g_return_val_if_fail(path != NULL, NULL);
+  g_return_val_if_fail(error == NULL || *error == NULL, NULL);
+
+  fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    saved = errno;
+    g_set_error(error, STORE_ERROR, STORE_ERROR_KEY, "cannot read master key file %s: %s", path,
+                g_strerror(saved));
+    return NULL;
+  }
+  if (fstat(fd, &st) != 0) {
+    saved = errno;
+    close(fd);
+    g_set_error(error, STORE_ERROR, STORE_ERROR_KEY, "cannot read master key file %s: %s", path,
+                g_strerror(saved));
+    return NULL;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    close(fd);
+    g_set_error(error, STORE_ERROR, STORE_ERROR_KEY, "master key file %s is not a regular file",
+                path);
+    return NULL;
+  }
+  if ((st.st_mode & 077) != 0) {
+    close(fd);
+    g_set_error(error, STORE_ERROR, STORE_ERROR_KEY,
+                "master key file %s is %s by group or others (mode %04o); chmod 600 it", path,
+                (st.st_mode & 044) != 0 ? "readable" : "accessible", (guint)(st.st_mode & 07777));
+    return NULL;
+  }
+  if (st.st_size != STORE_MASTER_KEY_SIZE) {
+    close(fd);
+    g_set_error(error, STORE_ERROR, STORE_ERROR_KEY,
+                "master key file %s has %jd bytes, not %d; was it made by sipcred keygen?", path,
+                (intmax_t)st.st_size, STORE_MASTER_KEY_SIZE);
+    return NULL;
+  }
+
+  key = g_atomic_rc_box_new0(StoreMasterKey);
+  key->path = g_strdup(path);
+  while (got < sizeof key->bytes) {
+    ssize_t n = read(fd, key->bytes + got, sizeof key->bytes - got);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0) {
+      saved = n < 0 ? errno : 0;
+      close(fd);
+      store_master_key_free(key);
+      g_set_error(error, STORE_ERROR, STORE_ERROR_KEY, "cannot read master key file %s: %s", path,
+                  saved != 0 ? g_strerror(saved) : "it is shorter than its size says");
+      return NULL;
+    }
+    got += (gsize)n;
+  }
+  /* The size can change between fstat() and read(). */
+  if (read(fd, &extra, 1) != 0) {
+    close(fd);
+    store_master_key_free(key);
+    g_set_error(error, STORE_ERROR, STORE_ERROR_KEY,
+                "master key file %s changed while it was read, or is longer than %d bytes", path,
+                STORE_MASTER_KEY_SIZE);
+    return NULL;
+  }
+  close(fd);
+  if (!store_master_key_derive_id(key, error)) {
+    store_master_key_free(key);
+    return NULL;
+  }
+  return key;
+}
+
+static StoreMasterKey *
+store_master_key_ref(StoreMasterKey *key)
+{
+  return key != NULL ? g_atomic_rc_box_acquire(key) : NULL;
+}
+
+/* The handle's key (a ref, or NULL). */
+static StoreMasterKey *
+store_db_dup_key(StoreDb *db)
+{
+  StoreMasterKey *key;
+
+  g_mutex_lock(&db->key_lock);
+  key = store_master_key_ref(db->key);
+  g_mutex_unlock(&db->key_lock);
+  return key;
+}
+
+static void
+store_db_replace_key(StoreDb *db, StoreMasterKey *key)
+{
+  StoreMasterKey *old;
+
+  g_mutex_lock(&db->key_lock);
+  old = db->key;
+  db->key = store_master_key_ref(key);
+  g_mutex_unlock(&db->key_lock);
+  store_master_key_free(old);
+}
+
+static gboolean
+store_is_lower_hex(const char *s, gsize len)
+{
+  if (s == NULL || strlen(s) != len)
+    return FALSE;
+  for (gsize i = 0; i < len; i++) {
+    if (!g_ascii_isdigit(s[i]) && !(s[i] >= 'a' && s[i] <= 'f'))
+      return FALSE;
+  }
+  return TRUE;
+}
+
+/* The master-key id recorded in meta into *@id (NULL when none yet). FALSE
+ * with the failure recorded in @txn when it cannot be read or is malformed. */
+static gboolean
+store_txn_get_key_id(StoreTxn *txn, char **id)
+{
+  g_autoptr(GBytes) value = NULL;
+  gsize len;
+  const char *data;
+
+  *id = NULL;
+  value =
+      store_txn_get(txn, STORE_TABLE_META, STORE_META_MASTER_KEY_ID, "reading the master-key id");
+  if (!store_txn_ok(txn))
+    return FALSE;
+  if (value == NULL)
+    return TRUE;
+  data = g_bytes_get_data(value, &len);
+  *id = g_strndup(data, len);
+  if (len != STORE_KEY_ID_HEX_LEN || !store_is_lower_hex(*id, len)) {
+    g_clear_pointer(id, g_free);
+    store_txn_fail(txn, g_error_new(STORE_ERROR, STORE_ERROR_CORRUPT,
+                                    "the master-key id recorded in the store is malformed"));
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* ---- key wrapping ---------------------------------------------------- */
+
+/* Binds a wrapped key to its AOR and version: a blob copied to another
+ * record, or replayed from an older version, does not decrypt. */
+static guint8 *
+store_wrap_ad_new(const char *aor, guint64 version, gsize *len)
+{
+  gsize aor_len = strlen(aor);
+  guint64 be = GUINT64_TO_BE(version);
+  guint8 *ad = g_malloc(aor_len + sizeof be);
+
+  memcpy(ad, aor, aor_len);
+  memcpy(ad + aor_len, &be, sizeof be);
+  *len = aor_len + sizeof be;
+  return ad;
+}
+
+static GBytes *
+store_key_wrap(StoreMasterKey *key, const char *aor, guint64 version, GBytes *plain,
+               GError **error)
+{
+  gnutls_datum_t k = {key->bytes, sizeof key->bytes};
+  gnutls_aead_cipher_hd_t cipher = NULL;
+  g_autofree guint8 *ad = NULL;
+  gsize ad_len, plain_len;
+  const guint8 *p = g_bytes_get_data(plain, &plain_len);
+  gsize out_len = STORE_WRAP_NONCE_SIZE + plain_len + STORE_WRAP_TAG_SIZE;
+  g_autofree guint8 *out = g_malloc(out_len);
+  size_t ct_len = plain_len + STORE_WRAP_TAG_SIZE;
+  int rc;
+
+  ad = store_wrap_ad_new(aor, version, &ad_len);
+  /* A fresh random nonce per wrap: with at most a few million wraps per
+   * key, the GCM collision bound is far away. */
+  rc = gnutls_rnd(GNUTLS_RND_NONCE, out, STORE_WRAP_NONCE_SIZE);
+  if (rc >= 0)
+    rc = gnutls_aead_cipher_init(&cipher, GNUTLS_CIPHER_AES_256_GCM, &k);
+  if (rc >= 0) {
+    rc = gnutls_aead_cipher_encrypt(cipher, out, STORE_WRAP_NONCE_SIZE, ad, ad_len,
+                                    STORE_WRAP_TAG_SIZE, p, plain_len, out + STORE_WRAP_NONCE_SIZE,
+                                    &ct_len);
+    gnutls_aead_cipher_deinit(cipher);
+  }
+  if (rc < 0 || ct_len != plain_len + STORE_WRAP_TAG_SIZE) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_KEY, "cannot wrap the key of %s: %s", aor,
+                rc < 0 ? gnutls_strerror(rc) : "unexpected ciphertext length");
+    return NULL;
+  }
+  return g_bytes_new_take(g_steal_pointer(&out), out_len);
+}
+
+/* The plain PKCS#8 (wiped when freed), or NULL: CORRUPT when the blob does
+ * not authenticate, which is all a damaged or moved blob can look like. */
+static GBytes *
+store_key_unwrap(StoreMasterKey *key, const char *aor, guint64 version, GBytes *blob,
+                 GError **error)
+{
+  gnutls_datum_t k = {key->bytes, sizeof key->bytes};
+  gnutls_aead_cipher_hd_t cipher = NULL;
+  g_autofree guint8 *ad = NULL;
+  g_autoptr(GBytes) plain = NULL;
+  gsize ad_len, blob_len, plain_len;
+  const guint8 *b = g_bytes_get_data(blob, &blob_len);
+  guint8 *out;
+  size_t out_len;
+  int rc;
+
+  if (blob_len <= STORE_WRAP_NONCE_SIZE + STORE_WRAP_TAG_SIZE) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT, "the server-held key of %s is truncated",
+                aor);
+    return NULL;
+  }
+  plain_len = blob_len - STORE_WRAP_NONCE_SIZE - STORE_WRAP_TAG_SIZE;
+  out_len = plain_len;
+  plain = store_secret_bytes_new(NULL, plain_len, &out);
+  ad = store_wrap_ad_new(aor, version, &ad_len);
+  rc = gnutls_aead_cipher_init(&cipher, GNUTLS_CIPHER_AES_256_GCM, &k);
+  if (rc < 0) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_KEY, "cannot unwrap the key of %s: %s", aor,
+                gnutls_strerror(rc));
+    return NULL;
+  }
+  rc = gnutls_aead_cipher_decrypt(cipher, b, STORE_WRAP_NONCE_SIZE, ad, ad_len,
+                                  STORE_WRAP_TAG_SIZE, b + STORE_WRAP_NONCE_SIZE,
+                                  blob_len - STORE_WRAP_NONCE_SIZE, out, &out_len);
+  gnutls_aead_cipher_deinit(cipher);
+  if (rc < 0 || out_len != plain_len) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT,
+                "the server-held key of %s does not decrypt under master key %s: "
+                "the record is damaged",
+                aor, key->id);
+    return NULL;
+  }
+  return g_steal_pointer(&plain);
+}
+
 /* ---- records --------------------------------------------------------- */
 
 static GVariant *
@@ -442,14 +873,13 @@ store_record_new(guint16 format, GVariant *body)
   return g_variant_ref_sink(g_variant_new("(qv)", format, body));
 }
 
-/* The body of a stored record, checked to be of format @format and type
- * @body_type. Anything else is CORRUPT: the bytes come from disk. */
+/* The format number and body of a stored record. Anything that is not a
+ * record is CORRUPT: the bytes come from disk. */
 static GVariant *
-store_record_open(GBytes *value, guint16 format, const char *body_type, GError **error)
+store_record_split(GBytes *value, guint16 *format, GError **error)
 {
   g_autoptr(GVariant) record = NULL;
-  g_autoptr(GVariant) body = NULL;
-  guint16 found;
+  GVariant *body = NULL;
 
   record = g_variant_ref_sink(
       g_variant_new_from_bytes(G_VARIANT_TYPE(STORE_RECORD_TYPE), value, FALSE));
@@ -457,17 +887,39 @@ store_record_open(GBytes *value, guint16 format, const char *body_type, GError *
     g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT, "not a valid record");
     return NULL;
   }
-  g_variant_get(record, "(qv)", &found, &body);
+  g_variant_get(record, "(qv)", format, &body);
+  return body;
+}
+
+static gboolean
+store_record_check_type(GVariant *body, const char *body_type, GError **error)
+{
+  if (!g_variant_is_of_type(body, G_VARIANT_TYPE(body_type))) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT, "record body has type %s, not %s",
+                g_variant_get_type_string(body), body_type);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* The body of a stored record, checked to be of format @format and type
+ * @body_type. */
+static GVariant *
+store_record_open(GBytes *value, guint16 format, const char *body_type, GError **error)
+{
+  g_autoptr(GVariant) body = NULL;
+  guint16 found;
+
+  body = store_record_split(value, &found, error);
+  if (body == NULL)
+    return NULL;
   if (found != format) {
     g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT,
                 "record format %u is unknown to this build (expected %u)", found, format);
     return NULL;
   }
-  if (!g_variant_is_of_type(body, G_VARIANT_TYPE(body_type))) {
-    g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT, "record body has type %s, not %s",
-                g_variant_get_type_string(body), body_type);
+  if (!store_record_check_type(body, body_type, error))
     return NULL;
-  }
   return g_steal_pointer(&body);
 }
 
@@ -493,6 +945,16 @@ store_key_check(StoreDb *db, const char *aor, GError **error)
   return TRUE;
 }
 
+/* An AOR from a table key, or NULL when the key is not one. */
+static char *
+store_aor_from_key(const MDB_val *k)
+{
+  if (k->mv_size == 0 || memchr(k->mv_data, '\0', k->mv_size) != NULL ||
+      !g_utf8_validate(k->mv_data, k->mv_size, NULL))
+    return NULL;
+  return g_strndup(k->mv_data, k->mv_size);
+}
+
 static GPtrArray *
 store_list_keys(StoreDb *db, StoreTable table, GError **error)
 {
@@ -507,14 +969,15 @@ store_list_keys(StoreDb *db, StoreTable table, GError **error)
   if (store_txn_check(&txn, mdb_cursor_open(txn.txn, db->env->dbis[table], &cursor),
                       "opening a cursor")) {
     while ((rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)) == MDB_SUCCESS) {
-      if (memchr(k.mv_data, '\0', k.mv_size) != NULL ||
-          !g_utf8_validate(k.mv_data, k.mv_size, NULL)) {
+      char *aor = store_aor_from_key(&k);
+
+      if (aor == NULL) {
         store_txn_fail(&txn,
                        g_error_new(STORE_ERROR, STORE_ERROR_CORRUPT,
                                    "a key in %s is not valid UTF-8", store_table_names[table]));
         break;
       }
-      g_ptr_array_add(keys, g_strndup(k.mv_data, k.mv_size));
+      g_ptr_array_add(keys, aor);
     }
     if (rc != MDB_NOTFOUND)
       store_txn_check(&txn, rc, "listing the store");
@@ -525,22 +988,301 @@ store_list_keys(StoreDb *db, StoreTable table, GError **error)
   return g_steal_pointer(&keys);
 }
 
+/* ---- credential records ---------------------------------------------- */
+
+/* A credential record as stored: the key part still wrapped. */
+typedef struct {
+  GBytes *cert_der;
+  gint64 not_before;
+  gint64 not_after;
+  gint64 updated;
+  guint64 version;
+  char *etag;
+  StoreKeyKind key_kind;
+  GBytes *key_blob; /* NULL for STORE_KEY_NONE */
+  char *key_id;     /* SERVER_HELD only */
+  guint16 format;   /* as read; records are always written in the current one */
+} StoreCredRecord;
+
+static void
+store_cred_record_clear(StoreCredRecord *rec)
+{
+  g_clear_pointer(&rec->cert_der, g_bytes_unref);
+  g_clear_pointer(&rec->etag, g_free);
+  g_clear_pointer(&rec->key_blob, g_bytes_unref);
+  g_clear_pointer(&rec->key_id, g_free);
+}
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(StoreCredRecord, store_cred_record_clear)
+
+static gboolean
+store_cred_record_parse(GBytes *value, StoreCredRecord *rec, GError **error)
+{
+  g_autoptr(GVariant) body = NULL;
+  g_autoptr(GVariant) der = NULL;
+  g_autoptr(GVariant) blob = NULL;
+  const char *etag;
+  const char *key_id = "";
+  guint8 kind;
+  gsize blob_len;
+
+  body = store_record_split(value, &rec->format, error);
+  if (body == NULL)
+    return FALSE;
+  if (rec->format == 1) {
+    if (!store_record_check_type(body, STORE_CRED_BODY_TYPE_V1, error))
+      return FALSE;
+    g_variant_get(body, "(@ayxxxt&sy@ay)", &der, &rec->not_before, &rec->not_after, &rec->updated,
+                  &rec->version, &etag, &kind, &blob);
+    if (kind != STORE_KEY_NONE || g_variant_get_size(blob) != 0) {
+      g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT,
+                  "a format 1 record cannot hold a private key");
+      return FALSE;
+    }
+  } else if (rec->format == STORE_CRED_RECORD_VERSION) {
+    if (!store_record_check_type(body, STORE_CRED_BODY_TYPE_V2, error))
+      return FALSE;
+    g_variant_get(body, "(@ayxxxt&sy@ay&s)", &der, &rec->not_before, &rec->not_after,
+                  &rec->updated, &rec->version, &etag, &kind, &blob, &key_id);
+  } else {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT,
+                "record format %u is unknown to this build (expected %u)", rec->format,
+                STORE_CRED_RECORD_VERSION);
+    return FALSE;
+  }
+  if (g_variant_get_size(der) == 0 || *etag == '\0' || rec->version == 0) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT,
+                "record lacks a certificate, ETag or version");
+    return FALSE;
+  }
+  blob_len = g_variant_get_size(blob);
+  switch (kind) {
+  case STORE_KEY_NONE:
+    if (blob_len != 0 || *key_id != '\0') {
+      g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT, "key data without a key kind");
+      return FALSE;
+    }
+    break;
+  case STORE_KEY_USER_ENCRYPTED:
+    if (blob_len == 0 || *key_id != '\0') {
+      g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT, "malformed user-encrypted key");
+      return FALSE;
+    }
+    break;
+  case STORE_KEY_SERVER_HELD:
+    if (blob_len <= STORE_WRAP_NONCE_SIZE + STORE_WRAP_TAG_SIZE ||
+        !store_is_lower_hex(key_id, STORE_KEY_ID_HEX_LEN)) {
+      g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT, "malformed server-held key");
+      return FALSE;
+    }
+    break;
+  default:
+    g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT, "unknown key kind %u", kind);
+    return FALSE;
+  }
+  rec->key_kind = kind;
+  rec->cert_der = g_variant_get_data_as_bytes(der);
+  rec->etag = g_strdup(etag);
+  if (kind != STORE_KEY_NONE)
+    rec->key_blob = g_variant_get_data_as_bytes(blob);
+  if (kind == STORE_KEY_SERVER_HELD)
+    rec->key_id = g_strdup(key_id);
+  return TRUE;
+}
+
+static gboolean
+store_cred_record_decode(const char *aor, GBytes *value, StoreCredRecord *rec, GError **error)
+{
+  if (!store_cred_record_parse(value, rec, error)) {
+    store_cred_record_clear(rec);
+    g_prefix_error(error, "credential of %s: ", aor);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static GVariant *
+store_cred_record_encode(const StoreCredRecord *rec)
+{
+  GVariant *blob;
+
+  if (rec->key_blob != NULL)
+    blob = g_variant_new_from_bytes(G_VARIANT_TYPE_BYTESTRING, rec->key_blob, TRUE);
+  else
+    blob = g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, NULL, 0, 1);
+  return store_record_new(
+      STORE_CRED_RECORD_VERSION,
+      g_variant_new("(@ayxxxtsy@ays)",
+                    g_variant_new_from_bytes(G_VARIANT_TYPE_BYTESTRING, rec->cert_der, TRUE),
+                    rec->not_before, rec->not_after, rec->updated, rec->version, rec->etag,
+                    (guint8)rec->key_kind, blob, rec->key_id != NULL ? rec->key_id : ""));
+}
+
+/* ---- change log ------------------------------------------------------ */
+
+/* Appends (next seq, @aor, @kind, now) in @txn: the change commits or
+ * vanishes together with the write it describes. LMDB serialises writers
+ * across processes, so last + 1 is unique and increasing. */
+static void
+store_txn_change_append(StoreTxn *txn, const char *aor, StoreChangeKind kind)
+{
+  g_autoptr(GVariant) record = NULL;
+  MDB_cursor *cursor = NULL;
+  MDB_val k, v;
+  guint64 last = 0, be;
+  int rc;
+
+  if (!store_txn_ok(txn) ||
+      !store_txn_check(txn,
+                       mdb_cursor_open(txn->txn, txn->env->dbis[STORE_TABLE_CHANGES], &cursor),
+                       "opening the change log"))
+    return;
+  rc = mdb_cursor_get(cursor, &k, &v, MDB_LAST);
+  if (rc == MDB_SUCCESS) {
+    if (k.mv_size != sizeof be) {
+      mdb_cursor_close(cursor);
+      store_txn_fail(txn, g_error_new(STORE_ERROR, STORE_ERROR_CORRUPT,
+                                      "the change log holds a key of %zu bytes", k.mv_size));
+      return;
+    }
+    memcpy(&be, k.mv_data, sizeof be);
+    last = GUINT64_FROM_BE(be);
+  } else if (rc != MDB_NOTFOUND) {
+    mdb_cursor_close(cursor);
+    store_txn_check(txn, rc, "reading the change log");
+    return;
+  }
+  if (last == G_MAXUINT64) {
+    mdb_cursor_close(cursor);
+    store_txn_fail(txn, g_error_new(STORE_ERROR, STORE_ERROR_FULL,
+                                    "the change log ran out of sequence numbers"));
+    return;
+  }
+  be = GUINT64_TO_BE(last + 1);
+  record = store_record_new(
+      STORE_CHANGE_RECORD_VERSION,
+      g_variant_new("(sux)", aor, (guint32)kind, g_get_real_time() / G_USEC_PER_SEC));
+  k = (MDB_val){sizeof be, &be};
+  v = (MDB_val){g_variant_get_size(record), (void *)g_variant_get_data(record)};
+  store_txn_check(txn, mdb_cursor_put(cursor, &k, &v, MDB_APPEND), "appending to the change log");
+  mdb_cursor_close(cursor);
+}
+
 /* ---- schema ---------------------------------------------------------- */
 
-typedef gboolean (*StoreMigrateFunc)(StoreTxn *txn, GError **error);
-
 /* store_migrations[v] turns schema v into v + 1 inside the open transaction,
- * with every table already open. Entry 0 is unused: a new store is created
- * at the current version. To change the schema, bump STORE_SCHEMA_VERSION and
- * append the function that upgrades the previous version. */
+ * recording any failure in @txn. A new store is created at the current
+ * version; a store without a recorded version is schema 0. To change the
+ * schema, bump STORE_SCHEMA_VERSION and append the function that upgrades
+ * the previous version (see the history in store-private.h). */
+typedef void (*StoreMigrateFunc)(StoreTxn *txn);
+
+static void
+store_migrate_0_to_1(StoreTxn *txn)
+{
+  MDB_dbi dbi;
+
+  /* Schema 0 had no registrations or changes table; a table that was never
+   * written to may be missing too. */
+  for (guint i = 0; i < STORE_TABLE_N; i++) {
+    g_autofree char *what = g_strdup_printf("creating the %s table", store_table_names[i]);
+    if (!store_txn_check(txn, mdb_dbi_open(txn->txn, store_table_names[i], MDB_CREATE, &dbi),
+                         what))
+      return;
+  }
+}
+
+typedef struct {
+  char *aor;
+  GVariant *record;
+} StorePendingPut;
+
+static void
+store_pending_put_free(gpointer p)
+{
+  StorePendingPut *put = p;
+
+  g_free(put->aor);
+  g_variant_unref(put->record);
+  g_free(put);
+}
+
+static void
+store_pending_add(GPtrArray *pending, const char *aor, GVariant *record)
+{
+  StorePendingPut *put = g_new(StorePendingPut, 1);
+
+  put->aor = g_strdup(aor);
+  put->record = record;
+  g_ptr_array_add(pending, put);
+}
+
+/* Writes @pending into table @dbi (after the cursor that found them closed). */
+static void
+store_pending_write(StoreTxn *txn, MDB_dbi dbi, GPtrArray *pending, const char *what)
+{
+  for (guint i = 0; i < pending->len && store_txn_ok(txn); i++) {
+    StorePendingPut *put = g_ptr_array_index(pending, i);
+    MDB_val k = {strlen(put->aor), put->aor};
+    MDB_val v = {g_variant_get_size(put->record), (void *)g_variant_get_data(put->record)};
+
+    store_txn_check(txn, mdb_put(txn->txn, dbi, &k, &v, 0), what);
+  }
+}
+
+static void
+store_migrate_1_to_2(StoreTxn *txn)
+{
+  g_autoptr(GPtrArray) pending = g_ptr_array_new_with_free_func(store_pending_put_free);
+  MDB_cursor *cursor = NULL;
+  MDB_dbi dbi;
+  MDB_val k, v;
+  int rc;
+
+  /* Rewrites format 1 credentials (certificate only) in format 2 so that
+   * the whole table has one shape; nothing else changes, so the change log
+   * gets no entries. */
+  if (!store_txn_check(txn, mdb_dbi_open(txn->txn, STORE_DBI_CREDENTIALS, 0, &dbi),
+                       "opening the credentials table") ||
+      !store_txn_check(txn, mdb_cursor_open(txn->txn, dbi, &cursor), "opening a cursor"))
+    return;
+  while ((rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)) == MDB_SUCCESS) {
+    g_autofree char *aor = store_aor_from_key(&k);
+    g_autoptr(GBytes) value = NULL;
+    g_auto(StoreCredRecord) rec = {0};
+    GError *local = NULL;
+
+    if (aor == NULL) {
+      store_txn_fail(txn, g_error_new(STORE_ERROR, STORE_ERROR_CORRUPT,
+                                      "a key in credentials is not valid UTF-8"));
+      break;
+    }
+    value = g_bytes_new(v.mv_data, v.mv_size);
+    if (!store_cred_record_decode(aor, value, &rec, &local)) {
+      store_txn_fail(txn, local);
+      break;
+    }
+    if (rec.format != STORE_CRED_RECORD_VERSION)
+      store_pending_add(pending, aor, store_cred_record_encode(&rec));
+  }
+  if (store_txn_ok(txn) && rc != MDB_NOTFOUND)
+    store_txn_check(txn, rc, "reading the credentials");
+  mdb_cursor_close(cursor);
+  store_pending_write(txn, dbi, pending, "rewriting a credential");
+  if (store_txn_ok(txn) && pending->len > 0)
+    g_message("rewrote %u credentials in record format %u", pending->len,
+              STORE_CRED_RECORD_VERSION);
+}
+
 static const StoreMigrateFunc store_migrations[STORE_SCHEMA_VERSION] = {
-    [0] = NULL,
+    [0] = store_migrate_0_to_1,
+    [1] = store_migrate_1_to_2,
 };
 G_STATIC_ASSERT(G_N_ELEMENTS(store_migrations) == STORE_SCHEMA_VERSION);
 
 typedef struct {
   MDB_dbi dbis[STORE_TABLE_N];
-  guint found_version;   /* 0 for a new store */
+  guint found_version;   /* as found; STORE_SCHEMA_VERSION for a new store */
+  gboolean created;      /* the environment held nothing */
   gboolean set_env_dbis; /* a new environment: publish the table handles */
 } StorePrepare;
 
@@ -554,43 +1296,75 @@ store_schema_write(StoreTxn *txn, MDB_dbi meta, guint32 version)
   return store_txn_check(txn, mdb_put(txn->txn, meta, &k, &v, 0), "writing the schema version");
 }
 
-static void
-store_prepare_cb(StoreTxn *txn, gpointer user_data)
+/* Sets prep->found_version and ->created; FALSE with the failure in @txn. */
+static gboolean
+store_schema_read(StoreTxn *txn, StorePrepare *prep)
 {
-  StorePrepare *prep = user_data;
   MDB_val k = {strlen(STORE_META_SCHEMA_VERSION), (void *)STORE_META_SCHEMA_VERSION};
   MDB_val v;
+  MDB_dbi meta, main_dbi;
+  MDB_stat st;
   guint32 be;
   int rc;
 
   prep->found_version = 0;
-  rc = mdb_dbi_open(txn->txn, STORE_DBI_META, 0, &prep->dbis[STORE_TABLE_META]);
-  if (rc == MDB_SUCCESS) {
-    rc = mdb_get(txn->txn, prep->dbis[STORE_TABLE_META], &k, &v);
-    if (rc == MDB_NOTFOUND || (rc == MDB_SUCCESS && v.mv_size != sizeof be)) {
-      store_txn_fail(txn, g_error_new(STORE_ERROR, STORE_ERROR_CORRUPT,
-                                      "the store has no valid schema version"));
-      return;
-    }
-    if (!store_txn_check(txn, rc, "reading the schema version"))
-      return;
-    memcpy(&be, v.mv_data, sizeof be);
-    prep->found_version = GUINT32_FROM_BE(be);
-    if (prep->found_version == 0) {
-      store_txn_fail(txn, g_error_new(STORE_ERROR, STORE_ERROR_CORRUPT,
-                                      "the store records schema version 0"));
-      return;
-    }
-    if (prep->found_version > STORE_SCHEMA_VERSION) {
-      store_txn_fail(txn, g_error_new(STORE_ERROR, STORE_ERROR_SCHEMA,
-                                      "the store has schema version %u, newer than version %u "
-                                      "of this build",
-                                      prep->found_version, STORE_SCHEMA_VERSION));
-      return;
-    }
-  } else if (rc != MDB_NOTFOUND) {
-    store_txn_check(txn, rc, "opening the meta table");
+  prep->created = FALSE;
+  rc = mdb_dbi_open(txn->txn, STORE_DBI_META, 0, &meta);
+  if (rc == MDB_NOTFOUND) {
+    /* No meta table: new, unless tables from before versioning exist. */
+    if (!store_txn_check(txn, mdb_dbi_open(txn->txn, NULL, 0, &main_dbi), "opening the store") ||
+        !store_txn_check(txn, mdb_stat(txn->txn, main_dbi, &st), "reading the store"))
+      return FALSE;
+    prep->created = st.ms_entries == 0;
+    if (prep->created)
+      prep->found_version = STORE_SCHEMA_VERSION;
+    return TRUE;
+  }
+  if (!store_txn_check(txn, rc, "opening the meta table"))
+    return FALSE;
+  rc = mdb_get(txn->txn, meta, &k, &v);
+  if (rc == MDB_NOTFOUND)
+    return TRUE; /* schema 0 */
+  if (!store_txn_check(txn, rc, "reading the schema version"))
+    return FALSE;
+  if (v.mv_size != sizeof be) {
+    store_txn_fail(txn, g_error_new(STORE_ERROR, STORE_ERROR_CORRUPT,
+                                    "the store has no valid schema version"));
+    return FALSE;
+  }
+  memcpy(&be, v.mv_data, sizeof be);
+  prep->found_version = GUINT32_FROM_BE(be);
+  /* No build ever wrote 0: an explicit 0 is damage, not history. */
+  if (prep->found_version == 0) {
+    store_txn_fail(
+        txn, g_error_new(STORE_ERROR, STORE_ERROR_CORRUPT, "the store records schema version 0"));
+    return FALSE;
+  }
+  if (prep->found_version > STORE_SCHEMA_VERSION) {
+    store_txn_fail(txn, g_error_new(STORE_ERROR, STORE_ERROR_SCHEMA,
+                                    "the store has schema version %u, newer than version %u "
+                                    "of this build",
+                                    prep->found_version, STORE_SCHEMA_VERSION));
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static void
+store_prepare_cb(StoreTxn *txn, gpointer user_data)
+{
+  StorePrepare *prep = user_data;
+
+  if (!store_schema_read(txn, prep))
     return;
+  for (guint ver = prep->found_version; ver < STORE_SCHEMA_VERSION; ver++) {
+    store_migrations[ver](txn);
+    if (!store_txn_ok(txn)) {
+      g_prefix_error(&txn->error, "migrating the store from schema version %u to %u: ", ver,
+                     ver + 1);
+      return;
+    }
+    g_message("store migrated from schema version %u to %u", ver, ver + 1);
   }
 
   for (guint i = 0; i < STORE_TABLE_N; i++) {
@@ -603,26 +1377,7 @@ store_prepare_cb(StoreTxn *txn, gpointer user_data)
   if (prep->set_env_dbis)
     memcpy(txn->env->dbis, prep->dbis, sizeof prep->dbis);
 
-  if (prep->found_version == 0) {
-    store_schema_write(txn, prep->dbis[STORE_TABLE_META], STORE_SCHEMA_VERSION);
-    return;
-  }
-  for (guint ver = prep->found_version; ver < STORE_SCHEMA_VERSION; ver++) {
-    GError *local = NULL;
-
-    if (store_migrations[ver] == NULL) {
-      store_txn_fail(txn, g_error_new(STORE_ERROR, STORE_ERROR_SCHEMA,
-                                      "no migration from schema version %u to %u", ver, ver + 1));
-      return;
-    }
-    if (!store_migrations[ver](txn, &local)) {
-      g_prefix_error(&local, "migrating the store from schema version %u to %u: ", ver, ver + 1);
-      store_txn_fail(txn, local);
-      return;
-    }
-    g_message("store migrated from schema version %u to %u", ver, ver + 1);
-  }
-  if (prep->found_version != STORE_SCHEMA_VERSION)
+  if (prep->created || prep->found_version != STORE_SCHEMA_VERSION)
     store_schema_write(txn, prep->dbis[STORE_TABLE_META], STORE_SCHEMA_VERSION);
 }
 
@@ -662,6 +1417,8 @@ store_db_unref_locked(StoreDb *db)
     g_hash_table_remove(store_envs, db->env->key);
     store_env_close(db->env);
   }
+  store_master_key_free(db->key);
+  g_mutex_clear(&db->key_lock);
   g_free(db);
 }
 
@@ -690,6 +1447,7 @@ store_db_open_locked(const char *dir, const char *key, guint64 map_size, GError 
   env->refcount++;
   db = g_new0(StoreDb, 1);
   db->env = env;
+  g_mutex_init(&db->key_lock);
 
   if (!store_env_write(env, store_prepare_cb, &prep, error)) {
     g_prefix_error(error, "%s: ", dir);
@@ -742,6 +1500,168 @@ store_db_get_schema_version(StoreDb *db)
   return db->schema_version;
 }
 
+/* ---- master key and store -------------------------------------------- */
+
+typedef struct {
+  StoreMasterKey *key;
+  gboolean recorded;
+} StoreKeySet;
+
+static void
+store_key_set_cb(StoreTxn *txn, gpointer user_data)
+{
+  StoreKeySet *set = user_data;
+  g_autofree char *id = NULL;
+
+  set->recorded = FALSE;
+  if (!store_txn_get_key_id(txn, &id))
+    return;
+  if (id == NULL) {
+    /* First use: from now on only this key opens the store's keys. */
+    set->recorded =
+        store_txn_put_raw(txn, STORE_TABLE_META, STORE_META_MASTER_KEY_ID, set->key->id,
+                          STORE_KEY_ID_HEX_LEN, "recording the master-key id");
+    return;
+  }
+  if (strcmp(id, set->key->id) != 0)
+    store_txn_fail(txn, g_error_new(STORE_ERROR, STORE_ERROR_KEY,
+                                    "master key %s (id %s) is not the key of the store in %s "
+                                    "(id %s)",
+                                    set->key->path, set->key->id, txn->env->path, id));
+}
+
+gboolean
+store_db_set_master_key(StoreDb *db, StoreMasterKey *key, GError **error)
+{
+  StoreKeySet set = {key, FALSE};
+
+  g_return_val_if_fail(db != NULL, FALSE);
+  g_return_val_if_fail(key != NULL, FALSE);
+  g_return_val_if_fail(error == NULL || *error == NULL, FALSE);
+
+  /* A write transaction, so two processes setting different first keys
+   * cannot both win. */
+  if (!store_env_write(db->env, store_key_set_cb, &set, error))
+    return FALSE;
+  if (set.recorded)
+    g_message("store in %s now uses master key id %s", db->env->path, key->id);
+  store_db_replace_key(db, key);
+  return TRUE;
+}
+
+typedef struct {
+  StoreMasterKey *old_key; /* may be NULL when the store never had a key */
+  StoreMasterKey *new_key;
+  guint n_rewrapped;
+} StoreRekey;
+
+static void
+store_rekey_cb(StoreTxn *txn, gpointer user_data)
+{
+  StoreRekey *rk = user_data;
+  g_autoptr(GPtrArray) pending = g_ptr_array_new_with_free_func(store_pending_put_free);
+  g_autofree char *id = NULL;
+  MDB_cursor *cursor = NULL;
+  MDB_val k, v;
+  int rc;
+
+  rk->n_rewrapped = 0;
+  if (!store_txn_get_key_id(txn, &id))
+    return;
+  if (id != NULL && rk->old_key == NULL) {
+    store_txn_fail(txn, g_error_new(STORE_ERROR, STORE_ERROR_KEY,
+                                    "re-keying the store in %s needs its current master key "
+                                    "(id %s)",
+                                    txn->env->path, id));
+    return;
+  }
+  if (id != NULL && strcmp(id, rk->old_key->id) != 0) {
+    store_txn_fail(txn, g_error_new(STORE_ERROR, STORE_ERROR_KEY,
+                                    "master key %s (id %s) is not the key of the store in %s "
+                                    "(id %s)",
+                                    rk->old_key->path, rk->old_key->id, txn->env->path, id));
+    return;
+  }
+
+  if (!store_txn_check(txn,
+                       mdb_cursor_open(txn->txn, txn->env->dbis[STORE_TABLE_CREDENTIALS], &cursor),
+                       "opening a cursor"))
+    return;
+  while ((rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)) == MDB_SUCCESS) {
+    g_autofree char *aor = store_aor_from_key(&k);
+    g_autoptr(GBytes) value = NULL;
+    g_autoptr(GBytes) plain = NULL;
+    g_auto(StoreCredRecord) rec = {0};
+    GError *local = NULL;
+
+    if (aor == NULL) {
+      store_txn_fail(txn, g_error_new(STORE_ERROR, STORE_ERROR_CORRUPT,
+                                      "a key in credentials is not valid UTF-8"));
+      break;
+    }
+    value = g_bytes_new(v.mv_data, v.mv_size);
+    if (!store_cred_record_decode(aor, value, &rec, &local)) {
+      store_txn_fail(txn, local);
+      break;
+    }
+    if (rec.key_kind != STORE_KEY_SERVER_HELD)
+      continue;
+    if (id == NULL || strcmp(rec.key_id, id) != 0) {
+      store_txn_fail(txn, g_error_new(STORE_ERROR, STORE_ERROR_CORRUPT,
+                                      "credential of %s: wrapped under master key id %s, not the "
+                                      "store's (%s)",
+                                      aor, rec.key_id, id != NULL ? id : "none"));
+      break;
+    }
+    /* Any key that does not unwrap aborts the whole rekey: nothing may be
+     * left under a key that is about to be retired. */
+    plain = store_key_unwrap(rk->old_key, aor, rec.version, rec.key_blob, &local);
+    if (plain == NULL) {
+      store_txn_fail(txn, local);
+      break;
+    }
+    g_clear_pointer(&rec.key_blob, g_bytes_unref);
+    rec.key_blob = store_key_wrap(rk->new_key, aor, rec.version, plain, &local);
+    if (rec.key_blob == NULL) {
+      store_txn_fail(txn, local);
+      break;
+    }
+    g_free(rec.key_id);
+    rec.key_id = g_strdup(rk->new_key->id);
+    store_pending_add(pending, aor, store_cred_record_encode(&rec));
+  }
+  if (store_txn_ok(txn) && rc != MDB_NOTFOUND)
+    store_txn_check(txn, rc, "reading the credentials");
+  mdb_cursor_close(cursor);
+  store_pending_write(txn, txn->env->dbis[STORE_TABLE_CREDENTIALS], pending,
+                      "rewriting a credential");
+  store_txn_put_raw(txn, STORE_TABLE_META, STORE_META_MASTER_KEY_ID, rk->new_key->id,
+                    STORE_KEY_ID_HEX_LEN, "recording the master-key id");
+  if (store_txn_ok(txn))
+    rk->n_rewrapped = pending->len;
+}
+
+gboolean
+store_db_rekey(StoreDb *db, StoreMasterKey *new_key, GError **error)
+{
+  g_autoptr(StoreMasterKey) old_key = NULL;
+  StoreRekey rk = {0};
+
+  g_return_val_if_fail(db != NULL, FALSE);
+  g_return_val_if_fail(new_key != NULL, FALSE);
+  g_return_val_if_fail(error == NULL || *error == NULL, FALSE);
+
+  old_key = store_db_dup_key(db);
+  rk.old_key = old_key;
+  rk.new_key = new_key;
+  if (!store_env_write(db->env, store_rekey_cb, &rk, error))
+    return FALSE;
+  g_message("store in %s re-keyed from master key id %s to %s (%u server-held keys re-wrapped)",
+            db->env->path, old_key != NULL ? old_key->id : "(none)", new_key->id, rk.n_rewrapped);
+  store_db_replace_key(db, new_key);
+  return TRUE;
+}
+
 /* ---- credentials ----------------------------------------------------- */
 
 void
@@ -752,35 +1672,68 @@ store_cred_free(StoreCred *cred)
   g_free(cred->aor);
   g_clear_pointer(&cred->cert_der, g_bytes_unref);
   g_free(cred->etag);
+  /* Unwrapped keys are wiped by their GBytes' free function. */
+  g_clear_pointer(&cred->pkcs8, g_bytes_unref);
   g_free(cred);
 }
 
-static StoreCred *
-store_cred_decode(const char *aor, GBytes *value, GError **error)
+/* One DER tag and length at @p; FALSE unless the content fits in @n. */
+static gboolean
+store_der_header(const guint8 *p, gsize n, guint8 *tag, gsize *hdr_len, gsize *len)
 {
-  g_autoptr(GVariant) body = NULL;
-  g_autoptr(GVariant) der = NULL;
-  g_autoptr(GVariant) key_blob = NULL;
-  g_autoptr(StoreCred) cred = g_new0(StoreCred, 1);
-  const char *etag;
-  guint8 key_kind;
+  if (n < 2)
+    return FALSE;
+  *tag = p[0];
+  if (p[1] < 0x80) {
+    *len = p[1];
+    *hdr_len = 2;
+  } else {
+    gsize n_len = p[1] & 0x7f;
 
-  body = store_record_open(value, STORE_CRED_RECORD_VERSION, STORE_CRED_BODY_TYPE_V1, error);
-  if (body == NULL) {
-    g_prefix_error(error, "credential of %s: ", aor);
-    return NULL;
+    if (n_len == 0 || n_len > 4 || n < 2 + n_len)
+      return FALSE;
+    *len = 0;
+    for (gsize i = 0; i < n_len; i++)
+      *len = (*len << 8) | p[2 + i];
+    *hdr_len = 2 + n_len;
   }
-  g_variant_get(body, "(@ayxxxt&sy@ay)", &der, &cred->not_before, &cred->not_after, &cred->updated,
-                &cred->version, &etag, &key_kind, &key_blob);
-  if (g_variant_get_size(der) == 0 || *etag == '\0' || cred->version == 0) {
-    g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT,
-                "credential of %s: record lacks a certificate, ETag or version", aor);
-    return NULL;
+  return *len <= n - *hdr_len;
+}
+
+typedef enum {
+  STORE_PKCS8_NOT = 0,
+  STORE_PKCS8_PLAIN,     /* PrivateKeyInfo: SEQUENCE { INTEGER, SEQUENCE, OCTET STRING .. } */
+  STORE_PKCS8_ENCRYPTED, /* EncryptedPrivateKeyInfo: SEQUENCE { SEQUENCE, OCTET STRING } */
+} StorePkcs8Shape;
+
+/* Just enough DER to tell the two PKCS#8 forms apart: a plain key handed in
+ * as "user-encrypted" would otherwise reach the file in clear. */
+static StorePkcs8Shape
+store_pkcs8_shape(GBytes *pkcs8)
+{
+  static const guint8 plain[] = {0x02, 0x30, 0x04};
+  static const guint8 encrypted[] = {0x30, 0x04};
+  gsize n, hdr, len;
+  const guint8 *p = g_bytes_get_data(pkcs8, &n);
+  const guint8 *want;
+  gsize n_want;
+  guint8 tag;
+
+  if (!store_der_header(p, n, &tag, &hdr, &len) || tag != 0x30 || hdr + len != n)
+    return STORE_PKCS8_NOT;
+  p += hdr;
+  n = len;
+  if (!store_der_header(p, n, &tag, &hdr, &len))
+    return STORE_PKCS8_NOT;
+  want = tag == 0x02 ? plain : encrypted;
+  n_want = tag == 0x02 ? G_N_ELEMENTS(plain) : G_N_ELEMENTS(encrypted);
+  for (gsize i = 0; i < n_want; i++) {
+    if (!store_der_header(p, n, &tag, &hdr, &len) || tag != want[i])
+      return STORE_PKCS8_NOT;
+    p += hdr + len;
+    n -= hdr + len;
   }
-  cred->aor = g_strdup(aor);
-  cred->cert_der = g_variant_get_data_as_bytes(der);
-  cred->etag = g_strdup(etag);
-  return g_steal_pointer(&cred);
+  return want == plain ? STORE_PKCS8_PLAIN : STORE_PKCS8_ENCRYPTED;
 }
 
 typedef struct {
@@ -790,6 +1743,9 @@ typedef struct {
   gint64 not_after;
   gint64 updated;
   const char *etag;
+  StoreKeyKind key_kind;
+  GBytes *pkcs8;
+  StoreMasterKey *key; /* for SERVER_HELD */
 } StoreCredPut;
 
 static void
@@ -798,32 +1754,61 @@ store_cred_put_cb(StoreTxn *txn, gpointer user_data)
   const StoreCredPut *put = user_data;
   g_autoptr(GBytes) old = NULL;
   g_autoptr(GVariant) record = NULL;
-  guint64 version = 1;
+  g_auto(StoreCredRecord) rec = {0};
+  GError *local = NULL;
 
   old = store_txn_get(txn, STORE_TABLE_CREDENTIALS, put->aor, "reading the old credential");
   if (!store_txn_ok(txn))
     return;
+  rec.version = 1;
   if (old != NULL) {
-    GError *local = NULL;
-    g_autoptr(StoreCred) prev = store_cred_decode(put->aor, old, &local);
+    g_auto(StoreCredRecord) prev = {0};
 
     /* Overwriting would silently restart the version; the operator can
      * delete the damaged record first. */
-    if (prev == NULL) {
+    if (!store_cred_record_decode(put->aor, old, &prev, &local)) {
       store_txn_fail(txn, local);
       return;
     }
-    version = prev->version + 1;
+    rec.version = prev.version + 1;
   }
+  rec.cert_der = g_bytes_ref(put->cert_der);
+  rec.not_before = put->not_before;
+  rec.not_after = put->not_after;
+  rec.updated = put->updated;
+  rec.etag = g_strdup(put->etag);
+  rec.key_kind = put->key_kind;
   /* The record replaces any stored key part: an old key never goes with a
    * new certificate. */
-  record = store_record_new(
-      STORE_CRED_RECORD_VERSION,
-      g_variant_new("(@ayxxxtsy@ay)",
-                    g_variant_new_from_bytes(G_VARIANT_TYPE_BYTESTRING, put->cert_der, TRUE),
-                    put->not_before, put->not_after, put->updated, version, put->etag, (guint8)0,
-                    g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, NULL, 0, 1)));
+  if (put->key_kind == STORE_KEY_USER_ENCRYPTED) {
+    rec.key_blob = g_bytes_ref(put->pkcs8);
+  } else if (put->key_kind == STORE_KEY_SERVER_HELD) {
+    g_autofree char *id = NULL;
+
+    if (!store_txn_get_key_id(txn, &id))
+      return;
+    /* Another process may have re-keyed since this handle got its key. */
+    if (id != NULL && strcmp(id, put->key->id) != 0) {
+      store_txn_fail(txn, g_error_new(STORE_ERROR, STORE_ERROR_KEY,
+                                      "cannot store the key of %s: master key %s (id %s) is no "
+                                      "longer the store's (id %s)",
+                                      put->aor, put->key->path, put->key->id, id));
+      return;
+    }
+    if (id == NULL &&
+        !store_txn_put_raw(txn, STORE_TABLE_META, STORE_META_MASTER_KEY_ID, put->key->id,
+                           STORE_KEY_ID_HEX_LEN, "recording the master-key id"))
+      return;
+    rec.key_blob = store_key_wrap(put->key, put->aor, rec.version, put->pkcs8, &local);
+    if (rec.key_blob == NULL) {
+      store_txn_fail(txn, local);
+      return;
+    }
+    rec.key_id = g_strdup(put->key->id);
+  }
+  record = store_cred_record_encode(&rec);
   store_txn_put(txn, STORE_TABLE_CREDENTIALS, put->aor, record, "writing the credential");
+  store_txn_change_append(txn, put->aor, STORE_CHANGE_CREDENTIAL);
 }
 
 static char *
@@ -844,18 +1829,12 @@ store_etag_new(GError **error)
   return g_string_free(hex, FALSE);
 }
 
-gboolean
-store_cred_put_cert(StoreDb *db, const char *aor, GBytes *cert_der, gint64 not_before,
-                    gint64 not_after, GError **error)
+static gboolean
+store_cred_put_check(const char *aor, GBytes *cert_der, gint64 not_before, gint64 not_after,
+                     StoreKeyKind key_kind, GBytes *pkcs8, GError **error)
 {
-  g_autofree char *etag = NULL;
-  StoreCredPut put;
+  StorePkcs8Shape shape;
 
-  g_return_val_if_fail(db != NULL, FALSE);
-  g_return_val_if_fail(error == NULL || *error == NULL, FALSE);
-
-  if (!store_key_check(db, aor, error))
-    return FALSE;
   if (cert_der == NULL || g_bytes_get_size(cert_der) == 0) {
     g_set_error(error, STORE_ERROR, STORE_ERROR_INVALID, "%s: empty certificate", aor);
     return FALSE;
@@ -870,6 +1849,68 @@ store_cred_put_cert(StoreDb *db, const char *aor, GBytes *cert_der, gint64 not_b
                 "%s: certificate notAfter lies before notBefore", aor);
     return FALSE;
   }
+  if (key_kind == STORE_KEY_NONE) {
+    if (pkcs8 != NULL) {
+      g_set_error(error, STORE_ERROR, STORE_ERROR_INVALID,
+                  "%s: a private key was given without a key kind", aor);
+      return FALSE;
+    }
+    return TRUE;
+  }
+  if (key_kind != STORE_KEY_USER_ENCRYPTED && key_kind != STORE_KEY_SERVER_HELD) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_INVALID, "%s: unknown key kind %d", aor,
+                (int)key_kind);
+    return FALSE;
+  }
+  if (pkcs8 == NULL || g_bytes_get_size(pkcs8) == 0) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_INVALID, "%s: the PKCS#8 key is missing", aor);
+    return FALSE;
+  }
+  if (g_bytes_get_size(pkcs8) > STORE_PKCS8_MAX_SIZE) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_INVALID, "%s: PKCS#8 key larger than %d bytes",
+                aor, STORE_PKCS8_MAX_SIZE);
+    return FALSE;
+  }
+  shape = store_pkcs8_shape(pkcs8);
+  if (shape == STORE_PKCS8_NOT) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_INVALID, "%s: the key is not PKCS#8 DER", aor);
+    return FALSE;
+  }
+  if (key_kind == STORE_KEY_USER_ENCRYPTED && shape != STORE_PKCS8_ENCRYPTED) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_INVALID,
+                "%s: the PKCS#8 key is not encrypted; it can only be stored server-held", aor);
+    return FALSE;
+  }
+  if (key_kind == STORE_KEY_SERVER_HELD && shape != STORE_PKCS8_PLAIN) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_INVALID,
+                "%s: a server-held key must be plain PKCS#8, not encrypted", aor);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+gboolean
+store_cred_put(StoreDb *db, const char *aor, GBytes *cert_der, gint64 not_before, gint64 not_after,
+               StoreKeyKind key_kind, GBytes *pkcs8, GError **error)
+{
+  g_autoptr(StoreMasterKey) key = NULL;
+  g_autofree char *etag = NULL;
+  StoreCredPut put;
+
+  g_return_val_if_fail(db != NULL, FALSE);
+  g_return_val_if_fail(error == NULL || *error == NULL, FALSE);
+
+  if (!store_key_check(db, aor, error) ||
+      !store_cred_put_check(aor, cert_der, not_before, not_after, key_kind, pkcs8, error))
+    return FALSE;
+  if (key_kind == STORE_KEY_SERVER_HELD) {
+    key = store_db_dup_key(db);
+    if (key == NULL) {
+      g_set_error(error, STORE_ERROR, STORE_ERROR_KEY,
+                  "%s: a server-held key needs the master key, and none is set", aor);
+      return FALSE;
+    }
+  }
   etag = store_etag_new(error);
   if (etag == NULL)
     return FALSE;
@@ -881,14 +1922,55 @@ store_cred_put_cert(StoreDb *db, const char *aor, GBytes *cert_der, gint64 not_b
       .not_after = not_after,
       .updated = g_get_real_time() / G_USEC_PER_SEC,
       .etag = etag,
+      .key_kind = key_kind,
+      .pkcs8 = pkcs8,
+      .key = key,
   };
   return store_env_write(db->env, store_cred_put_cb, &put, error);
+}
+
+gboolean
+store_cred_put_cert(StoreDb *db, const char *aor, GBytes *cert_der, gint64 not_before,
+                    gint64 not_after, GError **error)
+{
+  return store_cred_put(db, aor, cert_der, not_before, not_after, STORE_KEY_NONE, NULL, error);
+}
+
+/* The private key of @rec for the caller: NULL without error when this
+ * handle cannot open it (no key, or another process re-keyed). */
+static gboolean
+store_cred_open_key(StoreDb *db, const char *aor, const StoreCredRecord *rec, GBytes **pkcs8,
+                    GError **error)
+{
+  g_autoptr(StoreMasterKey) key = NULL;
+
+  *pkcs8 = NULL;
+  if (rec->key_kind == STORE_KEY_USER_ENCRYPTED) {
+    *pkcs8 = g_bytes_ref(rec->key_blob);
+    return TRUE;
+  }
+  if (rec->key_kind != STORE_KEY_SERVER_HELD)
+    return TRUE;
+  key = store_db_dup_key(db);
+  if (key == NULL)
+    return TRUE;
+  if (strcmp(key->id, rec->key_id) != 0) {
+    if (g_atomic_int_compare_and_exchange(&db->warned_stale_key, 0, 1))
+      g_warning("the store in %s was re-keyed to master key id %s; this process holds id %s "
+                "and cannot open server-held keys until it loads the new key",
+                db->env->path, rec->key_id, key->id);
+    return TRUE;
+  }
+  *pkcs8 = store_key_unwrap(key, aor, rec->version, rec->key_blob, error);
+  return *pkcs8 != NULL;
 }
 
 StoreCred *
 store_cred_get(StoreDb *db, const char *aor, GError **error)
 {
   g_autoptr(GBytes) value = NULL;
+  g_auto(StoreCredRecord) rec = {0};
+  g_autoptr(StoreCred) cred = NULL;
   StoreTxn txn;
 
   g_return_val_if_fail(db != NULL, NULL);
@@ -905,13 +1987,27 @@ store_cred_get(StoreDb *db, const char *aor, GError **error)
     g_set_error(error, STORE_ERROR, STORE_ERROR_NOT_FOUND, "no certificate stored for %s", aor);
     return NULL;
   }
-  return store_cred_decode(aor, value, error);
+  if (!store_cred_record_decode(aor, value, &rec, error))
+    return NULL;
+  cred = g_new0(StoreCred, 1);
+  if (!store_cred_open_key(db, aor, &rec, &cred->pkcs8, error))
+    return NULL;
+  cred->aor = g_strdup(aor);
+  cred->cert_der = g_steal_pointer(&rec.cert_der);
+  cred->not_before = rec.not_before;
+  cred->not_after = rec.not_after;
+  cred->updated = rec.updated;
+  cred->version = rec.version;
+  cred->etag = g_steal_pointer(&rec.etag);
+  cred->key_kind = rec.key_kind;
+  return g_steal_pointer(&cred);
 }
 
 typedef struct {
   StoreTable table;
   const char *aor;
   const char *what;
+  StoreChangeKind change;
 } StoreDelete;
 
 static void
@@ -919,17 +2015,21 @@ store_delete_cb(StoreTxn *txn, gpointer user_data)
 {
   const StoreDelete *del = user_data;
 
-  if (!store_txn_del(txn, del->table, del->aor, "deleting") && txn->rc == MDB_NOTFOUND) {
-    g_clear_error(&txn->error);
-    txn->error = g_error_new(STORE_ERROR, STORE_ERROR_NOT_FOUND, "no %s stored for %s", del->what,
-                             del->aor);
+  if (!store_txn_del(txn, del->table, del->aor, "deleting")) {
+    if (txn->rc == MDB_NOTFOUND) {
+      g_clear_error(&txn->error);
+      txn->error = g_error_new(STORE_ERROR, STORE_ERROR_NOT_FOUND, "no %s stored for %s",
+                               del->what, del->aor);
+    }
+    return;
   }
+  store_txn_change_append(txn, del->aor, del->change);
 }
 
 gboolean
 store_cred_delete(StoreDb *db, const char *aor, GError **error)
 {
-  StoreDelete del = {STORE_TABLE_CREDENTIALS, aor, "certificate"};
+  StoreDelete del = {STORE_TABLE_CREDENTIALS, aor, "certificate", STORE_CHANGE_REVOKED};
 
   g_return_val_if_fail(db != NULL, FALSE);
   g_return_val_if_fail(error == NULL || *error == NULL, FALSE);
@@ -964,18 +2064,6 @@ store_user_free(StoreUser *user)
   g_free(user->ha1_sha256);
   g_free(user->ha1_md5);
   g_free(user);
-}
-
-static gboolean
-store_is_lower_hex(const char *s, gsize len)
-{
-  if (s == NULL || strlen(s) != len)
-    return FALSE;
-  for (gsize i = 0; i < len; i++) {
-    if (!g_ascii_isdigit(s[i]) && !(s[i] >= 'a' && s[i] <= 'f'))
-      return FALSE;
-  }
-  return TRUE;
 }
 
 /* Checks everything but the AOR; never quotes the HA1 values. */
@@ -1052,6 +2140,7 @@ store_user_put_cb(StoreTxn *txn, gpointer user_data)
       STORE_USER_RECORD_VERSION,
       g_variant_new("(sssu)", user->realm, user->ha1_sha256, user->ha1_md5, user->flags));
   store_txn_put(txn, STORE_TABLE_USERS, user->aor, record, "writing the user");
+  store_txn_change_append(txn, user->aor, STORE_CHANGE_USER);
 }
 
 gboolean
@@ -1098,7 +2187,7 @@ store_user_get(StoreDb *db, const char *aor, GError **error)
 gboolean
 store_user_delete(StoreDb *db, const char *aor, GError **error)
 {
-  StoreDelete del = {STORE_TABLE_USERS, aor, "user"};
+  StoreDelete del = {STORE_TABLE_USERS, aor, "user", STORE_CHANGE_USER};
 
   g_return_val_if_fail(db != NULL, FALSE);
   g_return_val_if_fail(error == NULL || *error == NULL, FALSE);
@@ -1114,4 +2203,444 @@ store_user_list(StoreDb *db, GError **error)
   g_return_val_if_fail(db != NULL, NULL);
   g_return_val_if_fail(error == NULL || *error == NULL, NULL);
   return store_list_keys(db, STORE_TABLE_USERS, error);
+}
+
+/* ---- change log ------------------------------------------------------ */
+
+void
+store_change_free(StoreChange *change)
+{
+  if (change == NULL)
+    return;
+  g_free(change->aor);
+  g_free(change);
+}
+
+static gboolean
+store_change_seq_from_key(const MDB_val *k, guint64 *seq, GError **error)
+{
+  guint64 be;
+
+  if (k->mv_size != sizeof be) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT,
+                "the change log holds a key of %zu bytes, not %zu", k->mv_size, sizeof be);
+    return FALSE;
+  }
+  memcpy(&be, k->mv_data, sizeof be);
+  *seq = GUINT64_FROM_BE(be);
+  if (*seq == 0) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT, "the change log holds sequence 0");
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static StoreChange *
+store_change_decode(const MDB_val *k, const MDB_val *v, GError **error)
+{
+  g_autoptr(GBytes) value = NULL;
+  g_autoptr(GVariant) body = NULL;
+  g_autoptr(StoreChange) change = g_new0(StoreChange, 1);
+  guint32 kind;
+
+  if (!store_change_seq_from_key(k, &change->seq, error))
+    return NULL;
+  value = g_bytes_new(v->mv_data, v->mv_size);
+  body = store_record_open(value, STORE_CHANGE_RECORD_VERSION, STORE_CHANGE_BODY_TYPE_V1, error);
+  if (body == NULL) {
+    g_prefix_error(error, "change %" G_GUINT64_FORMAT ": ", change->seq);
+    return NULL;
+  }
+  g_variant_get(body, "(sux)", &change->aor, &kind, &change->time);
+  if (*change->aor == '\0' || kind < STORE_CHANGE_CREDENTIAL || kind > STORE_CHANGE_USER) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT,
+                "change %" G_GUINT64_FORMAT ": no AOR or unknown kind %u", change->seq, kind);
+    return NULL;
+  }
+  change->kind = kind;
+  return g_steal_pointer(&change);
+}
+
+/* The highest sequence number in @txn, 0 when the log is empty. */
+static guint64
+store_txn_last_seq(StoreTxn *txn)
+{
+  MDB_cursor *cursor = NULL;
+  MDB_val k, v;
+  guint64 seq = 0;
+  GError *local = NULL;
+  int rc;
+
+  if (!store_txn_ok(txn) ||
+      !store_txn_check(txn,
+                       mdb_cursor_open(txn->txn, txn->env->dbis[STORE_TABLE_CHANGES], &cursor),
+                       "opening the change log"))
+    return 0;
+  rc = mdb_cursor_get(cursor, &k, &v, MDB_LAST);
+  if (rc == MDB_SUCCESS) {
+    if (!store_change_seq_from_key(&k, &seq, &local))
+      store_txn_fail(txn, local);
+  } else if (rc != MDB_NOTFOUND) {
+    store_txn_check(txn, rc, "reading the change log");
+  }
+  mdb_cursor_close(cursor);
+  return seq;
+}
+
+guint64
+store_change_get_last_seq(StoreDb *db, GError **error)
+{
+  StoreTxn txn;
+  guint64 seq;
+
+  g_return_val_if_fail(db != NULL, 0);
+  g_return_val_if_fail(error == NULL || *error == NULL, 0);
+
+  if (!store_txn_begin(db->env, &txn, FALSE, error))
+    return 0;
+  seq = store_txn_last_seq(&txn);
+  if (!store_txn_end(&txn, error))
+    return 0;
+  return seq;
+}
+
+GPtrArray *
+store_change_list_since(StoreDb *db, guint64 after, guint max, GError **error)
+{
+  g_autoptr(GPtrArray) changes = g_ptr_array_new_with_free_func((GDestroyNotify)store_change_free);
+  MDB_cursor *cursor = NULL;
+  guint64 be;
+  MDB_val k = {sizeof be, &be};
+  MDB_val v;
+  StoreTxn txn;
+  int rc;
+
+  g_return_val_if_fail(db != NULL, NULL);
+  g_return_val_if_fail(error == NULL || *error == NULL, NULL);
+
+  if (after == G_MAXUINT64 || max == 0)
+    return g_steal_pointer(&changes);
+  be = GUINT64_TO_BE(after + 1);
+  if (!store_txn_begin(db->env, &txn, FALSE, error))
+    return NULL;
+  if (store_txn_check(&txn, mdb_cursor_open(txn.txn, db->env->dbis[STORE_TABLE_CHANGES], &cursor),
+                      "opening the change log")) {
+    /* Big-endian keys sort numerically: one seek, then a sequential read. */
+    for (rc = mdb_cursor_get(cursor, &k, &v, MDB_SET_RANGE); rc == MDB_SUCCESS;
+         rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)) {
+      GError *local = NULL;
+      StoreChange *change = store_change_decode(&k, &v, &local);
+
+      if (change == NULL) {
+        store_txn_fail(&txn, local);
+        break;
+      }
+      g_ptr_array_add(changes, change);
+      if (changes->len >= max)
+        break;
+    }
+    if (store_txn_ok(&txn) && rc != MDB_SUCCESS && rc != MDB_NOTFOUND)
+      store_txn_check(&txn, rc, "reading the change log");
+    mdb_cursor_close(cursor);
+  }
+  if (!store_txn_end(&txn, error))
+    return NULL;
+  return g_steal_pointer(&changes);
+}
+
+/* ---- maintenance ----------------------------------------------------- */
+
+gboolean
+store_db_backup(StoreDb *db, const char *path, GError **error)
+{
+  int fd, rc = MDB_SUCCESS, saved = 0;
+
+  g_return_val_if_fail(db != NULL, FALSE);
+  g_return_val_if_fail(path != NULL && *path != '\0', FALSE);
+  g_return_val_if_fail(error == NULL || *error == NULL, FALSE);
+
+  /* The copy holds wrapped keys and HA1 values: private from the start. */
+  fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    saved = errno;
+    if (saved == EEXIST)
+      g_set_error(error, STORE_ERROR, STORE_ERROR_INVALID,
+                  "backup file %s already exists; not overwriting it", path);
+    else
+      g_set_error(error, STORE_ERROR, STORE_ERROR_IO, "cannot create backup file %s: %s", path,
+                  g_strerror(saved));
+    return FALSE;
+  }
+  for (guint attempt = 0; attempt < STORE_BEGIN_ATTEMPTS; attempt++) {
+    /* The copy runs its own read transaction: hold off resizes meanwhile. */
+    g_rw_lock_reader_lock(&db->env->resize_lock);
+    rc = mdb_env_copyfd2(db->env->env, fd, MDB_CP_COMPACT);
+    g_rw_lock_reader_unlock(&db->env->resize_lock);
+    if (rc != MDB_MAP_RESIZED)
+      break;
+    if (!store_env_adopt_map_size(db->env, error)) {
+      close(fd);
+      unlink(path);
+      return FALSE;
+    }
+    if (ftruncate(fd, 0) != 0 || lseek(fd, 0, SEEK_SET) != 0) {
+      rc = errno;
+      break;
+    }
+  }
+  if (rc == MDB_SUCCESS && fsync(fd) != 0)
+    rc = errno;
+  if (close(fd) != 0 && rc == MDB_SUCCESS)
+    rc = errno;
+  if (rc != MDB_SUCCESS) {
+    g_autofree char *what =
+        g_strdup_printf("backing up the store in %s to %s", db->env->path, path);
+    unlink(path);
+    return store_error_from_mdb(rc, error, what);
+  }
+  if (!store_fsync_parent(path, error)) {
+    unlink(path);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+typedef struct {
+  StoreDb *db;
+  char *store_key_id;  /* from meta, or NULL */
+  StoreMasterKey *key; /* the handle's, or NULL */
+  guint64 n_server_held;
+} StoreCheck;
+
+typedef gboolean (*StoreCheckFunc)(StoreCheck *check, const MDB_val *k, const MDB_val *v,
+                                   GError **error);
+
+static gboolean
+store_check_meta(StoreCheck *check, const MDB_val *k, const MDB_val *v, GError **error)
+{
+  guint32 be;
+
+  if (k->mv_size == strlen(STORE_META_SCHEMA_VERSION) &&
+      memcmp(k->mv_data, STORE_META_SCHEMA_VERSION, k->mv_size) == 0) {
+    if (v->mv_size != sizeof be) {
+      g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT, "malformed schema version");
+      return FALSE;
+    }
+    memcpy(&be, v->mv_data, sizeof be);
+    if (GUINT32_FROM_BE(be) != STORE_SCHEMA_VERSION) {
+      g_set_error(error, STORE_ERROR, STORE_ERROR_SCHEMA, "schema version %u, expected %u",
+                  GUINT32_FROM_BE(be), STORE_SCHEMA_VERSION);
+      return FALSE;
+    }
+  }
+  /* The master-key id was validated when it was read for this check. */
+  return TRUE;
+}
+
+static gboolean
+store_check_credential(StoreCheck *check, const MDB_val *k, const MDB_val *v, GError **error)
+{
+  g_autofree char *aor = store_aor_from_key(k);
+  g_autoptr(GBytes) value = NULL;
+  g_autoptr(GBytes) plain = NULL;
+  g_auto(StoreCredRecord) rec = {0};
+
+  if (aor == NULL) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT, "the key is not an AOR");
+    return FALSE;
+  }
+  value = g_bytes_new(v->mv_data, v->mv_size);
+  if (!store_cred_record_decode(aor, value, &rec, error))
+    return FALSE;
+  if (rec.key_kind != STORE_KEY_SERVER_HELD)
+    return TRUE;
+  check->n_server_held++;
+  if (check->store_key_id == NULL || strcmp(rec.key_id, check->store_key_id) != 0) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT,
+                "the key of %s is wrapped under master key id %s, not the store's (%s)", aor,
+                rec.key_id, check->store_key_id != NULL ? check->store_key_id : "none");
+    return FALSE;
+  }
+  if (check->key == NULL)
+    return TRUE;
+  plain = store_key_unwrap(check->key, aor, rec.version, rec.key_blob, error);
+  return plain != NULL;
+}
+
+static gboolean
+store_check_user(StoreCheck *check, const MDB_val *k, const MDB_val *v, GError **error)
+{
+  g_autofree char *aor = store_aor_from_key(k);
+  g_autoptr(GBytes) value = NULL;
+  g_autoptr(StoreUser) user = NULL;
+
+  if (aor == NULL) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT, "the key is not an AOR");
+    return FALSE;
+  }
+  value = g_bytes_new(v->mv_data, v->mv_size);
+  user = store_user_decode(aor, value, error);
+  return user != NULL;
+}
+
+static gboolean
+store_check_registration(StoreCheck *check, const MDB_val *k, const MDB_val *v, GError **error)
+{
+  g_autofree char *aor = store_aor_from_key(k);
+
+  /* The record format belongs to the registrar; only the key is ours. */
+  if (aor == NULL) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT, "the key is not an AOR");
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean
+store_check_change(StoreCheck *check, const MDB_val *k, const MDB_val *v, GError **error)
+{
+  g_autoptr(StoreChange) change = store_change_decode(k, v, error);
+
+  return change != NULL;
+}
+
+/* A printable form of a table key for messages. */
+static char *
+store_key_describe(StoreTable table, const MDB_val *k)
+{
+  guint64 be;
+
+  if (table == STORE_TABLE_CHANGES && k->mv_size == sizeof be) {
+    memcpy(&be, k->mv_data, sizeof be);
+    return g_strdup_printf("%" G_GUINT64_FORMAT, GUINT64_FROM_BE(be));
+  }
+  return g_utf8_make_valid(k->mv_data, MIN(k->mv_size, (gsize)256));
+}
+
+static void
+store_check_table(StoreTxn *txn, StoreCheck *check, StoreTable table, StoreCheckFunc func)
+{
+  MDB_cursor *cursor = NULL;
+  MDB_val k, v;
+  int rc;
+
+  if (!store_txn_ok(txn) ||
+      !store_txn_check(txn, mdb_cursor_open(txn->txn, txn->env->dbis[table], &cursor),
+                       "opening a cursor"))
+    return;
+  while ((rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)) == MDB_SUCCESS) {
+    GError *local = NULL;
+
+    if (!func(check, &k, &v, &local)) {
+      g_autofree char *key = store_key_describe(table, &k);
+      g_prefix_error(&local, "table %s, key %s: ", store_table_names[table], key);
+      store_txn_fail(txn, local);
+      break;
+    }
+  }
+  if (store_txn_ok(txn) && rc != MDB_NOTFOUND) {
+    g_autofree char *what = g_strdup_printf("reading table %s", store_table_names[table]);
+    store_txn_check(txn, rc, what);
+  }
+  mdb_cursor_close(cursor);
+}
+
+gboolean
+store_db_check(StoreDb *db, GError **error)
+{
+  static const StoreCheckFunc funcs[STORE_TABLE_N] = {
+      [STORE_TABLE_META] = store_check_meta,
+      [STORE_TABLE_CREDENTIALS] = store_check_credential,
+      [STORE_TABLE_USERS] = store_check_user,
+      [STORE_TABLE_REGISTRATIONS] = store_check_registration,
+      [STORE_TABLE_CHANGES] = store_check_change,
+  };
+  g_autoptr(StoreMasterKey) key = NULL;
+  StoreCheck check = {db, NULL, NULL, 0};
+  StoreTxn txn;
+
+  g_return_val_if_fail(db != NULL, FALSE);
+  g_return_val_if_fail(error == NULL || *error == NULL, FALSE);
+
+  key = store_db_dup_key(db);
+  check.key = key;
+  /* One read transaction: a consistent snapshot, while others write. */
+  if (!store_txn_begin(db->env, &txn, FALSE, error))
+    return FALSE;
+  if (store_txn_get_key_id(&txn, &check.store_key_id) && key != NULL &&
+      check.store_key_id != NULL && strcmp(key->id, check.store_key_id) != 0)
+    store_txn_fail(&txn, g_error_new(STORE_ERROR, STORE_ERROR_KEY,
+                                     "master key %s (id %s) is not the key of the store in %s "
+                                     "(id %s)",
+                                     key->path, key->id, db->env->path, check.store_key_id));
+  for (guint i = 0; i < STORE_TABLE_N; i++)
+    store_check_table(&txn, &check, i, funcs[i]);
+  g_free(check.store_key_id);
+  if (!store_txn_end(&txn, error)) {
+    g_prefix_error(error, "store in %s: ", db->env->path);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+gboolean
+store_db_get_stats(StoreDb *db, StoreStats *out, GError **error)
+{
+  static const struct {
+    StoreTable table;
+    gsize offset;
+  } counts[] = {
+      {STORE_TABLE_USERS, G_STRUCT_OFFSET(StoreStats, n_users)},
+      {STORE_TABLE_CREDENTIALS, G_STRUCT_OFFSET(StoreStats, n_credentials)},
+      {STORE_TABLE_REGISTRATIONS, G_STRUCT_OFFSET(StoreStats, n_registrations)},
+      {STORE_TABLE_CHANGES, G_STRUCT_OFFSET(StoreStats, n_changes)},
+  };
+  MDB_cursor *cursor = NULL;
+  MDB_envinfo info;
+  MDB_stat st;
+  MDB_val k, v;
+  StoreTxn txn;
+  int rc;
+
+  g_return_val_if_fail(db != NULL, FALSE);
+  g_return_val_if_fail(out != NULL, FALSE);
+  g_return_val_if_fail(error == NULL || *error == NULL, FALSE);
+
+  memset(out, 0, sizeof *out);
+  out->schema_version = db->schema_version;
+  if (!store_txn_begin(db->env, &txn, FALSE, error))
+    return FALSE;
+  if (store_txn_check(&txn, mdb_env_info(db->env->env, &info), "reading the store size") &&
+      store_txn_check(&txn, mdb_env_stat(db->env->env, &st), "reading the store size")) {
+    out->map_size = info.me_mapsize;
+    out->map_used = ((guint64)info.me_last_pgno + 1) * st.ms_psize;
+  }
+  for (guint i = 0; i < G_N_ELEMENTS(counts) && store_txn_ok(&txn); i++) {
+    if (store_txn_check(&txn, mdb_stat(txn.txn, db->env->dbis[counts[i].table], &st),
+                        "counting records"))
+      G_STRUCT_MEMBER(guint64, out, counts[i].offset) = st.ms_entries;
+  }
+  /* Counted by reading every credential: stats are for operators, not for
+   * a hot path. A record that does not decode is left to store_db_check(). */
+  if (store_txn_ok(&txn) &&
+      store_txn_check(&txn,
+                      mdb_cursor_open(txn.txn, db->env->dbis[STORE_TABLE_CREDENTIALS], &cursor),
+                      "opening a cursor")) {
+    while ((rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)) == MDB_SUCCESS) {
+      g_autoptr(GBytes) value = g_bytes_new(v.mv_data, v.mv_size);
+      g_auto(StoreCredRecord) rec = {0};
+
+      if (store_cred_record_parse(value, &rec, NULL) && rec.key_kind == STORE_KEY_SERVER_HELD)
+        out->n_server_held++;
+    }
+    if (rc != MDB_NOTFOUND)
+      store_txn_check(&txn, rc, "reading the credentials");
+    mdb_cursor_close(cursor);
+  }
+  out->last_change = store_txn_last_seq(&txn);
+  if (!store_txn_end(&txn, error)) {
+    memset(out, 0, sizeof *out);
+    return FALSE;
+  }
+  return TRUE;
 }

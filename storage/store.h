@@ -26,7 +26,7 @@ typedef enum {
 } StoreError;
 
 /* Current on-disk schema version; see store_db_open() for migrations. */
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2
 
 typedef struct _StoreDb StoreDb;
 

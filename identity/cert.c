@@ -2,8 +2,10 @@
 
 #include "identity/cert.h"
 
+#include <arpa/inet.h>
 #include <string.h>
 
+#include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 #include <gnutls/x509-ext.h>
 #include <gnutls/x509.h>
@@ -15,6 +17,12 @@ G_DEFINE_QUARK(sipcred-ident-error-quark, ident_error)
 /* Far above any real certificate; keeps hostile input cheap to refuse. */
 #define IDENT_CERT_MAX_SIZE (256 * 1024)
 #define IDENT_OID_SAN "2.5.29.17"
+/* Key files are small; this bounds what a hostile file can make us parse. */
+#define IDENT_KEY_MAX_SIZE (64 * 1024)
+
+/* The handles are pointer typedefs: g_auto() frees them at scope exit. */
+G_DEFINE_AUTO_CLEANUP_FREE_FUNC(gnutls_x509_privkey_t, gnutls_x509_privkey_deinit, NULL)
+G_DEFINE_AUTO_CLEANUP_FREE_FUNC(gnutls_x509_crt_t, gnutls_x509_crt_deinit, NULL)
 
 struct _IdentCert {
   gnutls_x509_crt_t crt;
@@ -356,4 +364,632 @@ ident_cert_dup_dns_names(IdentCert *cert)
       g_strv_builder_add(builder, cn);
   }
   return g_strv_builder_end(builder);
+}
+
+/* ---- Describing a certificate ---- */
+
+/* Text from a certificate, safe for a terminal: valid UTF-8 with C0/C1
+ * control characters and DEL shown as \xNN. */
+static char *
+ident_sanitize(const char *data, gssize len)
+{
+  g_autofree char *valid = g_utf8_make_valid(data, len);
+  GString *out = g_string_sized_new(strlen(valid));
+
+  for (const char *p = valid; *p != '\0'; p = g_utf8_next_char(p)) {
+    gunichar c = g_utf8_get_char(p);
+    if (c < 0x20 || (c >= 0x7f && c < 0xa0))
+      g_string_append_printf(out, "\\x%02X", (guint)c);
+    else
+      g_string_append_unichar(out, c);
+  }
+  return g_string_free(out, FALSE);
+}
+
+static char *
+ident_dn_to_string(int rc, gnutls_datum_t *dn)
+{
+  char *out;
+
+  if (rc < 0) {
+    /* GnuTLS reports an empty DN as "not available". */
+    return g_strdup("");
+  }
+  out = ident_sanitize((const char *)dn->data, dn->size);
+  gnutls_free(dn->data);
+  return out;
+}
+
+char *
+ident_cert_dup_subject(IdentCert *cert)
+{
+  gnutls_datum_t dn = {NULL, 0};
+
+  g_return_val_if_fail(cert != NULL, NULL);
+  return ident_dn_to_string(gnutls_x509_crt_get_dn3(cert->crt, &dn, 0), &dn);
+}
+
+char *
+ident_cert_dup_issuer(IdentCert *cert)
+{
+  gnutls_datum_t dn = {NULL, 0};
+
+  g_return_val_if_fail(cert != NULL, NULL);
+  return ident_dn_to_string(gnutls_x509_crt_get_issuer_dn3(cert->crt, &dn, 0), &dn);
+}
+
+static char *
+ident_san_to_string(unsigned int type, const gnutls_datum_t *san)
+{
+  g_autofree char *text = NULL;
+  char addr[INET6_ADDRSTRLEN];
+
+  switch (type) {
+  case GNUTLS_SAN_URI:
+  case GNUTLS_SAN_DNSNAME:
+  case GNUTLS_SAN_RFC822NAME:
+    text = ident_sanitize((const char *)san->data, san->size);
+    /* An embedded NUL would hide the rest of the name: show it. */
+    if (memchr(san->data, '\0', san->size) != NULL) {
+      g_free(text);
+      text = g_strdup("(contains a NUL byte)");
+    }
+    return g_strdup_printf("%s:%s",
+                           type == GNUTLS_SAN_URI       ? "URI"
+                           : type == GNUTLS_SAN_DNSNAME ? "DNS"
+                                                        : "email",
+                           text);
+  case GNUTLS_SAN_IPADDRESS:
+    if ((san->size == 4 && inet_ntop(AF_INET, san->data, addr, sizeof addr) != NULL) ||
+        (san->size == 16 && inet_ntop(AF_INET6, san->data, addr, sizeof addr) != NULL))
+      return g_strdup_printf("IP:%s", addr);
+    return g_strdup("IP:(malformed)");
+  case GNUTLS_SAN_DN:
+    return g_strdup("other:directoryName");
+  case GNUTLS_SAN_OTHERNAME:
+    return g_strdup("other:otherName");
+  case GNUTLS_SAN_REGISTERED_ID:
+    return g_strdup("other:registeredID");
+  default:
+    return g_strdup_printf("other:%u", type);
+  }
+}
+
+GStrv
+ident_cert_dup_alt_names(IdentCert *cert)
+{
+  g_autoptr(GStrvBuilder) builder = g_strv_builder_new();
+  gnutls_subject_alt_names_t sans = NULL;
+  gnutls_datum_t ext = {NULL, 0};
+  unsigned int critical = 0;
+
+  g_return_val_if_fail(cert != NULL, NULL);
+
+  if (gnutls_x509_crt_get_extension_by_oid2(cert->crt, IDENT_OID_SAN, 0, &ext, &critical) < 0)
+    return g_strv_builder_end(builder);
+  if (gnutls_subject_alt_names_init(&sans) < 0) {
+    gnutls_free(ext.data);
+    return g_strv_builder_end(builder);
+  }
+  if (gnutls_x509_ext_import_subject_alt_names(&ext, sans, 0) < 0) {
+    g_strv_builder_add(builder, "(undecodable subjectAltName)");
+  } else {
+    for (unsigned int i = 0;; i++) {
+      unsigned int type = 0;
+      gnutls_datum_t san = {NULL, 0};
+
+      if (gnutls_subject_alt_names_get(sans, i, &type, &san, NULL) < 0)
+        break;
+      g_autofree char *entry = ident_san_to_string(type, &san);
+      g_strv_builder_add(builder, entry);
+    }
+  }
+  gnutls_free(ext.data);
+  gnutls_subject_alt_names_deinit(sans);
+  return g_strv_builder_end(builder);
+}
+
+char *
+ident_cert_dup_fingerprint(IdentCert *cert)
+{
+  guint8 digest[32];
+  GString *out;
+
+  g_return_val_if_fail(cert != NULL, NULL);
+  if (gnutls_hash_fast(GNUTLS_DIG_SHA256, g_bytes_get_data(cert->der, NULL),
+                       g_bytes_get_size(cert->der), digest) < 0)
+    return g_strdup("(unavailable)");
+  out = g_string_sized_new(3 * sizeof digest);
+  for (gsize i = 0; i < sizeof digest; i++)
+    g_string_append_printf(out, "%s%02X", i > 0 ? ":" : "", digest[i]);
+  return g_string_free(out, FALSE);
+}
+
+char *
+ident_cert_dup_key_description(IdentCert *cert)
+{
+  unsigned int bits = 0;
+  int algo;
+  const char *name;
+
+  g_return_val_if_fail(cert != NULL, NULL);
+  algo = gnutls_x509_crt_get_pk_algorithm(cert->crt, &bits);
+  if (algo < 0)
+    return g_strdup("unknown");
+  /* GnuTLS calls it "EC/ECDSA". */
+  name = algo == GNUTLS_PK_ECDSA ? "ECDSA"
+                                 : gnutls_pk_algorithm_get_name((gnutls_pk_algorithm_t)algo);
+  return g_strdup_printf("%s %u bits", name != NULL ? name : "unknown", bits);
+}
+
+/* ---- Private keys ---- */
+
+/* Wiped on free: a GBytes that holds a private key in clear. */
+typedef struct {
+  gsize len;
+  guint8 data[];
+} IdentSecret;
+
+static void
+ident_secret_free(gpointer p)
+{
+  IdentSecret *secret = p;
+
+  explicit_bzero(secret->data, secret->len);
+  g_free(secret);
+}
+
+static GBytes *
+ident_secret_bytes_new(const void *data, gsize len)
+{
+  IdentSecret *secret = g_malloc(sizeof *secret + len);
+
+  secret->len = len;
+  memcpy(secret->data, data, len);
+  return g_bytes_new_with_free_func(secret->data, len, ident_secret_free, secret);
+}
+
+/* The key as unencrypted PKCS#8 DER, in wiped memory. */
+static GBytes *
+ident_privkey_export_pkcs8(gnutls_x509_privkey_t key, GError **error)
+{
+  gnutls_datum_t out = {NULL, 0};
+  GBytes *bytes;
+  int rc;
+
+  rc = gnutls_x509_privkey_export2_pkcs8(key, GNUTLS_X509_FMT_DER, NULL, GNUTLS_PKCS_PLAIN, &out);
+  if (rc < 0) {
+    g_set_error(error, IDENT_ERROR, IDENT_ERROR_CRYPTO, "exporting the key as PKCS#8: %s",
+                gnutls_strerror(rc));
+    return NULL;
+  }
+  bytes = ident_secret_bytes_new(out.data, out.size);
+  gnutls_memset(out.data, 0, out.size);
+  gnutls_free(out.data);
+  return bytes;
+}
+
+/* ---- DER, just enough for PKCS#8 EncryptedPrivateKeyInfo ---- */
+
+typedef struct {
+  const guint8 *p;
+  gsize len;
+} IdentDer;
+
+#define DER_INTEGER 0x02
+#define DER_OCTET_STRING 0x04
+#define DER_OID 0x06
+#define DER_SEQUENCE 0x30
+
+/* Reads one definite-length TLV with tag @tag off the front of @in. */
+static gboolean
+ident_der_read(IdentDer *in, guint8 tag, IdentDer *value)
+{
+  gsize hdr = 2, n;
+
+  if (in->len < 2 || in->p[0] != tag)
+    return FALSE;
+  n = in->p[1];
+  if (n & 0x80) {
+    guint k = n & 0x7f;
+    /* k == 0 is BER's indefinite length, which DER forbids. */
+    if (k == 0 || k > 4 || in->len < 2 + k || in->p[2] == 0)
+      return FALSE;
+    n = 0;
+    for (guint i = 0; i < k; i++)
+      n = (n << 8) | in->p[2 + i];
+    if (n < 0x80)
+      return FALSE;
+    hdr += k;
+  }
+  if (n > in->len - hdr)
+    return FALSE;
+  value->p = in->p + hdr;
+  value->len = n;
+  in->p += hdr + n;
+  in->len -= hdr + n;
+  return TRUE;
+}
+
+static gboolean
+ident_der_oid_is(const IdentDer *oid, const guint8 *der, gsize len)
+{
+  return oid->len == len && memcmp(oid->p, der, len) == 0;
+}
+
+/* Dotted form of an OID's content octets, or NULL when malformed. */
+static char *
+ident_der_oid_to_string(const IdentDer *oid)
+{
+  g_autoptr(GString) out = g_string_new(NULL);
+  guint64 v = 0;
+  gboolean first = TRUE;
+
+  if (oid->len == 0 || oid->len > 64)
+    return NULL;
+  for (gsize i = 0; i < oid->len; i++) {
+    if (v == 0 && oid->p[i] == 0x80)
+      return NULL; /* non-minimal */
+    if (v > (G_MAXUINT64 >> 7))
+      return NULL;
+    v = (v << 7) | (oid->p[i] & 0x7f);
+    if (oid->p[i] & 0x80)
+      continue;
+    if (first) {
+      guint top = v < 40 ? 0 : v < 80 ? 1 : 2;
+      g_string_append_printf(out, "%u.%" G_GUINT64_FORMAT, top, v - 40 * top);
+      first = FALSE;
+    } else {
+      g_string_append_printf(out, ".%" G_GUINT64_FORMAT, v);
+    }
+    v = 0;
+  }
+  if (oid->p[oid->len - 1] & 0x80)
+    return NULL;
+  return g_string_free(g_steal_pointer(&out), FALSE);
+}
+
+static const struct {
+  const char *oid;
+  const char *name;
+} ident_oid_names[] = {
+    {"1.2.840.113549.1.5.13", "PBES2"},
+    {"1.2.840.113549.1.5.12", "PBKDF2"},
+    {"1.2.840.113549.1.5.3", "pbeWithMD5AndDES-CBC"},
+    {"1.2.840.113549.1.5.10", "pbeWithSHA1AndDES-CBC"},
+    {"1.2.840.113549.1.12.1.3", "pbeWithSHAAnd3-KeyTripleDES-CBC"},
+    {"1.2.840.113549.2.7", "hmacWithSHA1"},
+    {"1.2.840.113549.2.9", "hmacWithSHA256"},
+    {"1.2.840.113549.2.10", "hmacWithSHA384"},
+    {"1.2.840.113549.2.11", "hmacWithSHA512"},
+    {"1.2.840.113549.3.7", "des-ede3-cbc"},
+    {"2.16.840.1.101.3.4.1.2", "aes128-cbc"},
+    {"2.16.840.1.101.3.4.1.22", "aes192-cbc"},
+    {"2.16.840.1.101.3.4.1.42", "aes256-cbc"},
+    {"2.16.840.1.101.3.4.1.8", "aes128-wrap-pad"},
+    {"2.16.840.1.101.3.4.1.28", "aes192-wrap-pad"},
+    {"2.16.840.1.101.3.4.1.48", "aes256-wrap-pad"},
+};
+
+static char *
+ident_der_oid_name(const IdentDer *oid)
+{
+  g_autofree char *dotted = ident_der_oid_to_string(oid);
+
+  if (dotted == NULL)
+    return g_strdup("(malformed OID)");
+  for (guint i = 0; i < G_N_ELEMENTS(ident_oid_names); i++)
+    if (g_str_equal(dotted, ident_oid_names[i].oid))
+      return g_strdup(ident_oid_names[i].name);
+  return g_steal_pointer(&dotted);
+}
+
+static gboolean
+ident_pkcs8_fail(GError **error, const char *why)
+{
+  g_set_error(error, IDENT_ERROR, IDENT_ERROR_KEY, "not an encrypted PKCS#8 key: %s", why);
+  return FALSE;
+}
+
+/* Parses EncryptedPrivateKeyInfo (RFC 5958) with PBES2 (RFC 8018). */
+static gboolean
+ident_pkcs8_parse_encrypted(const guint8 *data, gsize len, char **scheme, GError **error)
+{
+  /* 1.2.840.113549.1.5.13 and .12 */
+  static const guint8 oid_pbes2[] = {0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x05, 0x0d};
+  static const guint8 oid_pbkdf2[] = {0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x05, 0x0c};
+  IdentDer in = {data, len}, info, alg, alg_oid, params, kdf, kdf_oid, kdf_params, salt, iter;
+  IdentDer enc, enc_oid, blob;
+  g_autofree char *prf = NULL;
+  g_autofree char *cipher = NULL;
+
+  if (!ident_der_read(&in, DER_SEQUENCE, &info))
+    return ident_pkcs8_fail(error, "not a DER SEQUENCE");
+  if (in.len != 0)
+    return ident_pkcs8_fail(error, "trailing data after the key");
+  if (info.len > 0 && info.p[0] == DER_INTEGER)
+    return ident_pkcs8_fail(error, "this is an unencrypted PrivateKeyInfo");
+  if (!ident_der_read(&info, DER_SEQUENCE, &alg) || !ident_der_read(&alg, DER_OID, &alg_oid))
+    return ident_pkcs8_fail(error, "no encryptionAlgorithm");
+  if (!ident_der_oid_is(&alg_oid, oid_pbes2, sizeof oid_pbes2)) {
+    g_autofree char *name = ident_der_oid_name(&alg_oid);
+    g_set_error(error, IDENT_ERROR, IDENT_ERROR_KEY,
+                "encrypted PKCS#8 with %s; only PBES2 is accepted", name);
+    return FALSE;
+  }
+  if (!ident_der_read(&alg, DER_SEQUENCE, &params) || alg.len != 0)
+    return ident_pkcs8_fail(error, "malformed PBES2 parameters");
+  if (!ident_der_read(&params, DER_SEQUENCE, &kdf) || !ident_der_read(&kdf, DER_OID, &kdf_oid))
+    return ident_pkcs8_fail(error, "PBES2 without a keyDerivationFunc");
+  if (!ident_der_oid_is(&kdf_oid, oid_pbkdf2, sizeof oid_pbkdf2)) {
+    g_autofree char *name = ident_der_oid_name(&kdf_oid);
+    g_set_error(error, IDENT_ERROR, IDENT_ERROR_KEY,
+                "PBES2 with key derivation %s; only PBKDF2 is accepted", name);
+    return FALSE;
+  }
+  if (!ident_der_read(&kdf, DER_SEQUENCE, &kdf_params) || kdf.len != 0 ||
+      !ident_der_read(&kdf_params, DER_OCTET_STRING, &salt) || salt.len == 0 ||
+      !ident_der_read(&kdf_params, DER_INTEGER, &iter) || iter.len == 0 || iter.len > 8 ||
+      (iter.p[0] & 0x80) != 0)
+    return ident_pkcs8_fail(error, "malformed PBKDF2 parameters");
+  /* Optional keyLength, then the optional prf (default hmacWithSHA1). */
+  if (kdf_params.len > 0 && kdf_params.p[0] == DER_INTEGER) {
+    IdentDer key_len;
+    if (!ident_der_read(&kdf_params, DER_INTEGER, &key_len))
+      return ident_pkcs8_fail(error, "malformed PBKDF2 keyLength");
+  }
+  if (kdf_params.len > 0) {
+    IdentDer prf_alg, prf_oid;
+    if (!ident_der_read(&kdf_params, DER_SEQUENCE, &prf_alg) || kdf_params.len != 0 ||
+        !ident_der_read(&prf_alg, DER_OID, &prf_oid))
+      return ident_pkcs8_fail(error, "malformed PBKDF2 prf");
+    prf = ident_der_oid_name(&prf_oid);
+  } else {
+    prf = g_strdup("hmacWithSHA1");
+  }
+  if (!ident_der_read(&params, DER_SEQUENCE, &enc) || params.len != 0 ||
+      !ident_der_read(&enc, DER_OID, &enc_oid))
+    return ident_pkcs8_fail(error, "PBES2 without an encryptionScheme");
+  cipher = ident_der_oid_name(&enc_oid);
+  if (!ident_der_read(&info, DER_OCTET_STRING, &blob) || blob.len == 0 || info.len != 0)
+    return ident_pkcs8_fail(error, "no encryptedData");
+  if (scheme != NULL)
+    *scheme = g_strdup_printf("PBES2, PBKDF2 %s, %s", prf, cipher);
+  return TRUE;
+}
+
+/* The DER of the first PEM block labelled @label in @data, in wiped memory;
+ * NULL with @error set when there is none or it does not decode. */
+static GBytes *
+ident_pem_decode(const guint8 *data, gsize len, const char *label, GError **error)
+{
+  gnutls_datum_t in = {(unsigned char *)data, (unsigned int)len};
+  gnutls_datum_t out = {NULL, 0};
+  GBytes *bytes;
+  int rc;
+
+  rc = gnutls_pem_base64_decode2(label, &in, &out);
+  if (rc < 0) {
+    g_set_error(error, IDENT_ERROR, IDENT_ERROR_KEY, "no readable PEM \"%s\" block: %s", label,
+                gnutls_strerror(rc));
+    return NULL;
+  }
+  bytes = ident_secret_bytes_new(out.data, out.size);
+  gnutls_memset(out.data, 0, out.size);
+  gnutls_free(out.data);
+  return bytes;
+}
+
+static gboolean
+ident_is_pem(const guint8 *data, gsize len)
+{
+  static const char marker[] = "-----BEGIN ";
+
+  return memmem(data, len, marker, sizeof marker - 1) != NULL;
+}
+
+GBytes *
+ident_pkcs8_check_encrypted(const guint8 *data, gsize len, char **scheme, GError **error)
+{
+  static const char encrypted_label[] = "-----BEGIN ENCRYPTED PRIVATE KEY-----";
+  g_autoptr(GBytes) der = NULL;
+
+  g_return_val_if_fail(data != NULL || len == 0, NULL);
+  g_return_val_if_fail(error == NULL || *error == NULL, NULL);
+
+  if (len == 0 || len > IDENT_KEY_MAX_SIZE) {
+    g_set_error(error, IDENT_ERROR, IDENT_ERROR_KEY, "%s key file",
+                len == 0 ? "empty" : "oversized");
+    return NULL;
+  }
+  if (ident_is_pem(data, len)) {
+    if (memmem(data, len, encrypted_label, sizeof encrypted_label - 1) == NULL) {
+      ident_pkcs8_fail(error, "no PEM \"ENCRYPTED PRIVATE KEY\" block");
+      return NULL;
+    }
+    der = ident_pem_decode(data, len, "ENCRYPTED PRIVATE KEY", error);
+    if (der == NULL)
+      return NULL;
+  } else {
+    der = g_bytes_new(data, len);
+  }
+  if (!ident_pkcs8_parse_encrypted(g_bytes_get_data(der, NULL), g_bytes_get_size(der), scheme,
+                                   error))
+    return NULL;
+  /* Encrypted: no need for wiped memory from here on. */
+  return g_bytes_new(g_bytes_get_data(der, NULL), g_bytes_get_size(der));
+}
+
+GBytes *
+ident_cert_match_private_key(IdentCert *cert, const guint8 *data, gsize len, GError **error)
+{
+  g_auto(gnutls_x509_privkey_t) key = NULL;
+  gnutls_datum_t in = {(unsigned char *)data, (unsigned int)len};
+  guint8 cert_id[32], key_id[32];
+  size_t cert_id_len = sizeof cert_id, key_id_len = sizeof key_id;
+  gboolean pem;
+  int rc;
+
+  g_return_val_if_fail(cert != NULL, NULL);
+  g_return_val_if_fail(data != NULL || len == 0, NULL);
+  g_return_val_if_fail(error == NULL || *error == NULL, NULL);
+
+  if (len == 0 || len > IDENT_KEY_MAX_SIZE) {
+    g_set_error(error, IDENT_ERROR, IDENT_ERROR_KEY, "%s key file",
+                len == 0 ? "empty" : "oversized");
+    return NULL;
+  }
+  pem = ident_is_pem(data, len);
+  /* Refuse encrypted keys up front: GnuTLS would only say "decryption failed". */
+  if ((pem && (memmem(data, len, "ENCRYPTED PRIVATE KEY", 21) != NULL ||
+               memmem(data, len, "Proc-Type: 4,ENCRYPTED", 22) != NULL)) ||
+      (!pem && ident_pkcs8_parse_encrypted(data, len, NULL, NULL))) {
+    g_set_error(error, IDENT_ERROR, IDENT_ERROR_KEY,
+                "the private key is encrypted; give it as encrypted PKCS#8 instead, or "
+                "decrypt it first");
+    return NULL;
+  }
+  rc = gnutls_x509_privkey_init(&key);
+  if (rc < 0) {
+    key = NULL;
+    g_set_error(error, IDENT_ERROR, IDENT_ERROR_CRYPTO, "gnutls_x509_privkey_init: %s",
+                gnutls_strerror(rc));
+    return NULL;
+  }
+  rc = gnutls_x509_privkey_import2(key, &in, pem ? GNUTLS_X509_FMT_PEM : GNUTLS_X509_FMT_DER, NULL,
+                                   0);
+  if (rc < 0) {
+    g_set_error(error, IDENT_ERROR, IDENT_ERROR_KEY, "not a readable %s private key: %s",
+                pem ? "PEM" : "DER", gnutls_strerror(rc));
+    return NULL;
+  }
+  rc = gnutls_x509_privkey_verify_params(key);
+  if (rc < 0) {
+    g_set_error(error, IDENT_ERROR, IDENT_ERROR_KEY, "inconsistent private key: %s",
+                gnutls_strerror(rc));
+    return NULL;
+  }
+  /* Both ids hash the SubjectPublicKeyInfo. */
+  rc = gnutls_x509_crt_get_key_id(cert->crt, GNUTLS_KEYID_USE_SHA256, cert_id, &cert_id_len);
+  if (rc >= 0)
+    rc = gnutls_x509_privkey_get_key_id(key, GNUTLS_KEYID_USE_SHA256, key_id, &key_id_len);
+  if (rc < 0) {
+    g_set_error(error, IDENT_ERROR, IDENT_ERROR_KEY, "cannot compare the keys: %s",
+                gnutls_strerror(rc));
+    return NULL;
+  }
+  if (cert_id_len != key_id_len || memcmp(cert_id, key_id, cert_id_len) != 0) {
+    g_set_error(error, IDENT_ERROR, IDENT_ERROR_KEY,
+                "the private key does not belong to the certificate's public key");
+    return NULL;
+  }
+  return ident_privkey_export_pkcs8(key, error);
+}
+
+/* ---- Generating a credential ---- */
+
+static guint32
+ident_random_u32(void)
+{
+  guint32 r = 0;
+
+  /* g_random would do for jitter, but the nonce generator is at hand and
+   * never fails in practice; fall back to g_random if it does. */
+  if (gnutls_rnd(GNUTLS_RND_NONCE, &r, sizeof r) < 0)
+    r = g_random_int();
+  return r;
+}
+
+#define IDENT_CHECK(call, what)                                                                   \
+  do {                                                                                            \
+    int rc_ = (call);                                                                             \
+    if (rc_ < 0) {                                                                                \
+      g_set_error(error, IDENT_ERROR, IDENT_ERROR_CRYPTO, "%s: %s", (what),                       \
+                  gnutls_strerror(rc_));                                                          \
+      return NULL;                                                                                \
+    }                                                                                             \
+  } while (0)
+
+IdentCert *
+ident_cert_generate(const char *aor, guint bits, guint days, gint64 now, GBytes **pkcs8,
+                    GError **error)
+{
+  static const char fallback_cn[] = "SIP user";
+  g_auto(gnutls_x509_privkey_t) key = NULL;
+  g_auto(gnutls_x509_crt_t) crt = NULL;
+  gnutls_datum_t der = {NULL, 0};
+  g_autofree char *user = NULL;
+  g_autofree char *host = NULL;
+  g_autoptr(GBytes) key_der = NULL;
+  IdentCert *cert;
+  guint8 serial[16];
+  guint8 key_id[64];
+  size_t key_id_len = sizeof key_id;
+  gint64 span, jitter, not_before;
+  const char *cn;
+
+  g_return_val_if_fail(aor != NULL, NULL);
+  g_return_val_if_fail(pkcs8 != NULL && *pkcs8 == NULL, NULL);
+  g_return_val_if_fail(error == NULL || *error == NULL, NULL);
+
+  if (!ident_aor_split(aor, &user, &host)) {
+    g_set_error(error, IDENT_ERROR, IDENT_ERROR_PROFILE, "AOR %s is not sip:user@host", aor);
+    return NULL;
+  }
+  if (bits != 2048 && bits != 3072) {
+    g_set_error(error, IDENT_ERROR, IDENT_ERROR_PROFILE,
+                "%u-bit RSA keys are not offered: use 2048 or 3072", bits);
+    return NULL;
+  }
+  if (days < 1 || days > IDENT_CRED_MAX_DAYS) {
+    g_set_error(error, IDENT_ERROR, IDENT_ERROR_PROFILE,
+                "a validity of %u days is outside 1 to %d", days, IDENT_CRED_MAX_DAYS);
+    return NULL;
+  }
+  span = (gint64)days * 86400;
+  jitter = ident_random_u32() % (span / 10 + 1);
+  not_before = now - IDENT_CRED_BACKDATE;
+  /* ub-common-name is 64; a longer AOR still lives in the subjectAltName. */
+  cn = strlen(aor) <= 64 ? aor : fallback_cn;
+
+  IDENT_CHECK(gnutls_x509_privkey_init(&key), "gnutls_x509_privkey_init");
+  IDENT_CHECK(gnutls_x509_privkey_generate(key, GNUTLS_PK_RSA, bits, 0), "generating the key");
+  IDENT_CHECK(gnutls_x509_crt_init(&crt), "gnutls_x509_crt_init");
+  IDENT_CHECK(gnutls_x509_crt_set_version(crt, 3), "setting the version");
+  IDENT_CHECK(gnutls_rnd(GNUTLS_RND_NONCE, serial, sizeof serial), "random serial");
+  /* Positive and of full length (RFC 5280 4.1.2.2). */
+  serial[0] = (guint8)((serial[0] & 0x7f) | 0x40);
+  IDENT_CHECK(gnutls_x509_crt_set_serial(crt, serial, sizeof serial), "setting the serial");
+  IDENT_CHECK(gnutls_x509_crt_set_activation_time(crt, (time_t)not_before), "setting notBefore");
+  IDENT_CHECK(gnutls_x509_crt_set_expiration_time(crt, (time_t)(not_before + span - jitter)),
+              "setting notAfter");
+  IDENT_CHECK(gnutls_x509_crt_set_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, cn, strlen(cn)),
+              "setting the subject");
+  IDENT_CHECK(
+      gnutls_x509_crt_set_subject_alt_name(crt, GNUTLS_SAN_URI, aor, strlen(aor), GNUTLS_FSAN_SET),
+      "setting the subjectAltName");
+  IDENT_CHECK(gnutls_x509_crt_set_basic_constraints(crt, 0, -1), "setting basicConstraints");
+  IDENT_CHECK(gnutls_x509_crt_set_key_usage(crt, GNUTLS_KEY_DIGITAL_SIGNATURE |
+                                                     GNUTLS_KEY_KEY_ENCIPHERMENT),
+              "setting keyUsage");
+  IDENT_CHECK(gnutls_x509_crt_set_key(crt, key), "setting the public key");
+  IDENT_CHECK(gnutls_x509_crt_get_key_id(crt, 0, key_id, &key_id_len), "computing the key id");
+  IDENT_CHECK(gnutls_x509_crt_set_subject_key_id(crt, key_id, key_id_len),
+              "setting subjectKeyIdentifier");
+  /* Self-signed: the issuer is the subject. RSA with SHA-256 is
+   * sha256WithRSAEncryption (PKCS#1 v1.5), as section 10.6 asks. */
+  IDENT_CHECK(gnutls_x509_crt_sign2(crt, crt, key, GNUTLS_DIG_SHA256, 0), "signing");
+  IDENT_CHECK(gnutls_x509_crt_export2(crt, GNUTLS_X509_FMT_DER, &der), "exporting");
+
+  cert = ident_cert_new_from_data(der.data, der.size, error);
+  gnutls_free(der.data);
+  if (cert == NULL)
+    return NULL;
+  key_der = ident_privkey_export_pkcs8(key, error);
+  if (key_der == NULL) {
+    ident_cert_free(cert);
+    return NULL;
+  }
+  *pkcs8 = g_steal_pointer(&key_der);
+  return cert;
 }

@@ -11,10 +11,12 @@ G_BEGIN_DECLS
 GQuark ident_error_quark(void);
 
 typedef enum {
-  IDENT_ERROR_PARSE,      /* not a certificate (PEM or DER) */
-  IDENT_ERROR_PROFILE,    /* a certificate, but not one we may store or serve */
-  IDENT_ERROR_EXPIRED,    /* outside notBefore..notAfter */
-  IDENT_ERROR_CRYPTO,     /* GnuTLS failed */
+  IDENT_ERROR_PARSE,   /* not a certificate (PEM or DER) */
+  IDENT_ERROR_PROFILE, /* a certificate, but not one we may store or serve */
+  IDENT_ERROR_EXPIRED, /* outside notBefore..notAfter */
+  IDENT_ERROR_CRYPTO,  /* GnuTLS failed */
+  IDENT_ERROR_KEY,     /* a private key that is unreadable, of the wrong form, or not the
+                          certificate's */
 } IdentError;
 
 typedef struct _IdentCert IdentCert;
@@ -40,5 +42,54 @@ gboolean ident_cert_check_user_profile(IdentCert *cert, const char *aor, gint64 
 /* The SAN dNSName entries (or the CN when there are none), for logging and
  * for SNI selection. */
 GStrv ident_cert_dup_dns_names(IdentCert *cert);
+
+/* ---- Describing a certificate (for operators) ---------------------------
+ * Strings come from the certificate: control characters are escaped (\xNN)
+ * and invalid UTF-8 replaced, so they are safe to print. */
+
+/* Subject and issuer DN as RFC 4514 strings ("" when empty). */
+char *ident_cert_dup_subject(IdentCert *cert);
+char *ident_cert_dup_issuer(IdentCert *cert);
+/* Every subjectAltName entry as "URI:...", "DNS:...", "email:...", "IP:..."
+ * or "other:TYPE". */
+GStrv ident_cert_dup_alt_names(IdentCert *cert);
+/* SHA-256 of the DER, upper-case hex pairs joined by ':'. */
+char *ident_cert_dup_fingerprint(IdentCert *cert);
+/* The public key, e.g. "RSA 2048 bits", "ECDSA 256 bits". */
+char *ident_cert_dup_key_description(IdentCert *cert);
+
+/* ---- Credentials (RFC 6072 section 10.6) ---------------------------------
+ * The PKCS#8 GBytes returned here hold a private key in clear: their memory
+ * is wiped when the last reference goes. Never log them. */
+
+#define IDENT_CRED_MAX_DAYS 365
+#define IDENT_CRED_BACKDATE 300 /* seconds notBefore lies before @now (clock skew) */
+
+/* Generates an RSA key of @bits (2048 or 3072) and a self-signed certificate
+ * for @aor (canonical "sip:user@host"): issuer = subject (CN = the AOR when it
+ * fits 64 bytes), subjectAltName URI @aor, basicConstraints cA=FALSE
+ * (critical), keyUsage digitalSignature and keyEncipherment,
+ * sha256WithRSAEncryption, a random 128-bit serial. Validity starts
+ * IDENT_CRED_BACKDATE seconds before @now and lasts @days (1 to
+ * IDENT_CRED_MAX_DAYS) days minus a random 0-10 %, so that renewals spread
+ * out. *@pkcs8 receives the unencrypted PKCS#8 DER of the key. */
+IdentCert *ident_cert_generate(const char *aor, guint bits, guint days, gint64 now, GBytes **pkcs8,
+                               GError **error);
+
+/* Reads an unencrypted private key (PEM "PRIVATE KEY", "RSA PRIVATE KEY" or
+ * "EC PRIVATE KEY", or DER PKCS#8/PKCS#1) and checks that it is the key of
+ * @cert's public key. Returns it as unencrypted PKCS#8 DER. IDENT_ERROR_KEY
+ * when it is encrypted, unreadable or another key. */
+GBytes *ident_cert_match_private_key(IdentCert *cert, const guint8 *data, gsize len,
+                                     GError **error);
+
+/* Checks that @data (PEM "ENCRYPTED PRIVATE KEY" or DER) is one PKCS#8
+ * EncryptedPrivateKeyInfo with PBES2 and PBKDF2 (RFC 8018), without
+ * decrypting it: the password is the user's. Any PBES2 cipher is accepted,
+ * including RFC 6072's id-aes128-wrap-pad. Returns the DER; *@scheme (when
+ * not NULL) receives a description such as
+ * "PBES2, PBKDF2 hmacWithSHA256, aes128-wrap-pad". IDENT_ERROR_KEY otherwise,
+ * with a message saying what was found instead. */
+GBytes *ident_pkcs8_check_encrypted(const guint8 *data, gsize len, char **scheme, GError **error);
 
 G_END_DECLS

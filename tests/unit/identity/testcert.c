@@ -108,3 +108,17 @@ test_cert_get_key_pem(const TestCert *cert)
   gnutls_free(pem.data);
   return out;
 }
+
+GBytes *
+test_cert_export_key(const TestCert *cert, gnutls_x509_crt_fmt_t fmt, unsigned int flags,
+                     const char *password)
+{
+  gnutls_datum_t out = {NULL, 0};
+  GBytes *bytes;
+
+  check(gnutls_x509_privkey_export2_pkcs8(cert->key, fmt, password, flags, &out),
+        "export key PKCS#8");
+  bytes = g_bytes_new(out.data, out.size);
+  gnutls_free(out.data);
+  return bytes;
+}

@@ -32,5 +32,9 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(TestCert, test_cert_free)
 char *test_cert_get_pem(const TestCert *cert);
 /* The private key as PKCS#8 PEM (unencrypted). */
 char *test_cert_get_key_pem(const TestCert *cert);
+/* The private key as PKCS#8 in @fmt, encrypted with @flags (a
+ * gnutls_pkcs_encrypt_flags_t; GNUTLS_PKCS_PLAIN for none) under @password. */
+GBytes *test_cert_export_key(const TestCert *cert, gnutls_x509_crt_fmt_t fmt, unsigned int flags,
+                             const char *password);
 
 G_END_DECLS

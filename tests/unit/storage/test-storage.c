@@ -1,11 +1,16 @@
 #define G_LOG_DOMAIN "sipcred-test-storage"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <glib.h>
 #include <glib/gstdio.h>
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
 #include <lmdb.h>
 
 #include "storage/store-private.h"
@@ -742,6 +747,1357 @@ test_db_two_processes(Fixture *fx, gconstpointer data)
   g_assert_cmpuint(cred->version, ==, 2);
 }
 
+/* ---- raw LMDB helpers for keys, migrations and tampering ---- */
+
+static MDB_env *
+raw_env_open(const char *dir)
+{
+  MDB_env *env;
+
+  g_assert_cmpint(g_mkdir_with_parents(dir, 0700), ==, 0);
+  g_assert_cmpint(mdb_env_create(&env), ==, 0);
+  g_assert_cmpint(mdb_env_set_maxdbs(env, 16), ==, 0);
+  g_assert_cmpint(mdb_env_open(env, dir, 0, 0600), ==, 0);
+  return env;
+}
+
+/* Puts into @table, creating the table when @create. */
+static void
+raw_put_in(MDB_env *env, const char *table, gboolean create, const char *key, const void *val,
+           gsize vlen)
+{
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  MDB_val k = {strlen(key), (void *)key};
+  MDB_val v = {vlen, (void *)val};
+
+  g_assert_cmpint(mdb_txn_begin(env, NULL, 0, &txn), ==, 0);
+  g_assert_cmpint(mdb_dbi_open(txn, table, create ? MDB_CREATE : 0, &dbi), ==, 0);
+  g_assert_cmpint(mdb_put(txn, dbi, &k, &v, 0), ==, 0);
+  g_assert_cmpint(mdb_txn_commit(txn), ==, 0);
+}
+
+static void
+raw_create(MDB_env *env, const char *table)
+{
+  MDB_txn *txn;
+  MDB_dbi dbi;
+
+  g_assert_cmpint(mdb_txn_begin(env, NULL, 0, &txn), ==, 0);
+  g_assert_cmpint(mdb_dbi_open(txn, table, MDB_CREATE, &dbi), ==, 0);
+  g_assert_cmpint(mdb_txn_commit(txn), ==, 0);
+}
+
+/* The value under @key, or NULL; FALSE in *@table_exists when there is no
+ * such table. */
+static GBytes *
+raw_get(const char *dir, const char *table, const void *key, gsize klen, gboolean *table_exists)
+{
+  MDB_env *env = raw_env_open(dir);
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  MDB_val k = {klen, (void *)key};
+  MDB_val v;
+  GBytes *out = NULL;
+  int rc;
+
+  g_assert_cmpint(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), ==, 0);
+  rc = mdb_dbi_open(txn, table, 0, &dbi);
+  if (table_exists != NULL)
+    *table_exists = rc == 0;
+  if (rc == 0 && mdb_get(txn, dbi, &k, &v) == 0)
+    out = g_bytes_new(v.mv_data, v.mv_size);
+  mdb_txn_abort(txn);
+  mdb_env_close(env);
+  return out;
+}
+
+static guint16
+record_format(GBytes *value)
+{
+  g_autoptr(GVariant) rec =
+      g_variant_ref_sink(g_variant_new_from_bytes(G_VARIANT_TYPE("(qv)"), value, FALSE));
+  g_autoptr(GVariant) body = NULL;
+  guint16 format;
+
+  g_variant_get(rec, "(qv)", &format, &body);
+  return format;
+}
+
+static GVariant *
+cred_record_v1(GBytes *der, gint64 nb, gint64 na, guint64 version, const char *etag)
+{
+  return g_variant_ref_sink(
+      g_variant_new("(qv)", (guint16)1,
+                    g_variant_new("(@ayxxxtsy@ay)",
+                                  g_variant_new_from_bytes(G_VARIANT_TYPE_BYTESTRING, der, TRUE),
+                                  nb, na, (gint64)12345, version, etag, (guint8)0,
+                                  g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, NULL, 0, 1))));
+}
+
+static GVariant *
+user_record_v1(const char *realm)
+{
+  return g_variant_ref_sink(
+      g_variant_new("(qv)", (guint16)STORE_USER_RECORD_VERSION,
+                    g_variant_new("(sssu)", realm, HA1_SHA256, HA1_MD5, (guint32)1)));
+}
+
+static gboolean
+bytes_contain(GBytes *hay, const void *needle, gsize len)
+{
+  gsize n;
+  const guint8 *h = g_bytes_get_data(hay, &n);
+
+  return len > 0 && memmem(h, n, needle, len) != NULL;
+}
+
+/* Every file of the store directory, concatenated. */
+static GBytes *
+read_store_files(const char *dir)
+{
+  GByteArray *all = g_byte_array_new();
+  g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+  const char *name;
+
+  g_assert_nonnull(d);
+  while ((name = g_dir_read_name(d)) != NULL) {
+    g_autofree char *path = g_build_filename(dir, name, NULL);
+    g_autofree char *data = NULL;
+    gsize len;
+
+    g_assert_true(g_file_get_contents(path, &data, &len, NULL));
+    g_byte_array_append(all, (guint8 *)data, len);
+  }
+  return g_byte_array_free_to_bytes(all);
+}
+
+/* ---- keys ---- */
+
+typedef struct {
+  GBytes *pkcs8_der;     /* PrivateKeyInfo, plain */
+  char *pkcs8_pem;       /* the same as PEM */
+  GBytes *pkcs1_der;     /* RSAPrivateKey: the raw key */
+  GBytes *pkcs8_enc_der; /* EncryptedPrivateKeyInfo (password "secret") */
+} TestRsaKey;
+
+static GBytes *
+datum_to_bytes(gnutls_datum_t *d)
+{
+  GBytes *b = g_bytes_new(d->data, d->size);
+
+  gnutls_free(d->data);
+  d->data = NULL;
+  return b;
+}
+
+/* One RSA key for all tests: generating is the slow part. */
+static const TestRsaKey *
+test_rsa_key(void)
+{
+  static TestRsaKey key;
+  gnutls_x509_privkey_t pk;
+  gnutls_datum_t d = {NULL, 0};
+
+  if (key.pkcs8_der != NULL)
+    return &key;
+  g_assert_cmpint(gnutls_x509_privkey_init(&pk), ==, 0);
+  g_assert_cmpint(gnutls_x509_privkey_generate(pk, GNUTLS_PK_RSA, 2048, 0), ==, 0);
+  g_assert_cmpint(
+      gnutls_x509_privkey_export2_pkcs8(pk, GNUTLS_X509_FMT_DER, NULL, GNUTLS_PKCS_PLAIN, &d), ==,
+      0);
+  key.pkcs8_der = datum_to_bytes(&d);
+  g_assert_cmpint(
+      gnutls_x509_privkey_export2_pkcs8(pk, GNUTLS_X509_FMT_PEM, NULL, GNUTLS_PKCS_PLAIN, &d), ==,
+      0);
+  key.pkcs8_pem = g_strndup((char *)d.data, d.size);
+  gnutls_free(d.data);
+  g_assert_cmpint(gnutls_x509_privkey_export2(pk, GNUTLS_X509_FMT_DER, &d), ==, 0);
+  key.pkcs1_der = datum_to_bytes(&d);
+  g_assert_cmpint(gnutls_x509_privkey_export2_pkcs8(pk, GNUTLS_X509_FMT_DER, "secret",
+                                                    GNUTLS_PKCS_PBES2_AES_256, &d),
+                  ==, 0);
+  key.pkcs8_enc_der = datum_to_bytes(&d);
+  gnutls_x509_privkey_deinit(pk);
+  return &key;
+}
+
+static char *
+make_key_file(Fixture *fx, const char *name)
+{
+  g_autoptr(GError) error = NULL;
+  char *path = g_build_filename(fx->tmp, name, NULL);
+
+  g_assert_true(store_master_key_generate(path, &error));
+  g_assert_no_error(error);
+  return path;
+}
+
+static StoreMasterKey *
+load_key(const char *path)
+{
+  g_autoptr(GError) error = NULL;
+  StoreMasterKey *key = store_master_key_load(path, &error);
+
+  g_assert_no_error(error);
+  g_assert_nonnull(key);
+  return key;
+}
+
+static void
+set_key(StoreDb *db, StoreMasterKey *key)
+{
+  g_autoptr(GError) error = NULL;
+
+  g_assert_true(store_db_set_master_key(db, key, &error));
+  g_assert_no_error(error);
+}
+
+static void
+put_cred(StoreDb *db, const char *aor, GBytes *der, StoreKeyKind kind, GBytes *pkcs8)
+{
+  g_autoptr(GError) error = NULL;
+
+  g_assert_true(store_cred_put(db, aor, der, 1, 2, kind, pkcs8, &error));
+  g_assert_no_error(error);
+}
+
+static StoreCred *
+get_cred(StoreDb *db, const char *aor)
+{
+  g_autoptr(GError) error = NULL;
+  StoreCred *cred = store_cred_get(db, aor, &error);
+
+  g_assert_no_error(error);
+  g_assert_nonnull(cred);
+  return cred;
+}
+
+static void
+test_key_generate_load(Fixture *fx, gconstpointer data)
+{
+  g_autofree char *path = make_key_file(fx, "master.key");
+  g_autofree char *other_path = make_key_file(fx, "other.key");
+  g_autoptr(StoreMasterKey) key = load_key(path);
+  g_autoptr(StoreMasterKey) again = load_key(path);
+  g_autoptr(StoreMasterKey) other = load_key(other_path);
+  g_autoptr(GError) error = NULL;
+  g_autofree char *bytes = NULL;
+  g_autofree char *before = NULL;
+  g_autofree char *expected = NULL;
+  GChecksum *sha = g_checksum_new(G_CHECKSUM_SHA256);
+  gsize len;
+  struct stat st;
+
+  g_assert_cmpint(g_stat(path, &st), ==, 0);
+  g_assert_cmpint(st.st_mode & 0777, ==, 0600);
+  g_assert_true(g_file_get_contents(path, &bytes, &len, NULL));
+  g_assert_cmpuint(len, ==, STORE_MASTER_KEY_SIZE);
+
+  /* The id is the documented one-way function of the key, and stable. */
+  g_checksum_update(sha, (const guchar *)"sipcred-master-key-id", 21);
+  g_checksum_update(sha, (const guchar *)bytes, len);
+  expected = g_strndup(g_checksum_get_string(sha), 16);
+  g_checksum_free(sha);
+  g_assert_cmpstr(store_master_key_get_id(key), ==, expected);
+  g_assert_cmpstr(store_master_key_get_id(again), ==, expected);
+  g_assert_cmpstr(store_master_key_get_id(other), !=, expected);
+
+  /* Never overwrites: the old key would be lost with everything it wraps. */
+  before = g_steal_pointer(&bytes);
+  g_assert_false(store_master_key_generate(path, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_KEY);
+  g_assert_nonnull(strstr(error->message, path));
+  g_clear_error(&error);
+  g_assert_true(g_file_get_contents(path, &bytes, &len, NULL));
+  g_assert_cmpmem(bytes, len, before, STORE_MASTER_KEY_SIZE);
+
+  /* Even with a permissive umask. */
+  {
+    g_autofree char *loose = g_build_filename(fx->tmp, "umask.key", NULL);
+    mode_t old = umask(0);
+    gboolean ok = store_master_key_generate(loose, &error);
+    umask(old);
+    g_assert_no_error(error);
+    g_assert_true(ok);
+    g_assert_cmpint(g_stat(loose, &st), ==, 0);
+    g_assert_cmpint(st.st_mode & 0777, ==, 0600);
+  }
+  /* A directory that does not exist names the file. */
+  {
+    g_autofree char *bad = g_build_filename(fx->tmp, "no", "such", "dir.key", NULL);
+    g_assert_false(store_master_key_generate(bad, &error));
+    g_assert_nonnull(error);
+    g_assert_nonnull(strstr(error->message, bad));
+  }
+}
+
+static void
+test_key_mode_refused(Fixture *fx, gconstpointer data)
+{
+  static const struct {
+    mode_t mode;
+    const char *shown;
+  } bad[] = {{0644, "0644"}, {0640, "0640"}, {0604, "0604"}, {0620, "0620"}, {0666, "0666"}};
+  g_autofree char *path = make_key_file(fx, "master.key");
+  g_autoptr(GError) error = NULL;
+
+  for (guint i = 0; i < G_N_ELEMENTS(bad); i++) {
+    g_assert_cmpint(g_chmod(path, bad[i].mode), ==, 0);
+    g_assert_null(store_master_key_load(path, &error));
+    g_assert_error(error, STORE_ERROR, STORE_ERROR_KEY);
+    g_test_message("%s", error->message);
+    g_assert_nonnull(strstr(error->message, path));
+    g_assert_nonnull(strstr(error->message, bad[i].shown));
+    g_assert_nonnull(strstr(error->message, "chmod 600"));
+    g_clear_error(&error);
+  }
+  g_assert_cmpint(g_chmod(path, 0644), ==, 0);
+  g_assert_null(store_master_key_load(path, &error));
+  g_assert_nonnull(strstr(error->message, "readable by group or others (mode 0644)"));
+  g_clear_error(&error);
+
+  /* 0400 is fine: only the owner can read it. */
+  g_assert_cmpint(g_chmod(path, 0400), ==, 0);
+  store_master_key_free(load_key(path));
+}
+
+static void
+test_key_size_refused(Fixture *fx, gconstpointer data)
+{
+  static const gsize sizes[] = {0, 16, 31, 33, 64};
+  g_autofree char *path = g_build_filename(fx->tmp, "sized.key", NULL);
+  g_autofree char *missing = g_build_filename(fx->tmp, "missing.key", NULL);
+  g_autoptr(GError) error = NULL;
+
+  for (guint i = 0; i < G_N_ELEMENTS(sizes); i++) {
+    g_autofree char *content = g_strnfill(sizes[i], 'k');
+    g_autofree char *shown = g_strdup_printf("%" G_GSIZE_FORMAT " bytes", sizes[i]);
+
+    g_unlink(path);
+    g_assert_true(
+        g_file_set_contents_full(path, content, sizes[i], G_FILE_SET_CONTENTS_NONE, 0600, NULL));
+    g_assert_null(store_master_key_load(path, &error));
+    g_assert_error(error, STORE_ERROR, STORE_ERROR_KEY);
+    g_assert_nonnull(strstr(error->message, path));
+    g_assert_nonnull(strstr(error->message, shown));
+    g_clear_error(&error);
+  }
+
+  g_assert_null(store_master_key_load(missing, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_KEY);
+  g_assert_nonnull(strstr(error->message, missing));
+  g_clear_error(&error);
+
+  /* A directory is not a key, whatever its mode. */
+  g_assert_cmpint(g_chmod(fx->tmp, 0700), ==, 0);
+  g_assert_null(store_master_key_load(fx->tmp, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_KEY);
+  g_assert_nonnull(strstr(error->message, fx->tmp));
+}
+
+static void
+test_key_wrong_refused(Fixture *fx, gconstpointer data)
+{
+  g_autofree char *path_a = make_key_file(fx, "a.key");
+  g_autofree char *path_b = make_key_file(fx, "b.key");
+  g_autoptr(StoreMasterKey) a = load_key(path_a);
+  g_autoptr(StoreMasterKey) b = load_key(path_b);
+  g_autoptr(GBytes) der = fake_der(1, 300);
+  g_autoptr(GBytes) id = NULL;
+  g_autoptr(StoreCred) cred = NULL;
+  g_autoptr(GError) error = NULL;
+  StoreDb *db;
+
+  db = open_db(fx->state, 0);
+  set_key(db, a);
+  put_cred(db, "sip:alice@example.com", der, STORE_KEY_SERVER_HELD, test_rsa_key()->pkcs8_der);
+  store_db_free(db);
+
+  /* meta records the id of the first key, never the key. */
+  id = raw_get(fx->state, STORE_DBI_META, STORE_META_MASTER_KEY_ID,
+               strlen(STORE_META_MASTER_KEY_ID), NULL);
+  g_assert_nonnull(id);
+  g_assert_cmpmem(g_bytes_get_data(id, NULL), g_bytes_get_size(id), store_master_key_get_id(a),
+                  16);
+
+  db = open_db(fx->state, 0);
+  g_assert_false(store_db_set_master_key(db, b, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_KEY);
+  g_test_message("%s", error->message);
+  g_assert_nonnull(strstr(error->message, store_master_key_get_id(a)));
+  g_assert_nonnull(strstr(error->message, store_master_key_get_id(b)));
+  g_assert_nonnull(strstr(error->message, path_b));
+  g_clear_error(&error);
+
+  /* Refused means unset: the key stays closed, the certificate readable. */
+  cred = get_cred(db, "sip:alice@example.com");
+  g_assert_cmpint(cred->key_kind, ==, STORE_KEY_SERVER_HELD);
+  g_assert_null(cred->pkcs8);
+  g_assert_true(g_bytes_equal(cred->cert_der, der));
+  g_assert_false(store_cred_put(db, "sip:bob@example.com", der, 1, 2, STORE_KEY_SERVER_HELD,
+                                test_rsa_key()->pkcs8_der, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_KEY);
+  g_clear_error(&error);
+
+  set_key(db, a);
+  g_clear_pointer(&cred, store_cred_free);
+  cred = get_cred(db, "sip:alice@example.com");
+  g_assert_true(g_bytes_equal(cred->pkcs8, test_rsa_key()->pkcs8_der));
+  store_db_free(db);
+}
+
+/* ---- credentials with keys ---- */
+
+static void
+test_cred_server_held(Fixture *fx, gconstpointer data)
+{
+  const TestRsaKey *rsa = test_rsa_key();
+  g_autofree char *path = make_key_file(fx, "master.key");
+  g_autoptr(StoreMasterKey) key = load_key(path);
+  g_autoptr(GBytes) der = fake_der(2, 800);
+  g_autoptr(StoreCred) cred = NULL;
+  g_autoptr(GError) error = NULL;
+  StoreDb *db;
+
+  db = open_db(fx->state, 0);
+  set_key(db, key);
+  /* The store keeps its own reference: the caller may drop the key. */
+  g_clear_pointer(&key, store_master_key_free);
+  put_cred(db, "sip:alice@example.com", der, STORE_KEY_SERVER_HELD, rsa->pkcs8_der);
+  cred = get_cred(db, "sip:alice@example.com");
+  g_assert_cmpint(cred->key_kind, ==, STORE_KEY_SERVER_HELD);
+  g_assert_nonnull(cred->pkcs8);
+  g_assert_true(g_bytes_equal(cred->pkcs8, rsa->pkcs8_der));
+  g_assert_true(g_bytes_equal(cred->cert_der, der));
+  g_assert_cmpuint(cred->version, ==, 1);
+  store_db_free(db);
+
+  /* Without the master key: the certificate, but no key. */
+  db = open_db(fx->state, 0);
+  g_clear_pointer(&cred, store_cred_free);
+  cred = get_cred(db, "sip:alice@example.com");
+  g_assert_cmpint(cred->key_kind, ==, STORE_KEY_SERVER_HELD);
+  g_assert_null(cred->pkcs8);
+  g_assert_true(g_bytes_equal(cred->cert_der, der));
+
+  /* Storing one needs the key; a refused put changes nothing. */
+  g_assert_false(store_cred_put(db, "sip:alice@example.com", der, 1, 2, STORE_KEY_SERVER_HELD,
+                                rsa->pkcs8_der, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_KEY);
+  g_assert_nonnull(strstr(error->message, "sip:alice@example.com"));
+  g_clear_error(&error);
+  g_clear_pointer(&cred, store_cred_free);
+  cred = get_cred(db, "sip:alice@example.com");
+  g_assert_cmpuint(cred->version, ==, 1);
+  g_assert_cmpuint(store_change_get_last_seq(db, NULL), ==, 1);
+
+  /* A new certificate without a key drops the old key. */
+  key = load_key(path);
+  set_key(db, key);
+  put_cert(db, "sip:alice@example.com", der, 3, 4);
+  g_clear_pointer(&cred, store_cred_free);
+  cred = get_cred(db, "sip:alice@example.com");
+  g_assert_cmpint(cred->key_kind, ==, STORE_KEY_NONE);
+  g_assert_null(cred->pkcs8);
+  g_assert_cmpuint(cred->version, ==, 2);
+  store_db_free(db);
+}
+
+static void
+test_cred_user_encrypted(Fixture *fx, gconstpointer data)
+{
+  const TestRsaKey *rsa = test_rsa_key();
+  g_autoptr(StoreDb) db = open_db(fx->state, 0);
+  g_autoptr(GBytes) der = fake_der(3, 500);
+  g_autoptr(StoreCred) cred = NULL;
+
+  /* No master key needed: the store cannot read it anyway. */
+  put_cred(db, "sip:bob@example.com", der, STORE_KEY_USER_ENCRYPTED, rsa->pkcs8_enc_der);
+  cred = get_cred(db, "sip:bob@example.com");
+  g_assert_cmpint(cred->key_kind, ==, STORE_KEY_USER_ENCRYPTED);
+  g_assert_true(g_bytes_equal(cred->pkcs8, rsa->pkcs8_enc_der));
+}
+
+static void
+test_cred_key_invalid(Fixture *fx, gconstpointer data)
+{
+  const TestRsaKey *rsa = test_rsa_key();
+  g_autofree char *path = make_key_file(fx, "master.key");
+  g_autoptr(StoreMasterKey) key = load_key(path);
+  g_autoptr(StoreDb) db = open_db(fx->state, 0);
+  g_autoptr(GBytes) der = fake_der(3, 500);
+  g_autoptr(GBytes) empty = g_bytes_new(NULL, 0);
+  g_autoptr(GBytes) pem = g_bytes_new(rsa->pkcs8_pem, strlen(rsa->pkcs8_pem));
+  g_autoptr(GBytes) huge = fake_der(4, STORE_PKCS8_MAX_SIZE + 1);
+  g_autoptr(GBytes) trailing = NULL;
+  g_autoptr(GBytes) truncated = NULL;
+  g_autoptr(GPtrArray) list = NULL;
+  g_autoptr(GError) error = NULL;
+  const struct {
+    StoreKeyKind kind;
+    GBytes *pkcs8;
+  } bad[] = {
+      {STORE_KEY_NONE, rsa->pkcs8_der},
+      {STORE_KEY_USER_ENCRYPTED, NULL},
+      {STORE_KEY_SERVER_HELD, NULL},
+      {STORE_KEY_SERVER_HELD, empty},
+      /* a plain key would be stored in clear */
+      {STORE_KEY_USER_ENCRYPTED, rsa->pkcs8_der},
+      {STORE_KEY_USER_ENCRYPTED, rsa->pkcs1_der},
+      /* the server cannot use what it cannot decrypt */
+      {STORE_KEY_SERVER_HELD, rsa->pkcs8_enc_der},
+      {STORE_KEY_SERVER_HELD, pem},
+      {STORE_KEY_SERVER_HELD, rsa->pkcs1_der},
+      {STORE_KEY_SERVER_HELD, huge},
+      {STORE_KEY_SERVER_HELD, NULL /* trailing */},
+      {STORE_KEY_SERVER_HELD, NULL /* truncated */},
+      {(StoreKeyKind)7, rsa->pkcs8_der},
+  };
+  gsize n;
+  const guint8 *p = g_bytes_get_data(rsa->pkcs8_der, &n);
+  g_autofree guint8 *plus = g_malloc(n + 1);
+
+  memcpy(plus, p, n);
+  plus[n] = 0;
+  trailing = g_bytes_new(plus, n + 1);
+  truncated = g_bytes_new(p, n - 1);
+  set_key(db, key);
+  for (guint i = 0; i < G_N_ELEMENTS(bad); i++) {
+    GBytes *pkcs8 = bad[i].pkcs8;
+
+    if (i == 10)
+      pkcs8 = trailing;
+    else if (i == 11)
+      pkcs8 = truncated;
+    g_test_message("case %u", i);
+    g_assert_false(
+        store_cred_put(db, "sip:alice@example.com", der, 1, 2, bad[i].kind, pkcs8, &error));
+    g_assert_error(error, STORE_ERROR, STORE_ERROR_INVALID);
+    g_assert_nonnull(strstr(error->message, "sip:alice@example.com"));
+    g_clear_error(&error);
+  }
+  list = store_cred_list(db, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(list->len, ==, 0);
+  g_assert_cmpuint(store_change_get_last_seq(db, NULL), ==, 0);
+}
+
+/* Replaces the record of @aor by applying @edit to its raw bytes. */
+static void
+raw_edit(const char *dir, const char *table, const char *aor, void (*edit)(GByteArray *))
+{
+  g_autoptr(GBytes) value = raw_get(dir, table, aor, strlen(aor), NULL);
+  g_autoptr(GByteArray) bytes = NULL;
+  MDB_env *env;
+
+  g_assert_nonnull(value);
+  bytes = g_bytes_unref_to_array(g_steal_pointer(&value));
+  edit(bytes);
+  env = raw_env_open(dir);
+  raw_put_in(env, table, FALSE, aor, bytes->data, bytes->len);
+  mdb_env_close(env);
+}
+
+static void
+flip_in_blob(GByteArray *bytes)
+{
+  /* The record ends with the key id (16 hex + NUL), framing bytes and the
+   * format; 200 bytes before the end lies in the wrapped key. */
+  bytes->data[bytes->len - 200] ^= 0x01;
+}
+
+static void
+test_cred_tampered(Fixture *fx, gconstpointer data)
+{
+  g_autofree char *path = make_key_file(fx, "master.key");
+  g_autoptr(StoreMasterKey) key = load_key(path);
+  g_autoptr(GBytes) der = fake_der(5, 400);
+  g_autoptr(GBytes) moved = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(StoreCred) cred = NULL;
+  MDB_env *env;
+  StoreDb *db;
+
+  db = open_db(fx->state, 0);
+  set_key(db, key);
+  put_cred(db, "sip:alice@example.com", der, STORE_KEY_SERVER_HELD, test_rsa_key()->pkcs8_der);
+  put_cred(db, "sip:bob@example.com", der, STORE_KEY_SERVER_HELD, test_rsa_key()->pkcs8_der);
+  put_cred(db, "sip:carol@example.com", der, STORE_KEY_SERVER_HELD, test_rsa_key()->pkcs8_der);
+  g_assert_true(store_db_check(db, &error));
+  g_assert_no_error(error);
+  store_db_free(db);
+
+  raw_edit(fx->state, STORE_DBI_CREDENTIALS, "sip:alice@example.com", flip_in_blob);
+  /* A valid blob of another AOR does not open under this one. */
+  moved = raw_get(fx->state, STORE_DBI_CREDENTIALS, "sip:bob@example.com", 19, NULL);
+  env = raw_env_open(fx->state);
+  raw_put_in(env, STORE_DBI_CREDENTIALS, FALSE, "sip:carol@example.com",
+             g_bytes_get_data(moved, NULL), g_bytes_get_size(moved));
+  mdb_env_close(env);
+
+  db = open_db(fx->state, 0);
+  set_key(db, key);
+  cred = store_cred_get(db, "sip:alice@example.com", &error);
+  g_assert_null(cred);
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_CORRUPT);
+  g_assert_nonnull(strstr(error->message, "sip:alice@example.com"));
+  g_clear_error(&error);
+  cred = store_cred_get(db, "sip:carol@example.com", &error);
+  g_assert_null(cred);
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_CORRUPT);
+  g_assert_nonnull(strstr(error->message, "sip:carol@example.com"));
+  g_clear_error(&error);
+  cred = get_cred(db, "sip:bob@example.com");
+  g_assert_true(g_bytes_equal(cred->pkcs8, test_rsa_key()->pkcs8_der));
+
+  /* check names the table and the first damaged key. */
+  g_assert_false(store_db_check(db, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_CORRUPT);
+  g_test_message("%s", error->message);
+  g_assert_nonnull(strstr(error->message, "credentials"));
+  g_assert_nonnull(strstr(error->message, "sip:alice@example.com"));
+  g_clear_error(&error);
+  store_db_free(db);
+
+  /* Without the key the damage cannot be seen, and the certificates read. */
+  db = open_db(fx->state, 0);
+  g_assert_true(store_db_check(db, &error));
+  g_assert_no_error(error);
+  g_clear_pointer(&cred, store_cred_free);
+  cred = get_cred(db, "sip:alice@example.com");
+  g_assert_null(cred->pkcs8);
+  store_db_free(db);
+}
+
+static void
+test_cred_old_format(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(StoreDb) db = open_db(fx->state, 0);
+  g_autoptr(GBytes) der = fake_der(6, 300);
+  g_autoptr(GVariant) v1 = cred_record_v1(der, 10, 20, 4, "oldetag");
+  g_autoptr(StoreCred) cred = NULL;
+  g_autoptr(GBytes) raw = NULL;
+  MDB_env *env;
+
+  /* A format 1 record, as every credential written before keys existed. */
+  env = raw_env_open(fx->state);
+  raw_put_in(env, STORE_DBI_CREDENTIALS, FALSE, "sip:old@example.com", g_variant_get_data(v1),
+             g_variant_get_size(v1));
+  mdb_env_close(env);
+
+  cred = get_cred(db, "sip:old@example.com");
+  g_assert_true(g_bytes_equal(cred->cert_der, der));
+  g_assert_cmpint(cred->not_before, ==, 10);
+  g_assert_cmpint(cred->not_after, ==, 20);
+  g_assert_cmpuint(cred->version, ==, 4);
+  g_assert_cmpstr(cred->etag, ==, "oldetag");
+  g_assert_cmpint(cred->key_kind, ==, STORE_KEY_NONE);
+  g_assert_null(cred->pkcs8);
+
+  /* Writing continues its version and writes the current format. */
+  put_cert(db, "sip:old@example.com", der, 11, 21);
+  g_clear_pointer(&cred, store_cred_free);
+  cred = get_cred(db, "sip:old@example.com");
+  g_assert_cmpuint(cred->version, ==, 5);
+  raw = raw_get(fx->state, STORE_DBI_CREDENTIALS, "sip:old@example.com", 19, NULL);
+  g_assert_cmpuint(record_format(raw), ==, STORE_CRED_RECORD_VERSION);
+}
+
+static void
+assert_no_window(GBytes *file, GBytes *secret, gsize window, const char *what)
+{
+  gsize n;
+  const guint8 *p = g_bytes_get_data(secret, &n);
+
+  g_assert_cmpuint(n, >=, window);
+  for (gsize i = 0; i + window <= n; i++) {
+    if (bytes_contain(file, p + i, window))
+      g_error("%u bytes of %s at offset %" G_GSIZE_FORMAT " occur in the store", (guint)window,
+              what, i);
+  }
+}
+
+static void
+test_cred_no_key_bytes(Fixture *fx, gconstpointer data)
+{
+  const TestRsaKey *rsa = test_rsa_key();
+  g_autofree char *path = make_key_file(fx, "master.key");
+  g_autoptr(StoreMasterKey) key = load_key(path);
+  /* An opaque certificate: a real one would carry the public modulus, which
+   * is also part of the private key's DER. */
+  g_autoptr(GBytes) der = fake_der(7, 900);
+  g_autoptr(GBytes) file = NULL;
+  g_autoptr(GBytes) master = NULL;
+  g_auto(GStrv) lines = NULL;
+  g_autofree char *master_bytes = NULL;
+  gsize master_len, n_lines = 0;
+  StoreDb *db;
+
+  db = open_db(fx->state, 0);
+  set_key(db, key);
+  put_cred(db, "sip:alice@example.com", der, STORE_KEY_SERVER_HELD, rsa->pkcs8_der);
+  /* Several wraps of the same key, and a rekey, leave old pages behind. */
+  put_cred(db, "sip:alice@example.com", der, STORE_KEY_SERVER_HELD, rsa->pkcs8_der);
+  put_cred(db, "sip:bob@example.com", der, STORE_KEY_SERVER_HELD, rsa->pkcs8_der);
+  put_cred(db, "sip:carol@example.com", der, STORE_KEY_USER_ENCRYPTED, rsa->pkcs8_enc_der);
+  {
+    g_autofree char *path2 = make_key_file(fx, "second.key");
+    g_autoptr(StoreMasterKey) key2 = load_key(path2);
+    g_autoptr(GError) error = NULL;
+    g_assert_true(store_db_rekey(db, key2, &error));
+    g_assert_no_error(error);
+  }
+  store_db_free(db);
+
+  file = read_store_files(fx->state);
+  /* The scan works: what is stored as given is found. */
+  g_assert_true(bytes_contain(file, g_bytes_get_data(der, NULL), g_bytes_get_size(der)));
+  g_assert_true(bytes_contain(file, g_bytes_get_data(rsa->pkcs8_enc_der, NULL),
+                              g_bytes_get_size(rsa->pkcs8_enc_der)));
+
+  g_assert_false(bytes_contain(file, g_bytes_get_data(rsa->pkcs8_der, NULL),
+                               g_bytes_get_size(rsa->pkcs8_der)));
+  assert_no_window(file, rsa->pkcs8_der, 32, "the PKCS#8 DER");
+  assert_no_window(file, rsa->pkcs1_der, 32, "the raw RSA key DER");
+  lines = g_strsplit(rsa->pkcs8_pem, "\n", -1);
+  for (guint i = 0; lines[i] != NULL; i++) {
+    if (lines[i][0] == '\0' || g_str_has_prefix(lines[i], "-----"))
+      continue;
+    n_lines++;
+    g_assert_false(bytes_contain(file, lines[i], strlen(lines[i])));
+  }
+  g_assert_cmpuint(n_lines, >, 10);
+
+  g_assert_true(g_file_get_contents(path, &master_bytes, &master_len, NULL));
+  master = g_bytes_new(master_bytes, master_len);
+  g_assert_false(bytes_contain(file, master_bytes, master_len));
+  assert_no_window(file, master, 16, "the master key");
+}
+
+/* ---- rekey ---- */
+
+static void
+test_db_rekey(Fixture *fx, gconstpointer data)
+{
+  const TestRsaKey *rsa = test_rsa_key();
+  g_autofree char *path_a = make_key_file(fx, "a.key");
+  g_autofree char *path_b = make_key_file(fx, "b.key");
+  g_autoptr(StoreMasterKey) a = load_key(path_a);
+  g_autoptr(StoreMasterKey) b = load_key(path_b);
+  g_autoptr(GBytes) der = fake_der(8, 300);
+  g_autoptr(GBytes) other_key = fake_der(9, 10);
+  g_autoptr(GPtrArray) before = g_ptr_array_new_with_free_func((GDestroyNotify)store_cred_free);
+  g_autoptr(GBytes) id = NULL;
+  g_autoptr(GError) error = NULL;
+  const char *aors[] = {"sip:a@example.com", "sip:b@example.com", "sip:c@example.com",
+                        "sip:plain@example.com", "sip:user@example.com"};
+  guint64 last;
+  StoreDb *db;
+
+  db = open_db(fx->state, 0);
+  /* Re-keying needs the current key. */
+  set_key(db, a);
+  store_db_free(db);
+  db = open_db(fx->state, 0);
+  g_assert_false(store_db_rekey(db, b, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_KEY);
+  g_assert_nonnull(strstr(error->message, store_master_key_get_id(a)));
+  g_clear_error(&error);
+  set_key(db, a);
+
+  for (guint i = 0; i < 3; i++)
+    put_cred(db, aors[i], der, STORE_KEY_SERVER_HELD, rsa->pkcs8_der);
+  put_cred(db, aors[3], der, STORE_KEY_NONE, NULL);
+  put_cred(db, aors[4], der, STORE_KEY_USER_ENCRYPTED, rsa->pkcs8_enc_der);
+  for (guint i = 0; i < G_N_ELEMENTS(aors); i++)
+    g_ptr_array_add(before, get_cred(db, aors[i]));
+  last = store_change_get_last_seq(db, NULL);
+
+  g_assert_true(store_db_rekey(db, b, &error));
+  g_assert_no_error(error);
+  /* The same handle goes on with the new key. */
+  for (guint i = 0; i < 3; i++) {
+    g_autoptr(StoreCred) cred = get_cred(db, aors[i]);
+    g_assert_true(g_bytes_equal(cred->pkcs8, rsa->pkcs8_der));
+  }
+  store_db_free(db);
+
+  id = raw_get(fx->state, STORE_DBI_META, STORE_META_MASTER_KEY_ID,
+               strlen(STORE_META_MASTER_KEY_ID), NULL);
+  g_assert_cmpmem(g_bytes_get_data(id, NULL), g_bytes_get_size(id), store_master_key_get_id(b),
+                  16);
+
+  db = open_db(fx->state, 0);
+  g_assert_false(store_db_set_master_key(db, a, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_KEY);
+  g_assert_nonnull(strstr(error->message, store_master_key_get_id(a)));
+  g_assert_nonnull(strstr(error->message, store_master_key_get_id(b)));
+  g_clear_error(&error);
+  set_key(db, b);
+  for (guint i = 0; i < G_N_ELEMENTS(aors); i++) {
+    g_autoptr(StoreCred) cred = get_cred(db, aors[i]);
+    StoreCred *old = g_ptr_array_index(before, i);
+
+    /* Nothing a client sees changed: no new version, ETag or change. */
+    g_assert_cmpint(cred->key_kind, ==, old->key_kind);
+    g_assert_cmpuint(cred->version, ==, old->version);
+    g_assert_cmpstr(cred->etag, ==, old->etag);
+    g_assert_true(g_bytes_equal(cred->cert_der, der));
+    if (old->pkcs8 != NULL)
+      g_assert_true(g_bytes_equal(cred->pkcs8, old->pkcs8));
+    else
+      g_assert_null(cred->pkcs8);
+  }
+  g_assert_cmpuint(store_change_get_last_seq(db, NULL), ==, last);
+  g_assert_true(store_db_check(db, &error));
+  g_assert_no_error(error);
+  /* New writes use the new key. */
+  put_cred(db, "sip:d@example.com", der, STORE_KEY_SERVER_HELD, rsa->pkcs8_der);
+  store_db_free(db);
+}
+
+static void
+test_db_rekey_atomic(Fixture *fx, gconstpointer data)
+{
+  const TestRsaKey *rsa = test_rsa_key();
+  g_autofree char *path_a = make_key_file(fx, "a.key");
+  g_autofree char *path_b = make_key_file(fx, "b.key");
+  g_autoptr(StoreMasterKey) a = load_key(path_a);
+  g_autoptr(StoreMasterKey) b = load_key(path_b);
+  g_autoptr(GBytes) der = fake_der(8, 300);
+  g_autoptr(GBytes) bob_before = NULL;
+  g_autoptr(GBytes) bob_after = NULL;
+  g_autoptr(GBytes) id = NULL;
+  g_autoptr(StoreCred) cred = NULL;
+  g_autoptr(GError) error = NULL;
+  StoreDb *db;
+
+  db = open_db(fx->state, 0);
+  set_key(db, a);
+  put_cred(db, "sip:alice@example.com", der, STORE_KEY_SERVER_HELD, rsa->pkcs8_der);
+  put_cred(db, "sip:bob@example.com", der, STORE_KEY_SERVER_HELD, rsa->pkcs8_der);
+  put_cred(db, "sip:zed@example.com", der, STORE_KEY_SERVER_HELD, rsa->pkcs8_der);
+  store_db_free(db);
+  /* bob sorts between a good record and the damaged one. */
+  raw_edit(fx->state, STORE_DBI_CREDENTIALS, "sip:zed@example.com", flip_in_blob);
+  bob_before = raw_get(fx->state, STORE_DBI_CREDENTIALS, "sip:bob@example.com", 19, NULL);
+
+  db = open_db(fx->state, 0);
+  set_key(db, a);
+  g_assert_false(store_db_rekey(db, b, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_CORRUPT);
+  g_assert_nonnull(strstr(error->message, "sip:zed@example.com"));
+  g_clear_error(&error);
+  /* Nothing changed, and the handle keeps the old key. */
+  cred = get_cred(db, "sip:alice@example.com");
+  g_assert_true(g_bytes_equal(cred->pkcs8, rsa->pkcs8_der));
+  store_db_free(db);
+  bob_after = raw_get(fx->state, STORE_DBI_CREDENTIALS, "sip:bob@example.com", 19, NULL);
+  g_assert_true(g_bytes_equal(bob_before, bob_after));
+  id = raw_get(fx->state, STORE_DBI_META, STORE_META_MASTER_KEY_ID,
+               strlen(STORE_META_MASTER_KEY_ID), NULL);
+  g_assert_cmpmem(g_bytes_get_data(id, NULL), g_bytes_get_size(id), store_master_key_get_id(a),
+                  16);
+  db = open_db(fx->state, 0);
+  g_assert_false(store_db_set_master_key(db, b, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_KEY);
+  store_db_free(db);
+}
+
+static void
+test_db_rekey_other_handle(Fixture *fx, gconstpointer data)
+{
+  g_autofree char *path_a = make_key_file(fx, "a.key");
+  g_autofree char *path_b = make_key_file(fx, "b.key");
+  g_autoptr(StoreMasterKey) a = load_key(path_a);
+  g_autoptr(StoreMasterKey) b = load_key(path_b);
+  g_autoptr(StoreDb) daemon = open_db(fx->state, 0);
+  g_autoptr(StoreDb) cli = open_db(fx->state, 0);
+  g_autoptr(GBytes) der = fake_der(8, 300);
+  g_autoptr(StoreCred) cred = NULL;
+  g_autoptr(GError) error = NULL;
+
+  set_key(daemon, a);
+  set_key(cli, a);
+  put_cred(daemon, "sip:alice@example.com", der, STORE_KEY_SERVER_HELD, test_rsa_key()->pkcs8_der);
+  g_assert_true(store_db_rekey(cli, b, &error));
+  g_assert_no_error(error);
+
+  /* The daemon still holds the old key: it serves the certificate, cannot
+   * open the key, and must not write one under a retired key. */
+  g_test_expect_message("sipcred-storage", G_LOG_LEVEL_WARNING, "*re-keyed*");
+  cred = get_cred(daemon, "sip:alice@example.com");
+  g_test_assert_expected_messages();
+  g_assert_null(cred->pkcs8);
+  g_assert_true(g_bytes_equal(cred->cert_der, der));
+  g_assert_false(store_cred_put(daemon, "sip:bob@example.com", der, 1, 2, STORE_KEY_SERVER_HELD,
+                                test_rsa_key()->pkcs8_der, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_KEY);
+  g_assert_nonnull(strstr(error->message, store_master_key_get_id(b)));
+  g_clear_error(&error);
+  g_assert_false(store_db_check(daemon, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_KEY);
+  g_clear_error(&error);
+
+  set_key(daemon, b);
+  g_clear_pointer(&cred, store_cred_free);
+  cred = get_cred(daemon, "sip:alice@example.com");
+  g_assert_true(g_bytes_equal(cred->pkcs8, test_rsa_key()->pkcs8_der));
+}
+
+/* ---- change log ---- */
+
+static void
+assert_change(StoreChange *c, guint64 seq, const char *aor, StoreChangeKind kind, gint64 t0)
+{
+  g_assert_cmpuint(c->seq, ==, seq);
+  g_assert_cmpstr(c->aor, ==, aor);
+  g_assert_cmpint(c->kind, ==, kind);
+  g_assert_cmpint(c->time, >=, t0);
+  g_assert_cmpint(c->time, <=, g_get_real_time() / G_USEC_PER_SEC);
+}
+
+static void
+test_change_log(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(GBytes) der = fake_der(1, 100);
+  g_autoptr(GPtrArray) list = NULL;
+  g_autoptr(GError) error = NULL;
+  StoreUser u = {(char *)"sip:bob@example.com", (char *)"example.com", (char *)HA1_SHA256,
+                 (char *)HA1_MD5, STORE_USER_ENABLED};
+  StoreUser bad = u;
+  gint64 t0 = g_get_real_time() / G_USEC_PER_SEC;
+  StoreDb *db;
+
+  db = open_db(fx->state, 0);
+  g_assert_cmpuint(store_change_get_last_seq(db, &error), ==, 0);
+  g_assert_no_error(error);
+  list = store_change_list_since(db, 0, 100, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(list->len, ==, 0);
+  g_clear_pointer(&list, g_ptr_array_unref);
+
+  put_cert(db, "sip:alice@example.com", der, 1, 2);
+  g_assert_true(store_user_put(db, &u, &error));
+  g_assert_true(store_cred_delete(db, "sip:alice@example.com", &error));
+  g_assert_true(store_user_delete(db, "sip:bob@example.com", &error));
+  g_assert_no_error(error);
+  /* Writes that fail log nothing. */
+  g_assert_false(store_cred_delete(db, "sip:alice@example.com", &error));
+  g_clear_error(&error);
+  g_assert_false(store_user_delete(db, "sip:bob@example.com", &error));
+  g_clear_error(&error);
+  bad.ha1_md5 = (char *)"short";
+  g_assert_false(store_user_put(db, &bad, &error));
+  g_clear_error(&error);
+  g_assert_false(store_cred_put_cert(db, "sip:alice@example.com", der, 5, 4, &error));
+  g_clear_error(&error);
+  store_db_free(db);
+
+  /* The log is durable and continues after reopening. */
+  db = open_db(fx->state, 0);
+  g_assert_cmpuint(store_change_get_last_seq(db, &error), ==, 4);
+  list = store_change_list_since(db, 0, 100, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(list->len, ==, 4);
+  assert_change(g_ptr_array_index(list, 0), 1, "sip:alice@example.com", STORE_CHANGE_CREDENTIAL,
+                t0);
+  assert_change(g_ptr_array_index(list, 1), 2, "sip:bob@example.com", STORE_CHANGE_USER, t0);
+  assert_change(g_ptr_array_index(list, 2), 3, "sip:alice@example.com", STORE_CHANGE_REVOKED, t0);
+  assert_change(g_ptr_array_index(list, 3), 4, "sip:bob@example.com", STORE_CHANGE_USER, t0);
+  g_clear_pointer(&list, g_ptr_array_unref);
+
+  list = store_change_list_since(db, 2, 100, &error);
+  g_assert_cmpuint(list->len, ==, 2);
+  assert_change(g_ptr_array_index(list, 0), 3, "sip:alice@example.com", STORE_CHANGE_REVOKED, t0);
+  g_clear_pointer(&list, g_ptr_array_unref);
+  list = store_change_list_since(db, 0, 2, &error);
+  g_assert_cmpuint(list->len, ==, 2);
+  assert_change(g_ptr_array_index(list, 1), 2, "sip:bob@example.com", STORE_CHANGE_USER, t0);
+  g_clear_pointer(&list, g_ptr_array_unref);
+  list = store_change_list_since(db, 4, 100, &error);
+  g_assert_cmpuint(list->len, ==, 0);
+  g_clear_pointer(&list, g_ptr_array_unref);
+  list = store_change_list_since(db, G_MAXUINT64, 100, &error);
+  g_assert_cmpuint(list->len, ==, 0);
+  g_clear_pointer(&list, g_ptr_array_unref);
+  list = store_change_list_since(db, 0, 0, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(list->len, ==, 0);
+  g_clear_pointer(&list, g_ptr_array_unref);
+
+  put_cert(db, "sip:carol@example.com", der, 1, 2);
+  g_assert_cmpuint(store_change_get_last_seq(db, &error), ==, 5);
+  store_db_free(db);
+}
+
+static void
+test_change_log_two_handles(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(StoreDb) daemon = open_db(fx->state, 0);
+  g_autoptr(StoreDb) cli = open_db(fx->state, 0);
+  g_autoptr(GBytes) der = fake_der(1, 100);
+  g_autoptr(GPtrArray) list = NULL;
+  g_autoptr(GError) error = NULL;
+  guint64 seen;
+
+  put_cert(daemon, "sip:a@example.com", der, 1, 2);
+  seen = store_change_get_last_seq(daemon, &error);
+  /* Writes through either handle interleave in one sequence. */
+  for (guint i = 0; i < 20; i++) {
+    g_autofree char *aor = g_strdup_printf("sip:u%02u@example.com", i);
+    put_cert(i % 2 ? cli : daemon, aor, der, 1, 2);
+  }
+  list = store_change_list_since(daemon, seen, 1000, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(list->len, ==, 20);
+  for (guint i = 0; i < 20; i++) {
+    StoreChange *c = g_ptr_array_index(list, i);
+    g_autofree char *aor = g_strdup_printf("sip:u%02u@example.com", i);
+    g_assert_cmpuint(c->seq, ==, seen + 1 + i);
+    g_assert_cmpstr(c->aor, ==, aor);
+  }
+}
+
+static void
+test_change_log_corrupt(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(GBytes) der = fake_der(1, 100);
+  g_autoptr(GPtrArray) list = NULL;
+  g_autoptr(GError) error = NULL;
+  guint64 be = GUINT64_TO_BE(2);
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  MDB_val k = {sizeof be, &be};
+  MDB_val v = {5, (void *)"junk!"};
+  StoreDb *db;
+
+  db = open_db(fx->state, 0);
+  put_cert(db, "sip:a@example.com", der, 1, 2);
+  put_cert(db, "sip:b@example.com", der, 1, 2);
+  put_cert(db, "sip:c@example.com", der, 1, 2);
+  store_db_free(db);
+  env = raw_env_open(fx->state);
+  g_assert_cmpint(mdb_txn_begin(env, NULL, 0, &txn), ==, 0);
+  g_assert_cmpint(mdb_dbi_open(txn, STORE_DBI_CHANGES, 0, &dbi), ==, 0);
+  g_assert_cmpint(mdb_put(txn, dbi, &k, &v, 0), ==, 0);
+  g_assert_cmpint(mdb_txn_commit(txn), ==, 0);
+  mdb_env_close(env);
+
+  db = open_db(fx->state, 0);
+  list = store_change_list_since(db, 0, 100, &error);
+  g_assert_null(list);
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_CORRUPT);
+  g_assert_nonnull(strstr(error->message, "change 2"));
+  g_clear_error(&error);
+  /* Past the damage the log reads. */
+  list = store_change_list_since(db, 2, 100, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(list->len, ==, 1);
+  g_assert_false(store_db_check(db, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_CORRUPT);
+  g_assert_nonnull(strstr(error->message, "changes"));
+  g_assert_nonnull(strstr(error->message, "key 2"));
+  store_db_free(db);
+}
+
+/* ---- maintenance ---- */
+
+static void
+test_db_backup(Fixture *fx, gconstpointer data)
+{
+  const TestRsaKey *rsa = test_rsa_key();
+  g_autofree char *path = make_key_file(fx, "master.key");
+  g_autoptr(StoreMasterKey) key = load_key(path);
+  g_autofree char *backup = g_build_filename(fx->tmp, "backup.mdb", NULL);
+  g_autofree char *restored = g_build_filename(fx->tmp, "restored", NULL);
+  g_autofree char *restored_file = g_build_filename(restored, "data.mdb", NULL);
+  g_autofree char *nodir = g_build_filename(fx->tmp, "nodir", "backup.mdb", NULL);
+  g_autofree char *contents = NULL;
+  g_autoptr(GBytes) der = fake_der(4, 3000);
+  g_autoptr(GError) error = NULL;
+  g_autoptr(StoreDb) db = open_db(fx->state, TINY_MAP);
+  g_autoptr(StoreDb) copy = NULL;
+  g_autoptr(StoreCred) cred = NULL;
+  g_autoptr(StoreUser) user = NULL;
+  g_autoptr(GPtrArray) changes = NULL;
+  StoreUser u = {(char *)"sip:bob@example.com", (char *)"example.com", (char *)HA1_SHA256,
+                 (char *)HA1_MD5, STORE_USER_ENABLED};
+  StoreStats live, restored_stats;
+  struct stat st;
+  gsize len;
+
+  set_key(db, key);
+  put_many(db, 100, 2000);
+  for (guint i = 50; i < 100; i++) {
+    g_autofree char *aor = g_strdup_printf("sip:user%04u@example.com", i);
+    g_assert_true(store_cred_delete(db, aor, &error));
+  }
+  put_cred(db, "sip:alice@example.com", der, STORE_KEY_SERVER_HELD, rsa->pkcs8_der);
+  g_assert_true(store_user_put(db, &u, &error));
+
+  g_assert_true(store_db_backup(db, backup, &error));
+  g_assert_no_error(error);
+  g_assert_cmpint(g_stat(backup, &st), ==, 0);
+  g_assert_cmpint(st.st_mode & 0777, ==, 0600);
+
+  /* An existing file is never overwritten. */
+  g_assert_false(store_db_backup(db, backup, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_INVALID);
+  g_assert_nonnull(strstr(error->message, backup));
+  g_clear_error(&error);
+  g_assert_cmpint(g_stat(backup, &st), ==, 0);
+  g_assert_cmpint(st.st_size, >, 0);
+  g_assert_false(store_db_backup(db, nodir, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_IO);
+  g_assert_nonnull(strstr(error->message, nodir));
+  g_clear_error(&error);
+
+  /* Writes after the backup are not in it. */
+  put_cert(db, "sip:later@example.com", der, 1, 2);
+
+  /* Restoring is putting the file in a state directory as data.mdb. */
+  g_assert_cmpint(g_mkdir(restored, 0700), ==, 0);
+  g_assert_true(g_file_get_contents(backup, &contents, &len, NULL));
+  g_assert_true(g_file_set_contents_full(restored_file, contents, len, G_FILE_SET_CONTENTS_NONE,
+                                         0600, NULL));
+  copy = open_db(restored, 0);
+  set_key(copy, key);
+  g_assert_true(store_db_check(copy, &error));
+  g_assert_no_error(error);
+  check_many(copy, 50, 2000);
+  cred = get_cred(copy, "sip:alice@example.com");
+  g_assert_true(g_bytes_equal(cred->pkcs8, rsa->pkcs8_der));
+  g_assert_true(g_bytes_equal(cred->cert_der, der));
+  user = store_user_get(copy, "sip:bob@example.com", &error);
+  g_assert_no_error(error);
+  g_assert_cmpstr(user->ha1_sha256, ==, HA1_SHA256);
+  g_assert_null(store_cred_get(copy, "sip:user0050@example.com", &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_NOT_FOUND);
+  g_clear_error(&error);
+  g_assert_null(store_cred_get(copy, "sip:later@example.com", &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_NOT_FOUND);
+  g_clear_error(&error);
+  changes = store_change_list_since(copy, 0, 1000, &error);
+  g_assert_cmpuint(changes->len, ==, 152);
+
+  /* Compacted: deleted records take no room in the copy. */
+  g_assert_true(store_db_get_stats(db, &live, &error));
+  g_assert_true(store_db_get_stats(copy, &restored_stats, &error));
+  g_assert_no_error(error);
+  g_assert_cmpuint(restored_stats.map_used, <, live.map_used);
+  g_assert_cmpuint(restored_stats.n_credentials, ==, 51);
+}
+
+static void
+test_db_check(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(GBytes) der = fake_der(1, 100);
+  g_autoptr(GVariant) bad_user = NULL;
+  g_autoptr(GError) error = NULL;
+  StoreUser u = {(char *)"sip:bob@example.com", (char *)"example.com", (char *)HA1_SHA256,
+                 (char *)HA1_MD5, STORE_USER_ENABLED};
+  MDB_env *env;
+  StoreDb *db;
+
+  db = open_db(fx->state, 0);
+  g_assert_true(store_db_check(db, &error));
+  g_assert_no_error(error);
+  put_cert(db, "sip:alice@example.com", der, 1, 2);
+  g_assert_true(store_user_put(db, &u, &error));
+  g_assert_true(store_db_check(db, &error));
+  g_assert_no_error(error);
+  store_db_free(db);
+
+  bad_user = g_variant_ref_sink(
+      g_variant_new("(qv)", (guint16)STORE_USER_RECORD_VERSION,
+                    g_variant_new("(sssu)", "example.com", "nothex", "nothex", (guint32)1)));
+  env = raw_env_open(fx->state);
+  raw_put_in(env, STORE_DBI_USERS, FALSE, "sip:mallory@example.com", g_variant_get_data(bad_user),
+             g_variant_get_size(bad_user));
+  mdb_env_close(env);
+
+  db = open_db(fx->state, 0);
+  g_assert_false(store_db_check(db, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_CORRUPT);
+  g_test_message("%s", error->message);
+  g_assert_nonnull(strstr(error->message, "users"));
+  g_assert_nonnull(strstr(error->message, "sip:mallory@example.com"));
+  g_assert_nonnull(strstr(error->message, fx->state));
+  /* The message is safe to print: no HA1 in it. */
+  g_assert_null(strstr(error->message, HA1_SHA256));
+  store_db_free(db);
+}
+
+static void
+test_db_stats(Fixture *fx, gconstpointer data)
+{
+  const TestRsaKey *rsa = test_rsa_key();
+  g_autofree char *path = make_key_file(fx, "master.key");
+  g_autoptr(StoreMasterKey) key = load_key(path);
+  g_autoptr(StoreDb) db = open_db(fx->state, 0);
+  g_autoptr(GBytes) der = fake_der(1, 100);
+  g_autoptr(GError) error = NULL;
+  StoreUser u = {(char *)"sip:bob@example.com", (char *)"example.com", (char *)HA1_SHA256,
+                 (char *)HA1_MD5, STORE_USER_ENABLED};
+  StoreStats st;
+
+  g_assert_true(store_db_get_stats(db, &st, &error));
+  g_assert_no_error(error);
+  g_assert_cmpuint(st.schema_version, ==, STORE_SCHEMA_VERSION);
+  g_assert_cmpuint(st.map_size, ==, STORE_MAP_SIZE_DEFAULT);
+  g_assert_cmpuint(st.map_used, >, 0);
+  g_assert_cmpuint(st.n_users + st.n_credentials + st.n_server_held + st.n_changes, ==, 0);
+  g_assert_cmpuint(st.last_change, ==, 0);
+
+  set_key(db, key);
+  put_cert(db, "sip:a@example.com", der, 1, 2);
+  put_cred(db, "sip:b@example.com", der, STORE_KEY_SERVER_HELD, rsa->pkcs8_der);
+  put_cred(db, "sip:c@example.com", der, STORE_KEY_SERVER_HELD, rsa->pkcs8_der);
+  put_cred(db, "sip:d@example.com", der, STORE_KEY_USER_ENCRYPTED, rsa->pkcs8_enc_der);
+  g_assert_true(store_cred_delete(db, "sip:c@example.com", &error));
+  g_assert_true(store_user_put(db, &u, &error));
+  g_assert_true(store_db_get_stats(db, &st, &error));
+  g_assert_no_error(error);
+  g_assert_cmpuint(st.n_credentials, ==, 3);
+  g_assert_cmpuint(st.n_server_held, ==, 1);
+  g_assert_cmpuint(st.n_users, ==, 1);
+  g_assert_cmpuint(st.n_registrations, ==, 0);
+  g_assert_cmpuint(st.n_changes, ==, 6);
+  g_assert_cmpuint(st.last_change, ==, 6);
+  g_assert_cmpuint(st.map_used, <=, st.map_size);
+}
+
+/* ---- schema migrations ---- */
+
+/* A store as written before any schema version was recorded: format 1
+ * records, a meta table without a version, and no changes or
+ * registrations tables (@with_meta FALSE: not even meta). */
+static void
+make_schema0_store(const char *dir, gboolean with_meta, GBytes *der)
+{
+  g_autoptr(GVariant) cred = cred_record_v1(der, 100, 200, 3, "etag-from-schema-0");
+  g_autoptr(GVariant) user = user_record_v1("example.com");
+  MDB_env *env = raw_env_open(dir);
+
+  raw_put_in(env, STORE_DBI_CREDENTIALS, TRUE, "sip:alice@example.com", g_variant_get_data(cred),
+             g_variant_get_size(cred));
+  raw_put_in(env, STORE_DBI_CREDENTIALS, TRUE, "sip:bob@example.com", g_variant_get_data(cred),
+             g_variant_get_size(cred));
+  raw_put_in(env, STORE_DBI_USERS, TRUE, "sip:alice@example.com", g_variant_get_data(user),
+             g_variant_get_size(user));
+  if (with_meta)
+    raw_put_in(env, STORE_DBI_META, TRUE, "created-by", "sipcred 0.0", 11);
+  mdb_env_close(env);
+}
+
+static void
+assert_migrated(const char *dir, GBytes *der)
+{
+  g_autoptr(GBytes) version = NULL;
+  g_autoptr(GBytes) raw = NULL;
+  g_autoptr(GBytes) none = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(StoreCred) cred = NULL;
+  g_autoptr(StoreUser) user = NULL;
+  g_autoptr(GPtrArray) changes = NULL;
+  gboolean exists = FALSE;
+  guint32 be;
+  StoreDb *db;
+
+  db = open_db(dir, 0);
+  g_assert_cmpuint(store_db_get_schema_version(db), ==, STORE_SCHEMA_VERSION);
+  cred = get_cred(db, "sip:alice@example.com");
+  g_assert_true(g_bytes_equal(cred->cert_der, der));
+  g_assert_cmpuint(cred->version, ==, 3);
+  g_assert_cmpstr(cred->etag, ==, "etag-from-schema-0");
+  g_assert_cmpint(cred->not_before, ==, 100);
+  g_assert_cmpint(cred->key_kind, ==, STORE_KEY_NONE);
+  user = store_user_get(db, "sip:alice@example.com", &error);
+  g_assert_no_error(error);
+  g_assert_cmpstr(user->realm, ==, "example.com");
+  /* Migrating is not a change subscribers need to hear about. */
+  changes = store_change_list_since(db, 0, 10, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(changes->len, ==, 0);
+  g_assert_true(store_db_check(db, &error));
+  g_assert_no_error(error);
+  put_cert(db, "sip:alice@example.com", der, 1, 2);
+  g_assert_cmpuint(store_change_get_last_seq(db, NULL), ==, 1);
+  store_db_free(db);
+
+  version = raw_get(dir, STORE_DBI_META, STORE_META_SCHEMA_VERSION,
+                    strlen(STORE_META_SCHEMA_VERSION), NULL);
+  g_assert_nonnull(version);
+  g_assert_cmpuint(g_bytes_get_size(version), ==, 4);
+  memcpy(&be, g_bytes_get_data(version, NULL), 4);
+  g_assert_cmpuint(GUINT32_FROM_BE(be), ==, STORE_SCHEMA_VERSION);
+  raw = raw_get(dir, STORE_DBI_CREDENTIALS, "sip:bob@example.com", 19, NULL);
+  g_assert_cmpuint(record_format(raw), ==, STORE_CRED_RECORD_VERSION);
+  none = raw_get(dir, STORE_DBI_REGISTRATIONS, "x", 1, &exists);
+  g_assert_true(exists);
+}
+
+static void
+test_db_migrate_schema0(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(GBytes) der = fake_der(11, 600);
+  g_autofree char *bare = g_build_filename(fx->tmp, "bare", NULL);
+
+  make_schema0_store(fx->state, TRUE, der);
+  assert_migrated(fx->state, der);
+  /* Before meta existed at all. */
+  make_schema0_store(bare, FALSE, der);
+  assert_migrated(bare, der);
+}
+
+static void
+test_db_migrate_schema1(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(GBytes) der = fake_der(12, 600);
+  guint32 be = GUINT32_TO_BE(1);
+  MDB_env *env;
+
+  make_schema0_store(fx->state, TRUE, der);
+  env = raw_env_open(fx->state);
+  raw_put_in(env, STORE_DBI_META, FALSE, STORE_META_SCHEMA_VERSION, &be, sizeof be);
+  raw_create(env, STORE_DBI_CHANGES);
+  raw_create(env, STORE_DBI_REGISTRATIONS);
+  mdb_env_close(env);
+  assert_migrated(fx->state, der);
+}
+
+static void
+test_db_migrate_interrupted(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(GBytes) der = fake_der(13, 600);
+  g_autoptr(GBytes) version = NULL;
+  g_autoptr(GBytes) raw = NULL;
+  g_autoptr(GVariant) broken = g_variant_ref_sink(
+      g_variant_new("(qv)", (guint16)1, g_variant_new_string("not a credential")));
+  g_autoptr(GError) error = NULL;
+  MDB_env *env;
+
+  /* A migration that fails leaves the store as it was. */
+  make_schema0_store(fx->state, TRUE, der);
+  env = raw_env_open(fx->state);
+  raw_put_in(env, STORE_DBI_CREDENTIALS, FALSE, "sip:broken@example.com",
+             g_variant_get_data(broken), g_variant_get_size(broken));
+  mdb_env_close(env);
+  g_assert_null(store_db_open(fx->state, 0, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_CORRUPT);
+  g_test_message("%s", error->message);
+  g_assert_nonnull(strstr(error->message, "sip:broken@example.com"));
+  g_assert_nonnull(strstr(error->message, "schema version 1 to 2"));
+  version = raw_get(fx->state, STORE_DBI_META, STORE_META_SCHEMA_VERSION,
+                    strlen(STORE_META_SCHEMA_VERSION), NULL);
+  g_assert_null(version);
+  raw = raw_get(fx->state, STORE_DBI_CREDENTIALS, "sip:alice@example.com", 21, NULL);
+  g_assert_cmpuint(record_format(raw), ==, 1);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -769,6 +2125,28 @@ main(int argc, char **argv)
   ADD("/storage/db/open-errors", test_db_open_errors);
   ADD("/storage/db/two-handles", test_db_two_handles);
   ADD("/storage/db/two-processes", test_db_two_processes);
+  ADD("/storage/key/generate-load", test_key_generate_load);
+  ADD("/storage/key/mode-refused", test_key_mode_refused);
+  ADD("/storage/key/size-refused", test_key_size_refused);
+  ADD("/storage/key/wrong-refused", test_key_wrong_refused);
+  ADD("/storage/cred/server-held", test_cred_server_held);
+  ADD("/storage/cred/user-encrypted", test_cred_user_encrypted);
+  ADD("/storage/cred/key-invalid", test_cred_key_invalid);
+  ADD("/storage/cred/tampered", test_cred_tampered);
+  ADD("/storage/cred/old-format", test_cred_old_format);
+  ADD("/storage/cred/no-key-bytes", test_cred_no_key_bytes);
+  ADD("/storage/db/rekey", test_db_rekey);
+  ADD("/storage/db/rekey-atomic", test_db_rekey_atomic);
+  ADD("/storage/db/rekey-other-handle", test_db_rekey_other_handle);
+  ADD("/storage/change/log", test_change_log);
+  ADD("/storage/change/two-handles", test_change_log_two_handles);
+  ADD("/storage/change/corrupt", test_change_log_corrupt);
+  ADD("/storage/db/backup", test_db_backup);
+  ADD("/storage/db/check", test_db_check);
+  ADD("/storage/db/stats", test_db_stats);
+  ADD("/storage/db/migrate-schema0", test_db_migrate_schema0);
+  ADD("/storage/db/migrate-schema1", test_db_migrate_schema1);
+  ADD("/storage/db/migrate-failure", test_db_migrate_interrupted);
 #undef ADD
 
   return g_test_run();

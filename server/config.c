@@ -25,7 +25,7 @@ static const char *const domain_keys[] = {"certificate", "key", NULL};
 static const char *const certificate_keys[] = {"default-expires", "max-expires", "min-expires",
                                                NULL};
 static const char *const fanout_keys[] = {"window", NULL};
-static const char *const store_keys[] = {"map-size", NULL};
+static const char *const store_keys[] = {"map-size", "master-key", NULL};
 
 static const struct {
   const char *group;
@@ -393,6 +393,21 @@ loader_read_core(const Loader *ld, SrvConfig *cfg, GError **error)
   return TRUE;
 }
 
+static gboolean
+loader_read_store(const Loader *ld, SrvConfig *cfg, GError **error)
+{
+  /* Only the path: the file is checked (mode, size, id) where it is loaded,
+   * and `sipcred keygen` must be able to name a file that does not exist yet. */
+  g_autofree char *key = g_key_file_get_value(ld->kf, "store", "master-key", NULL);
+  if (key == NULL)
+    return TRUE;
+  if (*g_strstrip(key) == '\0')
+    return loader_fail(ld, error, "store", "master-key",
+                       "empty; leave the key out when there is no master key");
+  cfg->master_key = loader_resolve_path(ld, key);
+  return TRUE;
+}
+
 SrvConfig *
 srv_config_load(const char *path, GError **error)
 {
@@ -421,7 +436,7 @@ srv_config_load(const char *path, GError **error)
   cfg->path = g_strdup(abs);
   gboolean ok = loader_check_known(&ld, error) && loader_read_server(&ld, cfg, error) &&
                 loader_read_tls(&ld, cfg, error) && loader_read_domains(&ld, cfg, error) &&
-                loader_read_core(&ld, cfg, error);
+                loader_read_core(&ld, cfg, error) && loader_read_store(&ld, cfg, error);
   loader_clear(&ld);
   return ok ? g_steal_pointer(&cfg) : NULL;
 }
@@ -436,6 +451,7 @@ srv_config_free(SrvConfig *cfg)
   g_strfreev(cfg->listen);
   g_free(cfg->state_dir);
   g_free(cfg->tls_priority);
+  g_free(cfg->master_key);
   g_clear_pointer(&cfg->domain_certs, g_ptr_array_unref);
   g_free(cfg);
 }

@@ -49,6 +49,7 @@ typedef struct {
 
   /* [store] */
   guint64 map_size;
+  char *master_key;      /* absolute path of the master key file; NULL when not set */
 } SrvConfig;
 
 /* Loads and validates @path. On error the message names the group, key and

@@ -112,6 +112,28 @@ test_defaults(Fixture *f, gconstpointer data)
   g_assert_cmpuint(cfg->core.notify_window, ==, 200);
   g_assert_cmpstr(cfg->core.domains[0], ==, "example.com");
   g_assert_cmpuint(cfg->max_message_size, ==, 65535);
+  /* No master key unless one is named. */
+  g_assert_null(cfg->master_key);
+}
+
+static void
+test_master_key(Fixture *f, gconstpointer data)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *text = g_strconcat(minimal, "[store]\nmaster-key = keys/master.key \n", NULL);
+  g_autoptr(SrvConfig) cfg = load_text(f, text, &error);
+  g_autofree char *expected = g_build_filename(f->dir, "keys", "master.key", NULL);
+  g_autofree char *abs_text =
+      g_strconcat(minimal, "[store]\nmaster-key=/srv/k/master.key\n", NULL);
+  g_autoptr(SrvConfig) abs_cfg = NULL;
+
+  /* Relative to the configuration file, like every other path; the file need
+   * not exist yet (sipcred keygen creates it). */
+  g_assert_no_error(error);
+  g_assert_cmpstr(cfg->master_key, ==, expected);
+  abs_cfg = load_text(f, abs_text, &error);
+  g_assert_no_error(error);
+  g_assert_cmpstr(abs_cfg->master_key, ==, "/srv/k/master.key");
 }
 
 static void
@@ -127,10 +149,15 @@ test_example_file_is_valid(Fixture *f, gconstpointer data)
   g_string_replace(s, "/etc/sipcred/example.com.pem", "example.com.pem", 0);
   g_string_replace(s, "/etc/sipcred/example.com.key", "example.com.key", 0);
   g_string_replace(s, "/var/lib/sipcred", "state", 0);
+  /* The one key without a default is documented commented out; it must load. */
+  g_assert_cmpuint(g_string_replace(s, "#master-key=/etc/sipcred/master.key", "master-key=mk", 0),
+                   ==, 1);
   g_autoptr(GError) error = NULL;
   g_autoptr(SrvConfig) cfg = load_text(f, s->str, &error);
   g_assert_no_error(error);
   g_assert_nonnull(cfg);
+  g_autofree char *mk = g_build_filename(f->dir, "mk", NULL);
+  g_assert_cmpstr(cfg->master_key, ==, mk);
 }
 
 /* Each bad file must fail with a message that contains every fragment. */
@@ -182,6 +209,16 @@ static const struct {
   {"bad-domain-name",
    "[server]\ndomains=exa mple.com\nstate-dir=s\n", {"[server] domains", "not a domain name"}},
   {"not-a-keyfile", "this is not [ a key file\n", {"sipcredd.conf"}},
+  {"empty-master-key",
+   "[server]\ndomains=example.com\nstate-dir=s\n"
+   "[domain example.com]\ncertificate=example.com.pem\nkey=example.com.key\n"
+   "[store]\nmaster-key=\n",
+   {":8:", "[store] master-key", "empty"}},
+  {"misspelt-master-key",
+   "[server]\ndomains=example.com\nstate-dir=s\n"
+   "[domain example.com]\ncertificate=example.com.pem\nkey=example.com.key\n"
+   "[store]\nmasterkey=k\n",
+   {":8:", "[store] masterkey", "unknown key"}},
 };
 
 static void
@@ -225,6 +262,8 @@ main(int argc, char **argv)
              fixture_tear_down);
   g_test_add("/server/config/example-file", Fixture, NULL, fixture_set_up,
              test_example_file_is_valid, fixture_tear_down);
+  g_test_add("/server/config/master-key", Fixture, NULL, fixture_set_up, test_master_key,
+             fixture_tear_down);
   g_test_add("/server/config/two-domains-ipv6", Fixture, NULL, fixture_set_up,
              test_two_domains_and_ipv6, fixture_tear_down);
   for (guint i = 0; i < G_N_ELEMENTS(bad_cases); i++) {

@@ -342,7 +342,8 @@ struct _SipwireFramer {
   gsize max;
   gsize peak; /* largest buf->len since buf was allocated */
   FramerState state;
-  GError *error; /* FRAMER_FAILED: why */
+  GError *error;       /* FRAMER_FAILED: why */
+  GBytes *failed_head; /* FRAMER_FAILED: header block of the message, if complete */
 };
 
 SipwireFramer *
@@ -363,6 +364,7 @@ sipwire_framer_free(SipwireFramer *framer)
     return;
   g_byte_array_unref(framer->buf);
   g_clear_error(&framer->error);
+  g_clear_pointer(&framer->failed_head, g_bytes_unref);
   g_free(framer);
 }
 
@@ -388,6 +390,21 @@ sipwire_framer_get_pending(SipwireFramer *framer)
 {
   g_return_val_if_fail(framer != NULL, 0);
   return framer->buf->len - framer->start;
+}
+
+GBytes *
+sipwire_framer_peek_pending(SipwireFramer *framer)
+{
+  g_return_val_if_fail(framer != NULL, NULL);
+  gsize n = framer->buf->len - framer->start;
+  return n > 0 ? g_bytes_new(framer->buf->data + framer->start, n) : NULL;
+}
+
+GBytes *
+sipwire_framer_get_failed_head(SipwireFramer *framer)
+{
+  g_return_val_if_fail(framer != NULL, NULL);
+  return framer->failed_head != NULL ? g_bytes_ref(framer->failed_head) : NULL;
 }
 
 /* Drops consumed bytes, amortized: copying only when most of the buffer is
@@ -539,8 +556,12 @@ sipwire_framer_next(SipwireFramer *framer, GBytes **out, GError **error)
                                        "header block over the %" G_GSIZE_FORMAT " byte limit",
                                        f->max),
                            error);
-      if (!framer_content_length(f, d, header_len, &cl, &local))
+      if (!framer_content_length(f, d, header_len, &cl, &local)) {
+        /* Where this message ends is unknown, but its headers are whole:
+         * enough for the caller to tell the client why it closes. */
+        f->failed_head = g_bytes_new(d, header_len);
         return framer_fail(f, local, error);
+      }
       f->header_len = header_len;
       f->body_len = cl;
       f->state = FRAMER_BODY;

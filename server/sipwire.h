@@ -50,6 +50,13 @@ SipwireFrameResult sipwire_framer_next(SipwireFramer *framer, GBytes **out, GErr
 
 /* Bytes buffered but not yet returned (for "half a message" detection). */
 gsize sipwire_framer_get_pending(SipwireFramer *framer);
+/* A copy of those bytes (the start of a message not yet whole), or NULL
+ * when there are none. */
+GBytes *sipwire_framer_peek_pending(SipwireFramer *framer);
+/* After SIPWIRE_FRAME_ERROR: the header block (start line up to the empty
+ * line) of the message that lost the framing, when it was complete, so the
+ * caller can still answer it before closing; NULL otherwise. */
+GBytes *sipwire_framer_get_failed_head(SipwireFramer *framer);
 
 /* ---- Messages --------------------------------------------------------- */
 

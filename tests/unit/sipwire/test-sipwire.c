@@ -339,6 +339,76 @@ test_framer_too_big(void)
 
 /* ---- parsing and serialization ----------------------------------------- */
 
+static char *
+bytes_str(GBytes *b)
+{
+  g_assert_nonnull(b);
+  return g_strndup(g_bytes_get_data(b, NULL), g_bytes_get_size(b));
+}
+
+/* What is buffered of a message not yet whole can be looked at (the edge
+ * answers it when the flow goes idle), without being consumed. */
+static void
+test_framer_peek_pending(void)
+{
+  g_autoptr(SipwireFramer) f = sipwire_framer_new(65536);
+  g_autoptr(GBytes) none = sipwire_framer_peek_pending(f);
+  g_assert_null(none);
+  g_autofree char *start = g_strndup(OPTIONS_MSG, 20);
+  push_str(f, OPTIONS_MSG);
+  push_str(f, start);
+  assert_next_message(f, OPTIONS_MSG);
+  assert_next(f, SIPWIRE_FRAME_NEED_MORE);
+  g_autoptr(GBytes) half = sipwire_framer_peek_pending(f);
+  g_autofree char *half_text = bytes_str(half);
+  g_assert_cmpstr(half_text, ==, start);
+  /* Still there: the rest completes the message. */
+  push_str(f, OPTIONS_MSG + 20);
+  assert_next_message(f, OPTIONS_MSG);
+  g_autoptr(GBytes) after = sipwire_framer_peek_pending(f);
+  g_assert_null(after);
+}
+
+/* When framing is lost with the headers whole, they are kept (so the edge
+ * can answer before it closes) but are no longer pending; when the header
+ * block itself is too big there is nothing to keep. */
+static void
+test_framer_failed_head(void)
+{
+  static const struct {
+    const char *text;
+    SipwireError code;
+    const char *head;
+  } cases[] = {
+      {"OPTIONS sip:a SIP/2.0\r\nCall-ID: 1\r\n\r\nbody", SIPWIRE_ERROR_FRAMING,
+       "OPTIONS sip:a SIP/2.0\r\nCall-ID: 1\r\n\r\n"},
+      {"OPTIONS sip:a SIP/2.0\r\nl: 1\r\nContent-Length: 2\r\n\r\nxx", SIPWIRE_ERROR_FRAMING,
+       "OPTIONS sip:a SIP/2.0\r\nl: 1\r\nContent-Length: 2\r\n\r\n"},
+      {"INVITE sip:a SIP/2.0\nContent-Length: -999\n\n", SIPWIRE_ERROR_FRAMING,
+       "INVITE sip:a SIP/2.0\nContent-Length: -999\n\n"},
+      {"MESSAGE sip:a SIP/2.0\r\nContent-Length: 99999\r\n\r\n", SIPWIRE_ERROR_TOO_BIG,
+       "MESSAGE sip:a SIP/2.0\r\nContent-Length: 99999\r\n\r\n"},
+  };
+  for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
+    g_autoptr(SipwireFramer) f = sipwire_framer_new(1024);
+    g_autoptr(GBytes) before = sipwire_framer_get_failed_head(f);
+    g_assert_null(before);
+    push_str(f, cases[i].text);
+    assert_next_error(f, cases[i].code);
+    g_autoptr(GBytes) head = sipwire_framer_get_failed_head(f);
+    g_autofree char *head_text = bytes_str(head);
+    g_assert_cmpstr(head_text, ==, cases[i].head);
+    g_assert_cmpuint(sipwire_framer_get_pending(f), ==, 0);
+    g_autoptr(GBytes) pending = sipwire_framer_peek_pending(f);
+    g_assert_null(pending);
+  }
+  g_autoptr(SipwireFramer) f = sipwire_framer_new(64);
+  push_str(f, "OPTIONS sip:a SIP/2.0\r\nX-Long: 01234567890123456789012345678901234567890\r\n");
+  assert_next_error(f, SIPWIRE_ERROR_TOO_BIG);
+  g_autoptr(GBytes) head = sipwire_framer_get_failed_head(f);
+  g_assert_null(head);
+}
+
 static void
 test_msg_parse_request(void)
 {
@@ -1991,6 +2061,26 @@ test_rfc4475_unparsable(void)
   static const char dn_from[] = "\r\nFrom: Bell, Alexander <sip:a.g.bell@example.com>;tag=43\r\n";
   g_assert_nonnull(
       memmem(g_bytes_get_data(dr, NULL), g_bytes_get_size(dr), dn_from, sizeof dn_from - 1));
+  g_autoptr(GBytes) dn_pending = sipwire_framer_peek_pending(f);
+  g_assert_true(g_bytes_equal(dn_pending, dn));
+
+  /* The files that lose the framing on a stream keep headers that can be
+   * answered before the close. */
+  static const char *const unframed[] = {"ncl", "mcl01", "inv2543"};
+  for (gsize i = 0; i < G_N_ELEMENTS(unframed); i++) {
+    g_autoptr(GBytes) file = load_rfc4475(unframed[i]);
+    g_autoptr(SipwireFramer) uf = sipwire_framer_new(65536);
+    sipwire_framer_push(uf, g_bytes_get_data(file, NULL), g_bytes_get_size(file));
+    g_autoptr(GBytes) out = NULL;
+    g_autoptr(GError) error = NULL;
+    g_assert_cmpint(sipwire_framer_next(uf, &out, &error), ==, SIPWIRE_FRAME_ERROR);
+    g_assert_error(error, SIPWIRE_ERROR, SIPWIRE_ERROR_FRAMING);
+    g_autoptr(GBytes) head = sipwire_framer_get_failed_head(uf);
+    g_assert_nonnull(head);
+    g_autoptr(GBytes) answer =
+        sipwire_build_response_raw(g_bytes_get_data(head, NULL), g_bytes_get_size(head), 400, "X");
+    g_assert_nonnull(answer);
+  }
 }
 
 /* nua takes a SUBSCRIBE without Expires as 3600 s and grants no more, so the
@@ -2035,6 +2125,8 @@ main(int argc, char **argv)
   g_test_add_func("/sipwire/framer/binary-body", test_framer_binary_body);
   g_test_add_func("/sipwire/framer/content-length-errors", test_framer_content_length_errors);
   g_test_add_func("/sipwire/framer/too-big", test_framer_too_big);
+  g_test_add_func("/sipwire/framer/peek-pending", test_framer_peek_pending);
+  g_test_add_func("/sipwire/framer/failed-head", test_framer_failed_head);
   g_test_add_func("/sipwire/msg/parse-request", test_msg_parse_request);
   g_test_add_func("/sipwire/msg/parse-response", test_msg_parse_response);
   g_test_add_func("/sipwire/msg/parse-errors", test_msg_parse_errors);

@@ -1220,32 +1220,28 @@ edge_phrase_from_error(const GError *err, const char *fallback)
   return g_steal_pointer(&phrase);
 }
 
-/* A framed message that does not parse: framing is intact, so the flow
- * stays and the request gets the answer RFC 3261 8.2 gives it, built from
- * its bytes: 505 for a SIP version other than 2.0, 501 for a method we do
- * not know (8.2.1 looks at the method before the headers), otherwise 400
- * saying what was wrong. No answer to an ACK or to a response. */
+/* Answers a request the edge cannot relay from its bytes, the way RFC 3261
+ * 8.2 orders the checks: 505 for a SIP version other than 2.0, 501 for a
+ * method we do not know (8.2.1 looks at the method before the headers),
+ * else @status with a reason saying what was wrong (@err). No answer to an
+ * ACK, to a response, or to a request lacking what an answer needs. */
 static void
-client_reject_unparsable(EdgeConn *c, GBytes *frame, const GError *err)
+client_reject_bytes(EdgeConn *c, const guint8 *data, gsize len, guint status, const GError *err)
 {
-  gsize len = 0;
-  const guint8 *data = g_bytes_get_data(frame, &len);
   const char *why = err != NULL ? err->message : "?";
   g_autofree char *method = sipwire_raw_get_method(data, len);
   if (method == NULL) {
     if (len >= 4 && g_ascii_strncasecmp((const char *) data, "SIP/", 4) == 0)
-      g_debug("flow %s (%s): dropping a response that does not parse: %s", c->token, c->peer,
-              why);
+      g_debug("flow %s (%s): dropping a response: %s", c->token, c->peer, why);
     else
-      g_info("flow %s (%s): dropping a message that does not parse: %s", c->token, c->peer,
+      g_info("flow %s (%s): dropping a message without a request line: %s", c->token, c->peer,
              why);
     return;
   }
   if (strcmp(method, "ACK") == 0) {
-    g_info("flow %s (%s): dropping an ACK that does not parse: %s", c->token, c->peer, why);
+    g_info("flow %s (%s): dropping an ACK: %s", c->token, c->peer, why);
     return;
   }
-  guint status = 400;
   g_autofree char *phrase = NULL;
   if (g_error_matches(err, SIPWIRE_ERROR, SIPWIRE_ERROR_VERSION)) {
     status = 505;
@@ -1258,14 +1254,49 @@ client_reject_unparsable(EdgeConn *c, GBytes *frame, const GError *err)
   }
   g_autoptr(GBytes) reply = sipwire_build_response_raw(data, len, status, phrase);
   if (reply == NULL) {
-    g_info("flow %s (%s): dropping a request that does not parse (%s) and lacks what an "
-           "answer needs (Via, From, To, Call-ID, CSeq)",
+    g_info("flow %s (%s): dropping a request (%s) that lacks what an answer needs (Via, "
+           "From, To, Call-ID, CSeq)",
            c->token, c->peer, why);
     return;
   }
-  g_info("flow %s (%s): %u for a request that does not parse: %s", c->token, c->peer, status,
-         why);
+  g_info("flow %s (%s): %u for a request: %s", c->token, c->peer, status, why);
   edge_flow_send_message(c, reply);
+}
+
+/* A framed message that does not parse: framing is intact, so the flow
+ * stays. */
+static void
+client_reject_unparsable(EdgeConn *c, GBytes *frame, const GError *err)
+{
+  gsize len = 0;
+  const guint8 *data = g_bytes_get_data(frame, &len);
+  client_reject_bytes(c, data, len, 400, err);
+}
+
+/* Framing is lost, but the message's headers are whole: tell the client why
+ * the flow closes (a 400, or 513 when it is too big), as far as the
+ * headers allow. */
+static void
+client_reject_unframed(EdgeConn *c, const GError *err)
+{
+  g_autoptr(GBytes) head = sipwire_framer_get_failed_head(c->framer);
+  if (head == NULL)
+    return;
+  gsize len = 0;
+  const guint8 *data = g_bytes_get_data(head, &len);
+  g_autoptr(GError) perr = NULL;
+  g_autoptr(SipwireMsg) msg = sipwire_msg_parse(data, len, &perr);
+  if (g_error_matches(perr, SIPWIRE_ERROR, SIPWIRE_ERROR_VERSION)) {
+    client_reject_bytes(c, data, len, 505, perr);
+    return;
+  }
+  if (g_error_matches(err, SIPWIRE_ERROR, SIPWIRE_ERROR_TOO_BIG)) {
+    g_autoptr(GError) big = g_error_new_literal(SIPWIRE_ERROR, SIPWIRE_ERROR_TOO_BIG,
+                                                "Message Too Large");
+    client_reject_bytes(c, data, len, 513, big);
+    return;
+  }
+  client_reject_bytes(c, data, len, 400, err);
 }
 
 /* A client's response to a request from nua: restore nua's Via and hand it
@@ -1353,6 +1384,7 @@ client_process_frames(EdgeConn *c)
       else
         g_info("closing flow %s (%s): SIP framing lost: %s", c->token, c->peer,
                err != NULL ? err->message : "?");
+      client_reject_unframed(c, err);
       client_start_draining(c);
       return;
     case SIPWIRE_FRAME_MESSAGE:
@@ -1531,6 +1563,16 @@ client_idle_cb(gpointer data)
             edge->idle_timeout_ms);
   edge_source_clear(&c->timer);
   edge_conn_ref(c);
+  /* A message that never ended (RFC 4475 baddn has no empty line, clerr a
+   * short body) still gets an answer, from what arrived. */
+  g_autoptr(GBytes) partial = sipwire_framer_peek_pending(c->framer);
+  if (partial != NULL) {
+    g_autoptr(GError) err = g_error_new_literal(
+        SIPWIRE_ERROR, SIPWIRE_ERROR_MALFORMED, "incomplete message when the flow went idle");
+    gsize len = 0;
+    const guint8 *bytes = g_bytes_get_data(partial, &len);
+    client_reject_bytes(c, bytes, len, 400, err);
+  }
   conn_shutdown(c);
   edge_conn_unref(c);
   return G_SOURCE_REMOVE;

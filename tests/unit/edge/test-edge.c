@@ -1986,6 +1986,64 @@ test_drain(void)
   fixture_clear(&f);
 }
 
+/* Framing lost with the headers whole (RFC 4475 ncl, mcl01, inv2543): the
+ * client learns why before the close. */
+static void
+script_unframed(Fixture *f)
+{
+  static const char to[] = "To: <sips:a.example>\r\n";
+  static const struct {
+    const char *request_line;
+    const char *length; /* Content-Length header line(s) */
+    const char *status_line;
+  } cases[] = {
+      {"OPTIONS sips:a.example SIP/2.0", "Content-Length: -999\r\n",
+       "SIP/2.0 400 Invalid Content-Length\r\n"},
+      {"OPTIONS sips:a.example SIP/2.0", "Content-Length: 1\r\nl: 2\r\n",
+       "SIP/2.0 400 Duplicate Content-Length\r\n"},
+      {"OPTIONS sips:a.example SIP/2.0", "", "SIP/2.0 400 No Content-Length on a stream transport\r\n"},
+      {"NEWMETHOD sips:a.example SIP/2.0", "", "SIP/2.0 501 Not Implemented\r\n"},
+      {"OPTIONS sips:a.example SIP/7.0", "", "SIP/2.0 505 Version Not Supported\r\n"},
+      {"ACK sips:a.example SIP/2.0", "", NULL},
+  };
+  for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
+    TestClient *c = client_connect(f->port, "a.example", "a.example");
+    g_autofree char *call_id = g_strdup_printf("unframed-%u", i);
+    g_autoptr(GString) req = make_client_request(cases[i].request_line, to, sizeof to - 1,
+                                                 call_id, i + 1);
+    /* Without its Content-Length line, then with the case's. */
+    g_assert_true(g_str_has_suffix(req->str, "Content-Length: 0\r\n\r\n"));
+    g_string_truncate(req, req->len - strlen("Content-Length: 0\r\n\r\n"));
+    g_string_append_printf(req, "%s\r\nsome body", cases[i].length);
+    client_send_len(c, req->str, req->len);
+    if (cases[i].status_line != NULL) {
+      g_autoptr(GBytes) resp = client_read_msg(c, IO_TIMEOUT_MS);
+      g_assert_nonnull(resp);
+      g_autofree char *text = msg_text(resp);
+      g_test_message("%s", text);
+      g_assert_true(g_str_has_prefix(text, cases[i].status_line));
+      g_autofree char *call_line = g_strdup_printf("\r\nCall-ID: %s\r\n", call_id);
+      g_assert_nonnull(strstr(text, call_line));
+    }
+    /* Closed at once: nothing of this flow is waiting at nua. */
+    gint64 start = g_get_monotonic_time();
+    g_assert_true(client_wait_closed(c, IO_TIMEOUT_MS));
+    g_assert_cmpint(g_get_monotonic_time() - start, <, G_USEC_PER_SEC);
+    client_free(c);
+  }
+  wait_n_flows(f, 0);
+}
+
+static void
+test_unframed(void)
+{
+  Fixture f;
+  fixture_init(&f);
+  fixture_start(&f);
+  fixture_run(&f, script_unframed);
+  fixture_clear(&f);
+}
+
 static void
 script_max_size(Fixture *f)
 {
@@ -2001,6 +2059,24 @@ script_max_size(Fixture *f)
   g_string_append(big, "\r\nContent-Length: 0\r\n\r\n");
   client_send(c, big->str);
   g_string_free(big, TRUE);
+  g_assert_true(client_wait_closed(c, IO_TIMEOUT_MS));
+  client_free(c);
+  wait_n_flows(f, 0);
+
+  /* A body announced over the limit: the headers are whole, so 513 first. */
+  c = client_connect(f->port, "a.example", "a.example");
+  client_send(c, "MESSAGE sips:a.example SIP/2.0\r\n"
+                 "Via: SIP/2.0/TLS client.invalid;branch=z9hG4bKbigbody\r\n"
+                 "From: <sips:alice@a.example>;tag=big\r\n"
+                 "To: <sips:a.example>\r\n"
+                 "Call-ID: big-body\r\n"
+                 "CSeq: 1 MESSAGE\r\n"
+                 "Content-Length: 100000\r\n\r\n");
+  g_autoptr(GBytes) resp = client_read_msg(c, IO_TIMEOUT_MS);
+  g_assert_nonnull(resp);
+  g_autofree char *text = msg_text(resp);
+  g_assert_true(g_str_has_prefix(text, "SIP/2.0 513 Message Too Large\r\n"));
+  g_assert_nonnull(strstr(text, "\r\nCall-ID: big-body\r\n"));
   g_assert_true(client_wait_closed(c, IO_TIMEOUT_MS));
   client_free(c);
   wait_n_flows(f, 0);
@@ -2052,6 +2128,16 @@ script_idle_timeout(Fixture *f)
 {
   TestClient *silent = client_connect(f->port, "a.example", "a.example");
   TestClient *chatty = client_connect(f->port, "a.example", "a.example");
+  /* A message that never ends (RFC 4475 baddn: no empty line) is answered
+   * from what arrived when the flow goes idle. */
+  TestClient *partial = client_connect(f->port, "a.example", "a.example");
+  client_send(partial, "OPTIONS sips:a.example SIP/2.0\r\n"
+                       "Via: SIP/2.0/TLS client.invalid;branch=z9hG4bKpartial\r\n"
+                       "From: Bell, Alexander <sips:alice@a.example>;tag=43\r\n"
+                       "To: <sips:a.example>\r\n"
+                       "Call-ID: partial-1\r\n"
+                       "CSeq: 3 OPTIONS\r\n"
+                       "l: 0\r\n");
   /* Keep-alives every 150 ms keep the flow for longer than the timeout. */
   for (guint i = 0; i < 8; i++) {
     g_usleep(150000);
@@ -2060,6 +2146,14 @@ script_idle_timeout(Fixture *f)
   g_assert_true(client_wait_closed(silent, 100));
   client_assert_alive(chatty);
   client_free(silent);
+  g_autoptr(GBytes) resp = client_read_msg(partial, 100);
+  g_assert_nonnull(resp);
+  g_autofree char *text = msg_text(resp);
+  g_assert_true(
+      g_str_has_prefix(text, "SIP/2.0 400 Incomplete message when the flow went idle\r\n"));
+  g_assert_nonnull(strstr(text, "\r\nCall-ID: partial-1\r\n"));
+  g_assert_true(client_wait_closed(partial, 100));
+  client_free(partial);
   g_assert_true(client_wait_closed(chatty, IO_TIMEOUT_MS));
   client_free(chatty);
   wait_n_flows(f, 0);
@@ -2343,6 +2437,7 @@ main(int argc, char **argv)
   g_test_add_func("/edge/framing/max-size", test_max_size);
   g_test_add_func("/edge/framing/unparsable", test_unparsable);
   g_test_add_func("/edge/framing/drain", test_drain);
+  g_test_add_func("/edge/framing/unframed", test_unframed);
   g_test_add_func("/edge/limits/handshake-timeout", test_handshake_timeout);
   g_test_add_func("/edge/limits/idle-timeout", test_idle_timeout);
   g_test_add_func("/edge/limits/per-ip", test_per_ip);

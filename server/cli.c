@@ -1,17 +1,20 @@
 /* sipcred: the administration CLI. It opens the same LMDB store as the
  * daemon (both may run at once) and never prints key material, passwords
- * or HA1 values. Exit status: 0 success, 1 failure, 2 usage error. */
+ * or HA1 values. One GOptionContext per command; exit status 0 success,
+ * 1 failure, 2 usage error (see cli_exit_text and sipcred(1)). */
 #define G_LOG_DOMAIN "sipcred-cli"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <locale.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <termios.h>
 #include <unistd.h>
 
-#include <glib.h>
 #include <gio/gio.h>
+#include <glib.h>
 #include <glib/gstdio.h>
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
@@ -29,37 +32,105 @@
 #define CLI_DEFAULT_CONFIG SIPCRED_SYSCONFDIR "/sipcred/sipcredd.conf"
 #define CLI_PASSWORD_MAX 4096
 #define CLI_CERT_FILE_MAX (1024 * 1024)
+#define CLI_KEY_FILE_MAX (64 * 1024)
+#define CLI_DEFAULT_DAYS 365
+#define CLI_DEFAULT_BITS 2048
+
+static const char cli_exit_text[] =
+    "Exit status:\n"
+    "  0  success\n"
+    "  1  failure: the configuration, store or master key is unusable, or an AOR,\n"
+    "     certificate, key or file was refused or not found; the message on\n"
+    "     standard error names it\n"
+    "  2  usage error: unknown command or option, wrong number of arguments,\n"
+    "     or an option value out of range";
+
+/* The options every command takes, before or after the command. */
+typedef struct {
+  char *config_file;
+  char *state_dir;
+  char *master_key;
+} CliCommon;
 
 typedef struct {
-  SrvConfig *cfg; /* NULL with --state-dir alone */
+  CliCommon common;  /* after the command overrides before it */
+  SrvConfig *cfg;    /* NULL until loaded, and with --state-dir alone */
+  gboolean cfg_done; /* the configuration question has been settled */
   char *state_dir;
   guint64 map_size;
-  StoreDb *db; /* opened on first use */
+  StoreDb *db;      /* opened on first use */
+  gboolean key_set; /* the master key was given to db */
 } Cli;
 
-typedef int (*CliCommandFunc)(Cli *cli, int argc, char **argv);
+/* The options of the commands; each command's GOptionEntry array points
+ * into this. */
+static struct {
+  char *password_file;
+  char *realm;
+  gboolean may_generate;
+  int days;
+  int bits;
+  char *cert;
+  char *key;
+  char *pkcs8;
+  gboolean pem;
+} opt = {.days = CLI_DEFAULT_DAYS, .bits = CLI_DEFAULT_BITS};
 
-static const char *cli_usage_text =
-    "Commands:\n"
-    "  cred import AOR FILE     check and store the certificate in FILE (PEM or DER)\n"
-    "  cred show AOR            version, ETag, validity and fingerprint\n"
-    "  cred list                AORs that have a certificate\n"
-    "  cred delete AOR          remove the certificate of AOR\n"
-    "  cred export AOR FILE     write the stored DER to FILE ('-' for stdout)\n"
-    "  user add AOR [--password-file FILE] [--realm REALM] [--may-generate]\n"
-    "                           create or replace a user; the password is the first\n"
-    "                           line of FILE, or of standard input\n"
-    "  user list                users, their realm and flags\n"
-    "  user delete AOR          remove a user\n"
-    "\n"
-    "Without --state-dir, the store and the served domains come from the\n"
-    "configuration file (default " CLI_DEFAULT_CONFIG ").";
+static void
+cli_opt_clear(void)
+{
+  g_clear_pointer(&opt.password_file, g_free);
+  g_clear_pointer(&opt.realm, g_free);
+  g_clear_pointer(&opt.cert, g_free);
+  g_clear_pointer(&opt.key, g_free);
+  g_clear_pointer(&opt.pkcs8, g_free);
+}
+
+static void
+cli_common_clear(CliCommon *c)
+{
+  g_clear_pointer(&c->config_file, g_free);
+  g_clear_pointer(&c->state_dir, g_free);
+  g_clear_pointer(&c->master_key, g_free);
+}
+
+static void
+cli_common_add_entries(GOptionContext *ctx, CliCommon *c, gboolean with_version, gboolean *version)
+{
+  GOptionEntry entries[] = {
+      {"config", 'c', 0, G_OPTION_ARG_FILENAME, &c->config_file,
+       "The daemon's configuration (default " CLI_DEFAULT_CONFIG ")", "FILE"},
+      {"state-dir", 's', 0, G_OPTION_ARG_FILENAME, &c->state_dir,
+       "Use the store in DIR (without --config: read no configuration)", "DIR"},
+      {"master-key", 'k', 0, G_OPTION_ARG_FILENAME, &c->master_key,
+       "The master key file (default: [store] master-key of the configuration)", "FILE"},
+      {"version", 'V', 0, G_OPTION_ARG_NONE, version, "Print the version and exit", NULL},
+      {NULL},
+  };
+
+  if (!with_version)
+    entries[3] = (GOptionEntry){NULL};
+  g_option_context_add_main_entries(ctx, entries, NULL);
+}
 
 static int
 cli_fail(const char *what, const char *why)
 {
   g_printerr("sipcred: %s: %s\n", what, why);
   return CLI_EXIT_FAIL;
+}
+
+G_GNUC_PRINTF(2, 3)
+static int
+cli_failf(const char *what, const char *fmt, ...)
+{
+  va_list ap;
+  g_autofree char *why = NULL;
+
+  va_start(ap, fmt);
+  why = g_strdup_vprintf(fmt, ap);
+  va_end(ap);
+  return cli_fail(what, why);
 }
 
 static int
@@ -75,6 +146,39 @@ cli_clear(Cli *cli)
   g_clear_pointer(&cli->db, store_db_free);
   g_clear_pointer(&cli->cfg, srv_config_free);
   g_clear_pointer(&cli->state_dir, g_free);
+  cli_common_clear(&cli->common);
+}
+
+/* ---- configuration, store and master key ---- */
+
+/* Loads the configuration unless --state-dir alone was given. Prints the
+ * failure. */
+static gboolean
+cli_config(Cli *cli)
+{
+  g_autoptr(GError) error = NULL;
+  const char *path;
+
+  if (cli->cfg_done)
+    return TRUE;
+  if (cli->common.config_file == NULL && cli->common.state_dir != NULL) {
+    cli->state_dir = g_strdup(cli->common.state_dir);
+    cli->cfg_done = TRUE;
+    return TRUE;
+  }
+  path = cli->common.config_file != NULL ? cli->common.config_file : CLI_DEFAULT_CONFIG;
+  cli->cfg = srv_config_load(path, &error);
+  if (cli->cfg == NULL) {
+    if (cli->common.config_file == NULL)
+      g_prefix_error(&error, "(give --config FILE or --state-dir DIR) ");
+    cli_fail("configuration", error->message);
+    return FALSE;
+  }
+  cli->map_size = cli->cfg->map_size;
+  cli->state_dir =
+      g_strdup(cli->common.state_dir != NULL ? cli->common.state_dir : cli->cfg->state_dir);
+  cli->cfg_done = TRUE;
+  return TRUE;
 }
 
 static StoreDb *
@@ -82,11 +186,77 @@ cli_store(Cli *cli)
 {
   g_autoptr(GError) error = NULL;
 
-  if (cli->db == NULL) {
-    cli->db = store_db_open(cli->state_dir, cli->map_size, &error);
-    if (cli->db == NULL)
-      cli_fail(cli->state_dir, error->message);
+  if (cli->db != NULL)
+    return cli->db;
+  if (!cli_config(cli))
+    return NULL;
+  cli->db = store_db_open(cli->state_dir, cli->map_size, &error);
+  if (cli->db == NULL)
+    cli_fail(cli->state_dir, error->message);
+  return cli->db;
+}
+
+/* The master key file: --master-key, else [store] master-key, else NULL.
+ * Call after cli_config(). */
+static const char *
+cli_master_key_path(Cli *cli)
+{
+  if (cli->common.master_key != NULL)
+    return cli->common.master_key;
+  return cli->cfg != NULL ? cli->cfg->master_key : NULL;
+}
+
+static int
+cli_fail_no_master_key(Cli *cli, const char *what)
+{
+  if (cli->cfg != NULL)
+    return cli_failf("master key",
+                     "%s needs the master key, and none is given: set [store] master-key in %s "
+                     "or give --master-key FILE (make one with 'sipcred keygen FILE')",
+                     what, cli->cfg->path);
+  return cli_failf("master key",
+                   "%s needs the master key, and none is given: give --master-key FILE, or "
+                   "--config FILE with [store] master-key (make one with 'sipcred keygen FILE')",
+                   what);
+}
+
+static StoreMasterKey *
+cli_load_key(const char *path)
+{
+  g_autoptr(GError) error = NULL;
+  StoreMasterKey *key = store_master_key_load(path, &error);
+
+  if (key == NULL)
+    cli_fail("master key", error->message);
+  return key;
+}
+
+/* The store, holding its master key; @what says what needs it. Prints the
+ * failure. */
+static StoreDb *
+cli_store_with_key(Cli *cli, const char *what)
+{
+  g_autoptr(StoreMasterKey) key = NULL;
+  g_autoptr(GError) error = NULL;
+  const char *path;
+
+  if (!cli_config(cli))
+    return NULL;
+  if (cli->key_set)
+    return cli->db;
+  path = cli_master_key_path(cli);
+  if (path == NULL) {
+    cli_fail_no_master_key(cli, what);
+    return NULL;
   }
+  key = cli_load_key(path);
+  if (key == NULL || cli_store(cli) == NULL)
+    return NULL;
+  if (!store_db_set_master_key(cli->db, key, &error)) {
+    cli_fail("master key", error->message);
+    return NULL;
+  }
+  cli->key_set = TRUE;
   return cli->db;
 }
 
@@ -98,6 +268,8 @@ cli_aor(Cli *cli, const char *arg)
   g_autoptr(GError) error = NULL;
   char *aor;
 
+  if (!cli_config(cli))
+    return NULL;
   if (cli->cfg != NULL)
     aor = core_aor_canonicalize_served((const char *const *)cli->cfg->domains, arg, &error);
   else
@@ -106,6 +278,106 @@ cli_aor(Cli *cli, const char *arg)
     cli_fail(arg, error->message);
   return aor;
 }
+
+/* ---- files ---- */
+
+/* Memory that held a key file is wiped before it is freed. */
+typedef struct {
+  gsize len;
+  guint8 data[];
+} CliSecretBuf;
+
+static void
+cli_secret_buf_free(gpointer p)
+{
+  CliSecretBuf *buf = p;
+
+  explicit_bzero(buf->data, buf->len);
+  g_free(buf);
+}
+
+/* The whole of @path, at most @max bytes, read in one buffer (so no copy
+ * of a key is left behind by reallocation). Prints the failure. */
+static GBytes *
+cli_read_file(const char *path, gsize max, const char *what)
+{
+  CliSecretBuf *buf;
+  struct stat st;
+  gsize got = 0;
+  int fd, saved;
+
+  fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    saved = errno;
+    cli_failf(path, "cannot read the %s: %s", what, g_strerror(saved));
+    return NULL;
+  }
+  if (fstat(fd, &st) != 0) {
+    saved = errno;
+    close(fd);
+    cli_failf(path, "cannot read the %s: %s", what, g_strerror(saved));
+    return NULL;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    close(fd);
+    cli_failf(path, "cannot read the %s: not a regular file", what);
+    return NULL;
+  }
+  if (st.st_size < 0 || (guint64)st.st_size > max) {
+    close(fd);
+    cli_failf(path, "the %s is larger than %" G_GSIZE_FORMAT " bytes", what, max);
+    return NULL;
+  }
+  /* One byte more than the size, to notice a file that grew. */
+  buf = g_malloc(sizeof *buf + (gsize)st.st_size + 1);
+  buf->len = (gsize)st.st_size + 1;
+  for (;;) {
+    ssize_t n = read(fd, buf->data + got, buf->len - got);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      saved = errno;
+      close(fd);
+      cli_secret_buf_free(buf);
+      cli_failf(path, "cannot read the %s: %s", what, g_strerror(saved));
+      return NULL;
+    }
+    if (n == 0)
+      break;
+    got += (gsize)n;
+    if (got == buf->len) {
+      close(fd);
+      cli_secret_buf_free(buf);
+      cli_failf(path, "the %s changed while it was read", what);
+      return NULL;
+    }
+  }
+  close(fd);
+  return g_bytes_new_with_free_func(buf->data, got, cli_secret_buf_free, buf);
+}
+
+/* Writes @data to @path (replacing it), or to standard output for NULL or
+ * "-". Prints the failure. */
+static gboolean
+cli_write_output(const char *path, const void *data, gsize len)
+{
+  g_autoptr(GError) error = NULL;
+
+  if (path == NULL || g_str_equal(path, "-")) {
+    if (fwrite(data, 1, len, stdout) != len || fflush(stdout) != 0) {
+      cli_fail("standard output", g_strerror(errno));
+      return FALSE;
+    }
+    return TRUE;
+  }
+  if (!g_file_set_contents(path, data, (gssize)len, &error)) {
+    cli_fail(path, error->message);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* ---- printing ---- */
 
 static char *
 cli_format_time(gint64 t)
@@ -118,94 +390,235 @@ cli_format_time(gint64 t)
 }
 
 static char *
-cli_hex(const guint8 *data, gsize len, gboolean colons)
+cli_hex(const guint8 *data, gsize len)
 {
-  GString *out = g_string_sized_new(len * 3);
+  GString *out = g_string_sized_new(len * 2);
 
-  for (gsize i = 0; i < len; i++) {
-    if (colons && i > 0)
-      g_string_append_c(out, ':');
-    g_string_append_printf(out, colons ? "%02X" : "%02x", data[i]);
-  }
+  for (gsize i = 0; i < len; i++)
+    g_string_append_printf(out, "%02x", data[i]);
   return g_string_free(out, FALSE);
 }
 
-static char *
-cli_fingerprint(GBytes *der)
+static const char *
+cli_key_kind_name(StoreKeyKind kind)
 {
-  guint8 digest[32];
-  gsize len = 0;
-  const void *data = g_bytes_get_data(der, &len);
-
-  if (gnutls_hash_fast(GNUTLS_DIG_SHA256, data, len, digest) < 0)
-    return g_strdup("(unavailable)");
-  return cli_hex(digest, sizeof digest, TRUE);
+  switch (kind) {
+  case STORE_KEY_NONE:
+    return "none";
+  case STORE_KEY_USER_ENCRYPTED:
+    return "user-encrypted";
+  case STORE_KEY_SERVER_HELD:
+    return "server-held";
+  }
+  return "unknown";
 }
 
+/* The record, one "field: value" line each. Never the key itself. */
 static void
 cli_print_cred(const StoreCred *cred)
 {
+  g_autoptr(GError) error = NULL;
+  g_autoptr(IdentCert) cert = NULL;
   g_autofree char *nb = cli_format_time(cred->not_before);
   g_autofree char *na = cli_format_time(cred->not_after);
   g_autofree char *updated = cli_format_time(cred->updated);
-  g_autofree char *fp = cli_fingerprint(cred->cert_der);
+  gint64 now = g_get_real_time() / G_USEC_PER_SEC;
+  gsize len = 0;
+  const guint8 *der = g_bytes_get_data(cred->cert_der, &len);
 
   g_print("aor: %s\n", cred->aor);
   g_print("version: %" G_GUINT64_FORMAT "\n", cred->version);
   g_print("etag: %s\n", cred->etag);
+  cert = ident_cert_new_from_data(der, len, &error);
+  if (cert != NULL) {
+    g_autofree char *subject = ident_cert_dup_subject(cert);
+    g_autofree char *issuer = ident_cert_dup_issuer(cert);
+    g_auto(GStrv) names = ident_cert_dup_alt_names(cert);
+
+    g_print("subject: %s\n", subject);
+    g_print("issuer: %s\n", issuer);
+    for (guint i = 0; names[i] != NULL; i++)
+      g_print("san: %s\n", names[i]);
+  } else {
+    g_print("subject: (the stored certificate does not parse: %s)\n", error->message);
+  }
   g_print("not-before: %s\n", nb);
   g_print("not-after: %s\n", na);
+  g_print("status: %s\n", now < cred->not_before  ? "not yet valid"
+                          : now > cred->not_after ? "expired"
+                                                  : "valid");
   g_print("updated: %s\n", updated);
-  g_print("size: %" G_GSIZE_FORMAT " bytes\n", g_bytes_get_size(cred->cert_der));
-  g_print("sha256-fingerprint: %s\n", fp);
+  g_print("size: %" G_GSIZE_FORMAT " bytes\n", len);
+  if (cert != NULL) {
+    g_autofree char *fp = ident_cert_dup_fingerprint(cert);
+    g_autofree char *pk = ident_cert_dup_key_description(cert);
+
+    g_print("sha256-fingerprint: %s\n", fp);
+    g_print("public-key: %s\n", pk);
+  }
+  g_print("key: %s\n", cli_key_kind_name(cred->key_kind));
+  /* The encryption scheme of a user-encrypted key is public information
+   * (it is in the clear part of the PKCS#8). */
+  if (cred->key_kind == STORE_KEY_USER_ENCRYPTED && cred->pkcs8 != NULL) {
+    g_autofree char *scheme = NULL;
+    g_autoptr(GBytes) checked = ident_pkcs8_check_encrypted(
+        g_bytes_get_data(cred->pkcs8, NULL), g_bytes_get_size(cred->pkcs8), &scheme, NULL);
+
+    if (checked != NULL)
+      g_print("key-encryption: %s\n", scheme);
+  }
+}
+
+/* Reads the record back and prints it after @headline. */
+static int
+cli_show_stored(StoreDb *db, const char *aor, const char *headline)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(StoreCred) stored = store_cred_get(db, aor, &error);
+
+  if (stored == NULL)
+    return cli_fail(aor, error->message);
+  g_print("%s\n", headline);
+  cli_print_cred(stored);
+  return CLI_EXIT_OK;
+}
+
+/* ---- keygen ---- */
+
+static int
+cli_keygen(Cli *cli, char **args, guint n_args)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(StoreMasterKey) key = NULL;
+  const char *path = n_args > 0 ? args[0] : cli->common.master_key;
+
+  if (path == NULL) {
+    if (!cli_config(cli))
+      return CLI_EXIT_FAIL;
+    path = cli_master_key_path(cli);
+    if (path == NULL)
+      return cli_usage("keygen needs a FILE (or --master-key FILE, or [store] master-key in the "
+                       "configuration)");
+  }
+  if (!store_master_key_generate(path, &error))
+    return cli_fail(path, error->message);
+  key = store_master_key_load(path, &error);
+  if (key == NULL)
+    return cli_fail(path, error->message);
+  g_print("wrote a new master key to %s (mode 0600, id %s)\n", path, store_master_key_get_id(key));
+  return CLI_EXIT_OK;
 }
 
 /* ---- cred ---- */
 
 static int
-cli_cred_import(Cli *cli, int argc, char **argv)
+cli_cred_import(Cli *cli, char **args, guint n_args)
 {
   g_autofree char *aor = NULL;
-  g_autofree char *contents = NULL;
+  g_autoptr(GBytes) cert_bytes = NULL;
+  g_autoptr(GBytes) key_bytes = NULL;
+  g_autoptr(GBytes) pkcs8 = NULL;
   g_autoptr(IdentCert) cert = NULL;
-  g_autoptr(StoreCred) stored = NULL;
   g_autoptr(GError) error = NULL;
-  const char *file = argv[1];
-  gsize len = 0;
+  g_autofree char *scheme = NULL;
+  g_autofree char *headline = NULL;
+  const char *cert_file = opt.cert;
+  StoreKeyKind kind = STORE_KEY_NONE;
   StoreDb *db;
 
-  aor = cli_aor(cli, argv[0]);
+  if (n_args == 2) {
+    if (cert_file != NULL)
+      return cli_usage("cred import: give the certificate once, as --cert FILE or as FILE");
+    cert_file = args[1];
+  }
+  if (cert_file == NULL)
+    return cli_usage("cred import needs the certificate: --cert FILE");
+  if (opt.key != NULL && opt.pkcs8 != NULL)
+    return cli_usage("cred import: --key and --pkcs8 exclude each other");
+
+  aor = cli_aor(cli, args[0]);
   if (aor == NULL)
     return CLI_EXIT_FAIL;
-  if (!g_file_get_contents(file, &contents, &len, &error))
-    return cli_fail("reading the certificate", error->message);
-  if (len > CLI_CERT_FILE_MAX)
-    return cli_fail(file, "too large for a certificate");
-  cert = ident_cert_new_from_data((const guint8 *)contents, len, &error);
+  cert_bytes = cli_read_file(cert_file, CLI_CERT_FILE_MAX, "certificate");
+  if (cert_bytes == NULL)
+    return CLI_EXIT_FAIL;
+  cert = ident_cert_new_from_data(g_bytes_get_data(cert_bytes, NULL), g_bytes_get_size(cert_bytes),
+                                  &error);
   if (cert == NULL)
-    return cli_fail(file, error->message);
-  if (!ident_cert_check_user_profile(cert, aor, g_get_real_time() / G_USEC_PER_SEC, &error)) {
-    g_prefix_error(&error, "certificate refused for %s: ", aor);
-    return cli_fail(file, error->message);
+    return cli_fail(cert_file, error->message);
+  /* RFC 6072 section 7.9: notBefore not in the future, notAfter in the
+   * future, not a CA; and (our policy) a SAN URI naming the AOR. */
+  if (!ident_cert_check_user_profile(cert, aor, g_get_real_time() / G_USEC_PER_SEC, &error))
+    return cli_failf(cert_file, "certificate refused for %s: %s", aor, error->message);
+
+  if (opt.key != NULL) {
+    key_bytes = cli_read_file(opt.key, CLI_KEY_FILE_MAX, "private key");
+    if (key_bytes == NULL)
+      return CLI_EXIT_FAIL;
+    pkcs8 = ident_cert_match_private_key(cert, g_bytes_get_data(key_bytes, NULL),
+                                         g_bytes_get_size(key_bytes), &error);
+    if (pkcs8 == NULL)
+      return cli_failf(opt.key, "private key refused for %s: %s", aor, error->message);
+    kind = STORE_KEY_SERVER_HELD;
+  } else if (opt.pkcs8 != NULL) {
+    key_bytes = cli_read_file(opt.pkcs8, CLI_KEY_FILE_MAX, "PKCS#8 key");
+    if (key_bytes == NULL)
+      return CLI_EXIT_FAIL;
+    pkcs8 = ident_pkcs8_check_encrypted(g_bytes_get_data(key_bytes, NULL),
+                                        g_bytes_get_size(key_bytes), &scheme, &error);
+    if (pkcs8 == NULL)
+      return cli_failf(opt.pkcs8, "PKCS#8 key refused for %s: %s", aor, error->message);
+    kind = STORE_KEY_USER_ENCRYPTED;
   }
-  db = cli_store(cli);
+
+  db = kind == STORE_KEY_SERVER_HELD ? cli_store_with_key(cli, "a server-held key (--key)")
+                                     : cli_store(cli);
   if (db == NULL)
     return CLI_EXIT_FAIL;
-  if (!store_cred_put_cert(db, aor, ident_cert_get_der(cert), ident_cert_get_not_before(cert),
-                           ident_cert_get_not_after(cert), &error))
+  if (!store_cred_put(db, aor, ident_cert_get_der(cert), ident_cert_get_not_before(cert),
+                      ident_cert_get_not_after(cert), kind, pkcs8, &error))
     return cli_fail(aor, error->message);
-  stored = store_cred_get(db, aor, &error);
-  if (stored == NULL)
-    return cli_fail(aor, error->message);
-  g_print("imported certificate of %s\n", aor);
-  cli_print_cred(stored);
-  return CLI_EXIT_OK;
+  headline = g_strdup_printf("imported %s of %s",
+                             kind == STORE_KEY_NONE ? "the certificate" : "the credential", aor);
+  return cli_show_stored(db, aor, headline);
 }
 
 static int
-cli_cred_show(Cli *cli, int argc, char **argv)
+cli_cred_generate(Cli *cli, char **args, guint n_args)
 {
-  g_autofree char *aor = cli_aor(cli, argv[0]);
+  g_autofree char *aor = NULL;
+  g_autoptr(GBytes) pkcs8 = NULL;
+  g_autoptr(IdentCert) cert = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autofree char *headline = NULL;
+  StoreDb *db;
+
+  if (opt.days < 1 || opt.days > IDENT_CRED_MAX_DAYS)
+    return cli_usage("cred generate: --days must be 1 to 365");
+  if (opt.bits != 2048 && opt.bits != 3072)
+    return cli_usage("cred generate: --bits must be 2048 or 3072");
+  aor = cli_aor(cli, args[0]);
+  if (aor == NULL)
+    return CLI_EXIT_FAIL;
+  /* The key first: no point generating what cannot be stored. */
+  db = cli_store_with_key(cli, "generating a credential (its key is server-held)");
+  if (db == NULL)
+    return CLI_EXIT_FAIL;
+  cert = ident_cert_generate(aor, (guint)opt.bits, (guint)opt.days,
+                             g_get_real_time() / G_USEC_PER_SEC, &pkcs8, &error);
+  if (cert == NULL)
+    return cli_fail(aor, error->message);
+  if (!store_cred_put(db, aor, ident_cert_get_der(cert), ident_cert_get_not_before(cert),
+                      ident_cert_get_not_after(cert), STORE_KEY_SERVER_HELD, pkcs8, &error))
+    return cli_fail(aor, error->message);
+  headline = g_strdup_printf("generated a credential for %s", aor);
+  return cli_show_stored(db, aor, headline);
+}
+
+static int
+cli_cred_show(Cli *cli, char **args, guint n_args)
+{
+  g_autofree char *aor = cli_aor(cli, args[0]);
   g_autoptr(StoreCred) cred = NULL;
   g_autoptr(GError) error = NULL;
 
@@ -219,7 +632,7 @@ cli_cred_show(Cli *cli, int argc, char **argv)
 }
 
 static int
-cli_cred_list(Cli *cli, int argc, char **argv)
+cli_cred_list(Cli *cli, char **args, guint n_args)
 {
   g_autoptr(GPtrArray) aors = NULL;
   g_autoptr(GError) error = NULL;
@@ -235,43 +648,58 @@ cli_cred_list(Cli *cli, int argc, char **argv)
 }
 
 static int
-cli_cred_delete(Cli *cli, int argc, char **argv)
+cli_cred_revoke(Cli *cli, char **args, guint n_args)
 {
-  g_autofree char *aor = cli_aor(cli, argv[0]);
+  g_autofree char *aor = cli_aor(cli, args[0]);
   g_autoptr(GError) error = NULL;
 
   if (aor == NULL || cli_store(cli) == NULL)
     return CLI_EXIT_FAIL;
   if (!store_cred_delete(cli->db, aor, &error))
     return cli_fail(aor, error->message);
-  g_print("deleted certificate of %s\n", aor);
+  g_print("revoked the credential of %s\n", aor);
   return CLI_EXIT_OK;
 }
 
 static int
-cli_cred_export(Cli *cli, int argc, char **argv)
+cli_cred_export(Cli *cli, char **args, guint n_args)
 {
-  g_autofree char *aor = cli_aor(cli, argv[0]);
+  g_autofree char *aor = cli_aor(cli, args[0]);
   g_autoptr(StoreCred) cred = NULL;
   g_autoptr(GError) error = NULL;
-  const char *file = argv[1];
+  const char *file = n_args > 1 ? args[1] : NULL;
+  gboolean to_stdout = file == NULL || g_str_equal(file, "-");
+  gnutls_datum_t in, pem = {NULL, 0};
   gsize len = 0;
-  const char *data;
+  const guint8 *der;
+  gboolean ok;
 
   if (aor == NULL || cli_store(cli) == NULL)
     return CLI_EXIT_FAIL;
   cred = store_cred_get(cli->db, aor, &error);
   if (cred == NULL)
     return cli_fail(aor, error->message);
-  data = g_bytes_get_data(cred->cert_der, &len);
-  if (g_str_equal(file, "-")) {
-    if (fwrite(data, 1, len, stdout) != len || fflush(stdout) != 0)
-      return cli_fail("standard output", g_strerror(errno));
-    return CLI_EXIT_OK;
+  /* Only the certificate: it is public. Keys never leave through the CLI. */
+  der = g_bytes_get_data(cred->cert_der, &len);
+  if (opt.pem) {
+    int rc;
+
+    in.data = (unsigned char *)der;
+    in.size = (unsigned int)len;
+    rc = gnutls_pem_base64_encode2("CERTIFICATE", &in, &pem);
+    if (rc < 0)
+      return cli_failf(aor, "cannot encode the certificate as PEM: %s", gnutls_strerror(rc));
+    ok = cli_write_output(file, pem.data, pem.size);
+    len = pem.size;
+    gnutls_free(pem.data);
+  } else {
+    ok = cli_write_output(file, der, len);
   }
-  if (!g_file_set_contents(file, data, (gssize)len, &error))
-    return cli_fail(file, error->message);
-  g_printerr("wrote %" G_GSIZE_FORMAT " bytes of DER to %s\n", len, file);
+  if (!ok)
+    return CLI_EXIT_FAIL;
+  if (!to_stdout)
+    g_printerr("wrote %" G_GSIZE_FORMAT " bytes of %s to %s\n", len, opt.pem ? "PEM" : "DER",
+               file);
   return CLI_EXIT_OK;
 }
 
@@ -356,6 +784,8 @@ cli_get_password(const char *file, const char *aor, GError **error)
                   g_strerror(saved));
       return NULL;
     }
+    /* stdio's buffer would keep a copy of the password. */
+    setvbuf(fp, NULL, _IONBF, 0);
     line = cli_read_line(fp, file, error);
     fclose(fp);
     return line;
@@ -391,88 +821,109 @@ cli_ha1(gnutls_digest_algorithm_t algo, const char *username, const char *realm,
 
   if (len == 0 || len > sizeof digest || gnutls_hash_fast(algo, input, strlen(input), digest) < 0)
     return NULL;
-  hex = cli_hex(digest, len, FALSE);
+  hex = cli_hex(digest, len);
   explicit_bzero(digest, sizeof digest);
   return hex;
 }
 
-static int
-cli_user_add(Cli *cli, int argc, char **argv)
+/* The digest username: the user part of canonical "sip:user@host". */
+static char *
+cli_aor_user(const char *aor)
 {
-  g_autofree char *password_file = NULL;
-  g_autofree char *realm = NULL;
-  gboolean may_generate = FALSE;
-  GOptionEntry entries[] = {
-      {"password-file", 0, 0, G_OPTION_ARG_FILENAME, &password_file,
-       "Read the password from the first line of FILE", "FILE"},
-      {"realm", 0, 0, G_OPTION_ARG_STRING, &realm, "Digest realm (default: the AOR's host)",
-       "REALM"},
-      {"may-generate", 0, 0, G_OPTION_ARG_NONE, &may_generate,
-       "Allow the user to have the server generate a credential", NULL},
-      {NULL},
-  };
-  g_autoptr(GOptionContext) ctx = g_option_context_new("AOR - add or replace a user");
+  const char *at = strrchr(aor, '@');
+
+  return g_strndup(aor + 4, at - (aor + 4));
+}
+
+/* Reads the password and stores @user with its HA1 values. Prints the
+ * failure. */
+static int
+cli_user_store(Cli *cli, StoreUser *user, const char *username)
+{
   g_autoptr(GError) error = NULL;
   g_autoptr(CliSecret) password = NULL;
   g_autoptr(CliSecret) ha1_sha256 = NULL;
   g_autoptr(CliSecret) ha1_md5 = NULL;
-  g_autoptr(StoreUser) old = NULL;
-  g_autofree char *aor = NULL;
-  g_autofree char *username = NULL;
-  const char *at;
-  StoreUser user;
-  /* GOptionContext wants a program name first. */
-  g_autofree char **args = g_new0(char *, argc + 2);
-  int nargs = argc + 1;
 
-  args[0] = (char *)"sipcred user add";
-  memcpy(args + 1, argv, sizeof(char *) * argc);
-  g_option_context_add_main_entries(ctx, entries, NULL);
-  g_option_context_set_help_enabled(ctx, TRUE);
-  if (!g_option_context_parse(ctx, &nargs, &args, &error))
-    return cli_usage(error->message);
-  if (nargs != 2)
-    return cli_usage("user add needs exactly one AOR");
-
-  aor = cli_aor(cli, args[1]);
-  if (aor == NULL)
-    return CLI_EXIT_FAIL;
-  /* Canonical "sip:user@host" with no raw '@' in the user part. */
-  at = strchr(aor, '@');
-  username = g_strndup(aor + 4, at - (aor + 4));
-  if (realm == NULL)
-    realm = g_strdup(at + 1);
-
-  password = cli_get_password(password_file, aor, &error);
+  password = cli_get_password(opt.password_file, user->aor, &error);
   if (password == NULL)
-    return cli_fail("reading the password", error->message);
+    return cli_fail(opt.password_file != NULL ? opt.password_file : "reading the password",
+                    error->message);
   if (*password == '\0')
-    return cli_fail("reading the password", "the password is empty");
-
-  ha1_sha256 = cli_ha1(GNUTLS_DIG_SHA256, username, realm, password);
-  ha1_md5 = cli_ha1(GNUTLS_DIG_MD5, username, realm, password);
+    return cli_fail(opt.password_file != NULL ? opt.password_file : "reading the password",
+                    "the password is empty");
+  ha1_sha256 = cli_ha1(GNUTLS_DIG_SHA256, username, user->realm, password);
+  ha1_md5 = cli_ha1(GNUTLS_DIG_MD5, username, user->realm, password);
   if (ha1_sha256 == NULL || ha1_md5 == NULL)
-    return cli_fail(aor, "cannot compute the digest secrets");
-
-  if (cli_store(cli) == NULL)
-    return CLI_EXIT_FAIL;
-  old = store_user_get(cli->db, aor, NULL);
-  user = (StoreUser){
-      .aor = aor,
-      .realm = realm,
-      .ha1_sha256 = ha1_sha256,
-      .ha1_md5 = ha1_md5,
-      .flags = STORE_USER_ENABLED | (may_generate ? STORE_USER_MAY_GENERATE : 0),
-  };
-  if (!store_user_put(cli->db, &user, &error))
-    return cli_fail(aor, error->message);
-  g_print("%s user %s (digest username %s, realm %s%s)\n", old != NULL ? "replaced" : "added", aor,
-          username, realm, may_generate ? ", may generate credentials" : "");
+    return cli_fail(user->aor, "cannot compute the digest secrets");
+  user->ha1_sha256 = ha1_sha256;
+  user->ha1_md5 = ha1_md5;
+  if (!store_user_put(cli->db, user, &error))
+    return cli_fail(user->aor, error->message);
   return CLI_EXIT_OK;
 }
 
 static int
-cli_user_list(Cli *cli, int argc, char **argv)
+cli_user_add(Cli *cli, char **args, guint n_args)
+{
+  g_autoptr(StoreUser) old = NULL;
+  g_autofree char *aor = NULL;
+  g_autofree char *username = NULL;
+  const char *realm;
+  StoreUser user;
+  int status;
+
+  aor = cli_aor(cli, args[0]);
+  if (aor == NULL || cli_store(cli) == NULL)
+    return CLI_EXIT_FAIL;
+  username = cli_aor_user(aor);
+  realm = opt.realm != NULL ? opt.realm : strrchr(aor, '@') + 1;
+  old = store_user_get(cli->db, aor, NULL);
+  user = (StoreUser){
+      .aor = aor,
+      .realm = (char *)realm,
+      .flags = STORE_USER_ENABLED | (opt.may_generate ? STORE_USER_MAY_GENERATE : 0),
+  };
+  status = cli_user_store(cli, &user, username);
+  if (status != CLI_EXIT_OK)
+    return status;
+  g_print("%s user %s (digest username %s, realm %s%s)\n", old != NULL ? "replaced" : "added", aor,
+          username, realm, opt.may_generate ? ", may generate credentials" : "");
+  return CLI_EXIT_OK;
+}
+
+static int
+cli_user_passwd(Cli *cli, char **args, guint n_args)
+{
+  g_autoptr(StoreUser) old = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autofree char *aor = NULL;
+  g_autofree char *username = NULL;
+  StoreUser user;
+  int status;
+
+  aor = cli_aor(cli, args[0]);
+  if (aor == NULL || cli_store(cli) == NULL)
+    return CLI_EXIT_FAIL;
+  /* Before asking for a password that could not be stored anyway. */
+  old = store_user_get(cli->db, aor, &error);
+  if (old == NULL)
+    return cli_fail(aor, error->message);
+  username = cli_aor_user(aor);
+  user = (StoreUser){
+      .aor = aor,
+      .realm = old->realm,
+      .flags = old->flags,
+  };
+  status = cli_user_store(cli, &user, username);
+  if (status != CLI_EXIT_OK)
+    return status;
+  g_print("changed the password of %s (realm %s)\n", aor, old->realm);
+  return CLI_EXIT_OK;
+}
+
+static int
+cli_user_list(Cli *cli, char **args, guint n_args)
 {
   g_autoptr(GPtrArray) aors = NULL;
   g_autoptr(GError) error = NULL;
@@ -500,9 +951,9 @@ cli_user_list(Cli *cli, int argc, char **argv)
 }
 
 static int
-cli_user_delete(Cli *cli, int argc, char **argv)
+cli_user_del(Cli *cli, char **args, guint n_args)
 {
-  g_autofree char *aor = cli_aor(cli, argv[0]);
+  g_autofree char *aor = cli_aor(cli, args[0]);
   g_autoptr(GError) error = NULL;
 
   if (aor == NULL || cli_store(cli) == NULL)
@@ -513,100 +964,411 @@ cli_user_delete(Cli *cli, int argc, char **argv)
   return CLI_EXIT_OK;
 }
 
-/* ---- main ---- */
-
-/* argc -1: the command parses its own options and arguments. */
-static const struct {
-  const char *group;
-  const char *name;
-  int argc;
-  const char *args;
-  CliCommandFunc func;
-} cli_commands[] = {
-    {"cred", "import", 2, "AOR FILE", cli_cred_import},
-    {"cred", "show", 1, "AOR", cli_cred_show},
-    {"cred", "list", 0, "", cli_cred_list},
-    {"cred", "delete", 1, "AOR", cli_cred_delete},
-    {"cred", "export", 2, "AOR FILE", cli_cred_export},
-    {"user", "add", -1, "AOR [OPTIONS]", cli_user_add},
-    {"user", "list", 0, "", cli_user_list},
-    {"user", "delete", 1, "AOR", cli_user_delete},
-};
+/* ---- db ---- */
 
 static int
-cli_run(Cli *cli, int argc, char **argv)
+cli_db_backup(Cli *cli, char **args, guint n_args)
 {
-  if (argc < 2)
-    return cli_usage(argc == 0 ? "no command given" : "missing subcommand");
-  for (guint i = 0; i < G_N_ELEMENTS(cli_commands); i++) {
-    if (!g_str_equal(argv[0], cli_commands[i].group) ||
-        !g_str_equal(argv[1], cli_commands[i].name))
-      continue;
-    if (cli_commands[i].argc >= 0 && argc - 2 != cli_commands[i].argc) {
-      g_autofree char *why = g_strdup_printf("usage: sipcred %s %s %s", cli_commands[i].group,
-                                             cli_commands[i].name, cli_commands[i].args);
-      return cli_usage(why);
+  g_autoptr(GError) error = NULL;
+  GStatBuf st;
+
+  if (cli_store(cli) == NULL)
+    return CLI_EXIT_FAIL;
+  if (!store_db_backup(cli->db, args[0], &error))
+    return cli_fail(args[0], error->message);
+  if (g_stat(args[0], &st) != 0)
+    return cli_failf(args[0], "the backup is gone: %s", g_strerror(errno));
+  g_print("backed up the store in %s to %s (%" G_GINT64_FORMAT " bytes, mode 0600)\n",
+          cli->state_dir, args[0], (gint64)st.st_size);
+  return CLI_EXIT_OK;
+}
+
+static int
+cli_db_check(Cli *cli, char **args, guint n_args)
+{
+  g_autoptr(GError) error = NULL;
+  StoreStats stats;
+  const char *keys_note = "";
+
+  if (cli_store(cli) == NULL)
+    return CLI_EXIT_FAIL;
+  if (!store_db_get_stats(cli->db, &stats, &error))
+    return cli_fail(cli->state_dir, error->message);
+  /* Unwrap the server-held keys when a master key is at hand. Only then:
+   * giving a key to a store without one would record it. */
+  if (stats.n_server_held > 0) {
+    if (cli_master_key_path(cli) != NULL) {
+      if (cli_store_with_key(cli, "checking the server-held keys") == NULL)
+        return CLI_EXIT_FAIL;
+      keys_note = ", all unwrapped";
+    } else {
+      keys_note = ", not unwrapped (no master key given)";
     }
-    return cli_commands[i].func(cli, argc - 2, argv + 2);
   }
-  g_autofree char *why = g_strdup_printf("unknown command '%s %s'", argv[0], argv[1]);
-  return cli_usage(why);
+  if (!store_db_check(cli->db, &error))
+    return cli_fail(cli->state_dir, error->message);
+  g_print("store in %s is consistent: schema %u, %" G_GUINT64_FORMAT " users, %" G_GUINT64_FORMAT
+          " credentials, %" G_GUINT64_FORMAT " server-held keys%s, %" G_GUINT64_FORMAT
+          " registrations, %" G_GUINT64_FORMAT " changes\n",
+          cli->state_dir, stats.schema_version, stats.n_users, stats.n_credentials,
+          stats.n_server_held, keys_note, stats.n_registrations, stats.n_changes);
+  return CLI_EXIT_OK;
+}
+
+static int
+cli_db_stats(Cli *cli, char **args, guint n_args)
+{
+  g_autoptr(GError) error = NULL;
+  StoreStats stats;
+
+  if (cli_store(cli) == NULL)
+    return CLI_EXIT_FAIL;
+  if (!store_db_get_stats(cli->db, &stats, &error))
+    return cli_fail(cli->state_dir, error->message);
+  g_print("state-dir: %s\n", cli->state_dir);
+  g_print("schema-version: %u\n", stats.schema_version);
+  g_print("map-size: %" G_GUINT64_FORMAT "\n", stats.map_size);
+  g_print("map-used: %" G_GUINT64_FORMAT "\n", stats.map_used);
+  g_print("users: %" G_GUINT64_FORMAT "\n", stats.n_users);
+  g_print("credentials: %" G_GUINT64_FORMAT "\n", stats.n_credentials);
+  g_print("server-held-keys: %" G_GUINT64_FORMAT "\n", stats.n_server_held);
+  g_print("registrations: %" G_GUINT64_FORMAT "\n", stats.n_registrations);
+  g_print("changes: %" G_GUINT64_FORMAT "\n", stats.n_changes);
+  g_print("last-change: %" G_GUINT64_FORMAT "\n", stats.last_change);
+  return CLI_EXIT_OK;
+}
+
+static int
+cli_db_rekey(Cli *cli, char **args, guint n_args)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(StoreMasterKey) new_key = NULL;
+  g_autoptr(StoreMasterKey) old_key = NULL;
+  const char *new_path = args[0];
+  const char *old_path;
+  StoreStats stats;
+
+  if (!cli_config(cli))
+    return CLI_EXIT_FAIL;
+  new_key = cli_load_key(new_path);
+  if (new_key == NULL)
+    return CLI_EXIT_FAIL;
+  old_path = cli_master_key_path(cli);
+  if (old_path != NULL) {
+    old_key = cli_load_key(old_path);
+    if (old_key == NULL)
+      return CLI_EXIT_FAIL;
+    if (g_str_equal(store_master_key_get_id(old_key), store_master_key_get_id(new_key)))
+      return cli_failf(new_path,
+                       "this is the current master key (id %s); make a new one with "
+                       "'sipcred keygen FILE'",
+                       store_master_key_get_id(new_key));
+    if (cli_store_with_key(cli, "re-keying") == NULL)
+      return CLI_EXIT_FAIL;
+  } else if (cli_store(cli) == NULL) {
+    return CLI_EXIT_FAIL;
+  }
+  if (!store_db_rekey(cli->db, new_key, &error)) {
+    if (old_path == NULL && g_error_matches(error, STORE_ERROR, STORE_ERROR_KEY))
+      g_prefix_error(&error, "give the current key with --master-key FILE: ");
+    return cli_fail("master key", error->message);
+  }
+  if (!store_db_get_stats(cli->db, &stats, &error))
+    return cli_fail(cli->state_dir, error->message);
+  g_print("the store in %s now uses master key %s (id %s); %" G_GUINT64_FORMAT
+          " server-held keys were re-wrapped\n",
+          cli->state_dir, new_path, store_master_key_get_id(new_key), stats.n_server_held);
+  g_print("next: point [store] master-key at %s and restart sipcredd", new_path);
+  if (old_path != NULL)
+    g_print("; then %s may be destroyed", old_path);
+  g_print("\n");
+  return CLI_EXIT_OK;
+}
+
+/* ---- commands ---- */
+
+static const GOptionEntry cli_user_add_entries[] = {
+    {"password-file", 0, 0, G_OPTION_ARG_FILENAME, &opt.password_file,
+     "Read the password from the first line of FILE (default: prompt, or standard input)", "FILE"},
+    {"realm", 0, 0, G_OPTION_ARG_STRING, &opt.realm, "Digest realm (default: the AOR's host)",
+     "REALM"},
+    {"may-generate", 0, 0, G_OPTION_ARG_NONE, &opt.may_generate,
+     "Allow the user to have the server generate a credential", NULL},
+    {NULL},
+};
+
+static const GOptionEntry cli_user_passwd_entries[] = {
+    {"password-file", 0, 0, G_OPTION_ARG_FILENAME, &opt.password_file,
+     "Read the password from the first line of FILE (default: prompt, or standard input)", "FILE"},
+    {NULL},
+};
+
+static const GOptionEntry cli_cred_generate_entries[] = {
+    {"days", 0, 0, G_OPTION_ARG_INT, &opt.days,
+     "Validity in days, 1 to 365, less a random 0-10 % (default 365)", "N"},
+    {"bits", 0, 0, G_OPTION_ARG_INT, &opt.bits, "RSA key size: 2048 (default) or 3072", "BITS"},
+    {NULL},
+};
+
+static const GOptionEntry cli_cred_import_entries[] = {
+    {"cert", 0, 0, G_OPTION_ARG_FILENAME, &opt.cert, "The certificate (PEM or DER)", "FILE"},
+    {"key", 0, 0, G_OPTION_ARG_FILENAME, &opt.key,
+     "Its unencrypted private key (PEM or DER), stored server-held under the master key", "FILE"},
+    {"pkcs8", 0, 0, G_OPTION_ARG_FILENAME, &opt.pkcs8,
+     "Its private key as encrypted PKCS#8 (PBES2; PEM or DER), stored as given", "FILE"},
+    {NULL},
+};
+
+static const GOptionEntry cli_cred_export_entries[] = {
+    {"pem", 0, 0, G_OPTION_ARG_NONE, &opt.pem, "Write PEM instead of DER", NULL},
+    {NULL},
+};
+
+typedef int (*CliCommandFunc)(Cli *cli, char **args, guint n_args);
+
+typedef struct {
+  const char *group; /* NULL for a verb of its own */
+  const char *name;
+  const char *args; /* for the command's own --help */
+  guint min_args, max_args;
+  const char *synopsis; /* with its options, for 'sipcred --help' */
+  const char *summary;
+  const GOptionEntry *entries;
+  CliCommandFunc func;
+  gboolean hidden; /* an old name, kept working */
+} CliCommand;
+
+static const CliCommand cli_commands[] = {
+    {NULL, "keygen", "[FILE]", 0, 1, "[FILE]",
+     "Create a master key file: 32 random bytes, mode 0600, never overwritten", NULL, cli_keygen},
+    {"user", "add", "AOR", 1, 1, "AOR [--password-file FILE] [--realm REALM] [--may-generate]",
+     "Create or replace a user", cli_user_add_entries, cli_user_add},
+    {"user", "passwd", "AOR", 1, 1, "AOR [--password-file FILE]", "Change the password of a user",
+     cli_user_passwd_entries, cli_user_passwd},
+    {"user", "del", "AOR", 1, 1, "AOR", "Remove a user", NULL, cli_user_del},
+    {"user", "delete", "AOR", 1, 1, "AOR", "Remove a user", NULL, cli_user_del, TRUE},
+    {"user", "list", "", 0, 0, "", "List the users, their realm and flags", NULL, cli_user_list},
+    {"cred", "generate", "AOR", 1, 1, "AOR [--days N] [--bits 2048|3072]",
+     "Make an RSA key (server-held) and a self-signed certificate", cli_cred_generate_entries,
+     cli_cred_generate},
+    {"cred", "import", "AOR [FILE]", 1, 2, "AOR --cert FILE [--key FILE | --pkcs8 FILE]",
+     "Check and store a certificate, with its private key if given", cli_cred_import_entries,
+     cli_cred_import},
+    {"cred", "show", "AOR", 1, 1, "AOR", "Print subject, SANs, validity, fingerprint and key kind",
+     NULL, cli_cred_show},
+    {"cred", "list", "", 0, 0, "", "List the AORs that have a credential", NULL, cli_cred_list},
+    {"cred", "export", "AOR [FILE]", 1, 2, "AOR [FILE] [--pem]",
+     "Write the certificate to FILE or standard output", cli_cred_export_entries, cli_cred_export},
+    {"cred", "revoke", "AOR", 1, 1, "AOR",
+     "Remove the credential; subscribers get an empty NOTIFY", NULL, cli_cred_revoke},
+    {"cred", "delete", "AOR", 1, 1, "AOR", "Remove the credential", NULL, cli_cred_revoke, TRUE},
+    {"db", "backup", "FILE", 1, 1, "FILE", "Write a consistent, compacted copy of the store", NULL,
+     cli_db_backup},
+    {"db", "check", "", 0, 0, "", "Read and decode every record", NULL, cli_db_check},
+    {"db", "stats", "", 0, 0, "", "Print sizes and record counts", NULL, cli_db_stats},
+    {"db", "rekey", "NEW_KEY_FILE", 1, 1, "NEW_KEY_FILE",
+     "Re-wrap every server-held key under a new master key", NULL, cli_db_rekey},
+};
+
+static char *
+cli_command_title(const CliCommand *cmd)
+{
+  if (cmd->group == NULL)
+    return g_strdup(cmd->name);
+  return g_strdup_printf("%s %s", cmd->group, cmd->name);
+}
+
+/* The command list for 'sipcred --help'. */
+static char *
+cli_commands_text(void)
+{
+  GString *out = g_string_new("Commands:\n");
+
+  for (guint i = 0; i < G_N_ELEMENTS(cli_commands); i++) {
+    const CliCommand *cmd = &cli_commands[i];
+    g_autofree char *title = NULL;
+    g_autofree char *usage = NULL;
+
+    if (cmd->hidden)
+      continue;
+    title = cli_command_title(cmd);
+    usage = g_strdup_printf("%s %s", title, cmd->synopsis);
+    g_string_append_printf(out, "  %s\n      %s\n", g_strstrip(usage), cmd->summary);
+  }
+  g_string_append(
+      out, "\nEvery command takes -c/--config FILE, -s/--state-dir DIR and\n"
+           "-k/--master-key FILE, before or after it; 'sipcred COMMAND --help'\n"
+           "shows its own options. Without --state-dir, the store, the served\n"
+           "domains and the master key come from the configuration (default\n" CLI_DEFAULT_CONFIG
+           ").\n\n");
+  g_string_append(out, cli_exit_text);
+  return g_string_free(out, FALSE);
+}
+
+static const CliCommand *
+cli_command_find(int argc, char **argv, int *consumed)
+{
+  for (guint i = 0; i < G_N_ELEMENTS(cli_commands); i++) {
+    const CliCommand *cmd = &cli_commands[i];
+
+    if (cmd->group == NULL && g_str_equal(argv[0], cmd->name)) {
+      *consumed = 1;
+      return cmd;
+    }
+    if (cmd->group != NULL && argc >= 2 && g_str_equal(argv[0], cmd->group) &&
+        g_str_equal(argv[1], cmd->name)) {
+      *consumed = 2;
+      return cmd;
+    }
+  }
+  return NULL;
+}
+
+static gboolean
+cli_is_group(const char *word)
+{
+  for (guint i = 0; i < G_N_ELEMENTS(cli_commands); i++)
+    if (cli_commands[i].group != NULL && g_str_equal(word, cli_commands[i].group))
+      return TRUE;
+  return FALSE;
+}
+
+static char *
+cli_group_names(const char *group)
+{
+  GString *out = g_string_new(NULL);
+
+  for (guint i = 0; i < G_N_ELEMENTS(cli_commands); i++)
+    if (!cli_commands[i].hidden && g_strcmp0(cli_commands[i].group, group) == 0)
+      g_string_append_printf(out, "%s%s", out->len > 0 ? ", " : "", cli_commands[i].name);
+  return g_string_free(out, FALSE);
+}
+
+static void
+cli_common_take(char **dest, char **src)
+{
+  if (*src != NULL) {
+    g_free(*dest);
+    *dest = g_steal_pointer(src);
+  }
+}
+
+/* Parses the command's own options and arguments (@argv[0] is the command
+ * name) and runs it. */
+static int
+cli_run(Cli *cli, const CliCommand *cmd, int argc, char **argv)
+{
+  g_autofree char *title = cli_command_title(cmd);
+  g_autofree char *param = g_strdup_printf("%s %s", title, cmd->args);
+  g_autoptr(GOptionContext) ctx = g_option_context_new(param);
+  g_autoptr(GError) error = NULL;
+  g_autofree char **args = g_new0(char *, argc + 1);
+  CliCommon local = {0};
+  int nargs = argc;
+  guint n_pos;
+  char **pos;
+
+  memcpy(args, argv, sizeof(char *) * argc);
+  g_option_context_set_summary(ctx, cmd->summary);
+  g_option_context_set_description(ctx, cli_exit_text);
+  cli_common_add_entries(ctx, &local, FALSE, NULL);
+  if (cmd->entries != NULL)
+    g_option_context_add_main_entries(ctx, cmd->entries, NULL);
+  if (!g_option_context_parse(ctx, &nargs, &args, &error)) {
+    cli_common_clear(&local);
+    return cli_usage(error->message);
+  }
+  /* After the command wins over before it. */
+  cli_common_take(&cli->common.config_file, &local.config_file);
+  cli_common_take(&cli->common.state_dir, &local.state_dir);
+  cli_common_take(&cli->common.master_key, &local.master_key);
+
+  pos = args + 1;
+  n_pos = (guint)(nargs - 1);
+  if (n_pos > 0 && g_str_equal(pos[0], "--")) {
+    pos++;
+    n_pos--;
+  }
+  if (n_pos < cmd->min_args || n_pos > cmd->max_args) {
+    g_autofree char *why = g_strdup_printf("usage: sipcred %s %s", title, cmd->args);
+    return cli_usage(why);
+  }
+  return cmd->func(cli, pos, n_pos);
+}
+
+/* The store's own messages (a first master key recorded, a re-key) read
+ * like the CLI's; criticals and debug output keep GLib's handling. */
+static GLogWriterOutput
+cli_log_writer(GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpointer user_data)
+{
+  const char *message = NULL;
+
+  if ((level & (G_LOG_LEVEL_MESSAGE | G_LOG_LEVEL_WARNING)) == 0)
+    return g_log_writer_default(level, fields, n_fields, user_data);
+  for (gsize i = 0; i < n_fields; i++)
+    if (g_str_equal(fields[i].key, "MESSAGE") && fields[i].length < 0)
+      message = fields[i].value;
+  if (message == NULL)
+    return g_log_writer_default(level, fields, n_fields, user_data);
+  g_printerr("sipcred: %s%s\n", (level & G_LOG_LEVEL_WARNING) ? "warning: " : "", message);
+  return G_LOG_WRITER_HANDLED;
 }
 
 int
 main(int argc, char **argv)
 {
-  g_autofree char *config_file = NULL;
-  g_autofree char *state_dir = NULL;
-  gboolean version = FALSE;
-  GOptionEntry entries[] = {
-      {"config", 'c', 0, G_OPTION_ARG_FILENAME, &config_file,
-       "Configuration file (default " CLI_DEFAULT_CONFIG ")", "FILE"},
-      {"state-dir", 's', 0, G_OPTION_ARG_FILENAME, &state_dir,
-       "Use the store in DIR (without --config: no configuration file)", "DIR"},
-      {"version", 'V', 0, G_OPTION_ARG_NONE, &version, "Print the version and exit", NULL},
-      {NULL},
-  };
   g_autoptr(GOptionContext) ctx = NULL;
   g_autoptr(GError) error = NULL;
+  g_autofree char *commands = cli_commands_text();
+  const CliCommand *cmd;
+  gboolean version = FALSE;
   Cli cli = {0};
+  int consumed = 0;
   int status;
 
   setlocale(LC_ALL, "");
+  g_log_set_writer_func(cli_log_writer, NULL, NULL);
   ctx = g_option_context_new("COMMAND [ARGUMENTS] - manage the sipcred store");
-  g_option_context_add_main_entries(ctx, entries, NULL);
-  g_option_context_set_description(ctx, cli_usage_text);
+  cli_common_add_entries(ctx, &cli.common, TRUE, &version);
+  g_option_context_set_description(ctx, commands);
   /* Options after the command belong to the command. */
   g_option_context_set_strict_posix(ctx, TRUE);
-  if (!g_option_context_parse(ctx, &argc, &argv, &error))
+  if (!g_option_context_parse(ctx, &argc, &argv, &error)) {
+    cli_common_clear(&cli.common);
     return cli_usage(error->message);
+  }
   if (version) {
     g_print("sipcred %s\n", SIPCRED_VERSION);
+    cli_common_clear(&cli.common);
     return CLI_EXIT_OK;
   }
   if (argc >= 2 && g_str_equal(argv[1], "--")) {
     argc--;
     argv++;
   }
-  if (argc < 2)
+  if (argc < 2) {
+    cli_common_clear(&cli.common);
     return cli_usage("no command given");
-
-  if (state_dir == NULL || config_file != NULL) {
-    const char *path = config_file != NULL ? config_file : CLI_DEFAULT_CONFIG;
-
-    cli.cfg = srv_config_load(path, &error);
-    if (cli.cfg == NULL) {
-      if (config_file == NULL)
-        g_prefix_error(&error, "(give --config FILE or --state-dir DIR) ");
-      status = cli_fail("configuration", error->message);
-      cli_clear(&cli);
-      return status;
-    }
-    cli.map_size = cli.cfg->map_size;
   }
-  cli.state_dir = g_strdup(state_dir != NULL ? state_dir : cli.cfg->state_dir);
+  cmd = cli_command_find(argc - 1, argv + 1, &consumed);
+  if (cmd == NULL) {
+    g_autofree char *why = NULL;
 
-  status = cli_run(&cli, argc - 1, argv + 1);
+    cli_common_clear(&cli.common);
+    if (cli_is_group(argv[1])) {
+      g_autofree char *names = cli_group_names(argv[1]);
+      why = argc < 3 ? g_strdup_printf("'%s' needs a subcommand: %s", argv[1], names)
+                     : g_strdup_printf("unknown command '%s %s' (%s has: %s)", argv[1], argv[2],
+                                       argv[1], names);
+    } else {
+      why = g_strdup_printf("unknown command '%s'", argv[1]);
+    }
+    return cli_usage(why);
+  }
+  /* The command's own parser sees "sipcred" and what follows the command. */
+  argv[consumed] = argv[0];
+  status = cli_run(&cli, cmd, argc - consumed, argv + consumed);
   cli_clear(&cli);
+  cli_opt_clear();
   return status;
 }

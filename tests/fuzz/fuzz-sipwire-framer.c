@@ -126,6 +126,28 @@ check_message(GBytes *bytes)
   if (msg == NULL) {
     FUZZ_CHECK(error != NULL && error->domain == SIPWIRE_ERROR);
     FUZZ_CHECK(error->code == SIPWIRE_ERROR_MALFORMED || error->code == SIPWIRE_ERROR_VERSION);
+    /* The edge answers such a request from its bytes: the answer must be
+     * one well-formed response. */
+    g_autofree char *method = sipwire_raw_get_method(g_bytes_get_data(bytes, NULL),
+                                                     g_bytes_get_size(bytes));
+    if (method)
+      (void)sipwire_method_is_known(method);
+    g_autoptr(GBytes) raw = sipwire_build_response_raw(g_bytes_get_data(bytes, NULL),
+                                                       g_bytes_get_size(bytes), 400, "Bad");
+    if (raw != NULL) {
+      g_autoptr(GError) rerr = NULL;
+      g_autoptr(SipwireMsg) r =
+          sipwire_msg_parse(g_bytes_get_data(raw, NULL), g_bytes_get_size(raw), &rerr);
+      /* NUL bytes copied from the request may make it unparsable for us, never
+       * unframable: it must stay exactly one framed message. */
+      g_autoptr(SipwireFramer) rf = sipwire_framer_new(g_bytes_get_size(raw));
+      sipwire_framer_push(rf, g_bytes_get_data(raw, NULL), g_bytes_get_size(raw));
+      g_autoptr(GBytes) rframed = NULL;
+      g_autoptr(GError) ferr = NULL;
+      FUZZ_CHECK(sipwire_framer_next(rf, &rframed, &ferr) == SIPWIRE_FRAME_MESSAGE);
+      FUZZ_CHECK(g_bytes_equal(rframed, raw));
+      FUZZ_CHECK(r == NULL || sipwire_msg_get_status(r) == 400);
+    }
     return;
   }
   exercise_accessors(msg);

@@ -1291,7 +1291,7 @@ cli_run(Cli *cli, const CliCommand *cmd, int argc, char **argv)
   }
   if (n_pos < cmd->min_args || n_pos > cmd->max_args) {
     g_autofree char *why = g_strdup_printf("usage: sipcred %s %s", title, cmd->args);
-    return cli_usage(why);
+    return cli_usage(g_strchomp(why));
   }
   return cmd->func(cli, pos, n_pos);
 }

@@ -2098,6 +2098,196 @@ test_db_migrate_interrupted(Fixture *fx, gconstpointer data)
   g_assert_cmpuint(record_format(raw), ==, 1);
 }
 
+/* ---- the hand-written decoder against GVariant's ---- */
+
+static GVariant *
+cred_record_v2(GBytes *der, gint64 nb, gint64 na, gint64 updated, guint64 version,
+               const char *etag, guint8 kind, GBytes *blob, const char *key_id)
+{
+  return g_variant_ref_sink(g_variant_new(
+      "(qv)", (guint16)STORE_CRED_RECORD_VERSION,
+      g_variant_new("(@ayxxxtsy@ays)",
+                    g_variant_new_from_bytes(G_VARIANT_TYPE_BYTESTRING, der, TRUE), nb, na,
+                    updated, version, etag, kind,
+                    g_variant_new_from_bytes(G_VARIANT_TYPE_BYTESTRING, blob, TRUE), key_id)));
+}
+
+/* What GVariant makes of @value, or FALSE when it is not a format 2 record
+ * of the right type in normal form. */
+static gboolean
+gvariant_decode(GBytes *value, gboolean normal, StoreCred *out, GBytes **blob, char **key_id)
+{
+  g_autoptr(GVariant) rec =
+      g_variant_ref_sink(g_variant_new_from_bytes(G_VARIANT_TYPE("(qv)"), value, FALSE));
+  g_autoptr(GVariant) body = NULL;
+  g_autoptr(GVariant) der = NULL;
+  g_autoptr(GVariant) b = NULL;
+  guint16 format;
+  guint8 kind;
+
+  if (normal && !g_variant_is_normal_form(rec))
+    return FALSE;
+  g_variant_get(rec, "(qv)", &format, &body);
+  if (format != STORE_CRED_RECORD_VERSION ||
+      !g_variant_is_of_type(body, G_VARIANT_TYPE(STORE_CRED_BODY_TYPE_V2)))
+    return FALSE;
+  g_variant_get(body, "(@ayxxxtsy@ays)", &der, &out->not_before, &out->not_after, &out->updated,
+                &out->version, &out->etag, &kind, &b, key_id);
+  out->key_kind = kind;
+  out->cert_der = g_variant_get_data_as_bytes(der);
+  *blob = g_variant_get_data_as_bytes(b);
+  return TRUE;
+}
+
+static void
+raw_put_many(const char *dir, GPtrArray *aors, GPtrArray *values)
+{
+  MDB_env *env = raw_env_open(dir);
+  MDB_txn *txn;
+  MDB_dbi dbi;
+
+  g_assert_cmpint(mdb_txn_begin(env, NULL, 0, &txn), ==, 0);
+  g_assert_cmpint(mdb_dbi_open(txn, STORE_DBI_CREDENTIALS, 0, &dbi), ==, 0);
+  for (guint i = 0; i < aors->len; i++) {
+    const char *aor = g_ptr_array_index(aors, i);
+    GBytes *value = g_ptr_array_index(values, i);
+    MDB_val k = {strlen(aor), (void *)aor};
+    MDB_val v = {g_bytes_get_size(value), (void *)g_bytes_get_data(value, NULL)};
+    g_assert_cmpint(mdb_put(txn, dbi, &k, &v, 0), ==, 0);
+  }
+  g_assert_cmpint(mdb_txn_commit(txn), ==, 0);
+  mdb_env_close(env);
+}
+
+static void
+test_cred_decode_matches(Fixture *fx, gconstpointer data)
+{
+  /* Body sizes around every framing-offset width: 1, 2 and 4 bytes. */
+  static const gsize cert_sizes[] = {
+      1, 7, 8, 9, 150, 200, 250, 255, 256, 300, 4000, 65400, 65600, 70000, STORE_CERT_MAX_SIZE};
+  static const struct {
+    guint8 kind;
+    gsize blob;
+    const char *key_id;
+  } keys[] = {{STORE_KEY_NONE, 0, ""},
+              {STORE_KEY_USER_ENCRYPTED, 1, ""},
+              {STORE_KEY_USER_ENCRYPTED, 300, ""},
+              {STORE_KEY_SERVER_HELD, 29, "0123456789abcdef"},
+              {STORE_KEY_SERVER_HELD, 1300, "fedcba9876543210"}};
+  static const char *etags[] = {"e", "0123456789abcdef0123456789abcdef", "\xc3\xa9tag"};
+  g_autoptr(GPtrArray) aors = g_ptr_array_new_with_free_func(g_free);
+  g_autoptr(GPtrArray) values = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
+  g_autoptr(StoreDb) db = open_db(fx->state, 0);
+  g_autoptr(GError) error = NULL;
+  guint n = 0;
+
+  for (guint c = 0; c < G_N_ELEMENTS(cert_sizes); c++) {
+    for (guint k = 0; k < G_N_ELEMENTS(keys); k++, n++) {
+      g_autoptr(GBytes) der = fake_der(c, cert_sizes[c]);
+      g_autoptr(GBytes) blob = fake_der(k + 100, keys[k].blob);
+      g_autoptr(GVariant) rec = cred_record_v2(
+          der, -(gint64)n * 1000003, G_MAXINT64 - n, 1700000000 + n, G_MAXUINT64 - n,
+          etags[n % G_N_ELEMENTS(etags)], keys[k].kind, blob, keys[k].key_id);
+
+      g_ptr_array_add(aors, g_strdup_printf("sip:d%03u@example.com", n));
+      g_ptr_array_add(values, g_variant_get_data_as_bytes(rec));
+    }
+  }
+  raw_put_many(fx->state, aors, values);
+
+  for (guint i = 0; i < aors->len; i++) {
+    g_autoptr(StoreCred) got = store_cred_get(db, g_ptr_array_index(aors, i), &error);
+    g_autoptr(GBytes) blob = NULL;
+    g_autofree char *key_id = NULL;
+    StoreCred want = {0};
+
+    g_test_message("record %u", i);
+    g_assert_no_error(error);
+    g_assert_true(gvariant_decode(g_ptr_array_index(values, i), TRUE, &want, &blob, &key_id));
+    g_assert_true(g_bytes_equal(got->cert_der, want.cert_der));
+    g_assert_cmpint(got->not_before, ==, want.not_before);
+    g_assert_cmpint(got->not_after, ==, want.not_after);
+    g_assert_cmpint(got->updated, ==, want.updated);
+    g_assert_cmpuint(got->version, ==, want.version);
+    g_assert_cmpstr(got->etag, ==, want.etag);
+    g_assert_cmpint(got->key_kind, ==, want.key_kind);
+    if (want.key_kind == STORE_KEY_USER_ENCRYPTED)
+      g_assert_true(g_bytes_equal(got->pkcs8, blob));
+    else
+      g_assert_null(got->pkcs8); /* no master key: server-held stays closed */
+    g_bytes_unref(want.cert_der);
+    g_free(want.etag);
+  }
+}
+
+/* Every truncation and many single-byte changes of valid records: the store
+ * either refuses the record as CORRUPT or decodes what GVariant decodes. */
+static void
+test_cred_decode_damaged(Fixture *fx, gconstpointer data)
+{
+  static const gsize cert_sizes[] = {40, 300};
+  g_autoptr(GPtrArray) aors = g_ptr_array_new_with_free_func(g_free);
+  g_autoptr(GPtrArray) values = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
+  g_autoptr(StoreDb) db = open_db(fx->state, 0);
+  guint n_refused = 0, n_read = 0;
+
+  for (guint c = 0; c < G_N_ELEMENTS(cert_sizes); c++) {
+    g_autoptr(GBytes) der = fake_der(c, cert_sizes[c]);
+    g_autoptr(GBytes) blob = fake_der(9, 40);
+    g_autoptr(GVariant) rec =
+        cred_record_v2(der, 1, 2, 3, 4, "etag", STORE_KEY_USER_ENCRYPTED, blob, "");
+    gsize len = g_variant_get_size(rec);
+    const guint8 *p = g_variant_get_data(rec);
+
+    for (gsize cut = 0; cut < len; cut++) {
+      g_ptr_array_add(aors, g_strdup_printf("sip:cut%u-%04zu@example.com", c, cut));
+      g_ptr_array_add(values, g_bytes_new(p, MAX(cut, 1)));
+    }
+    for (gsize at = 0; at < len; at += (at < 64 || at + 64 > len) ? 1 : 7) {
+      static const guint8 flips[] = {0x01, 0x80, 0xff};
+      for (guint f = 0; f < G_N_ELEMENTS(flips); f++) {
+        guint8 *copy = g_memdup2(p, len);
+        copy[at] ^= flips[f];
+        g_ptr_array_add(aors, g_strdup_printf("sip:flip%u-%04zu-%u@example.com", c, at, f));
+        g_ptr_array_add(values, g_bytes_new_take(copy, len));
+      }
+    }
+  }
+  raw_put_many(fx->state, aors, values);
+
+  for (guint i = 0; i < aors->len; i++) {
+    g_autoptr(GError) error = NULL;
+    g_autoptr(StoreCred) got = store_cred_get(db, g_ptr_array_index(aors, i), &error);
+    g_autoptr(GBytes) blob = NULL;
+    g_autofree char *key_id = NULL;
+    StoreCred want = {0};
+
+    if (got == NULL) {
+      g_assert_error(error, STORE_ERROR, STORE_ERROR_CORRUPT);
+      g_assert_nonnull(strstr(error->message, g_ptr_array_index(aors, i)));
+      n_refused++;
+      continue;
+    }
+    n_read++;
+    /* Whatever is accepted means what GVariant reads in it (which may not
+     * be normal form: padding is not looked at). */
+    g_test_message("accepted %s", (char *)g_ptr_array_index(aors, i));
+    g_assert_true(gvariant_decode(g_ptr_array_index(values, i), FALSE, &want, &blob, &key_id));
+    g_assert_true(g_bytes_equal(got->cert_der, want.cert_der));
+    g_assert_cmpint(got->not_before, ==, want.not_before);
+    g_assert_cmpint(got->not_after, ==, want.not_after);
+    g_assert_cmpint(got->updated, ==, want.updated);
+    g_assert_cmpuint(got->version, ==, want.version);
+    g_assert_cmpstr(got->etag, ==, want.etag);
+    g_assert_cmpint(got->key_kind, ==, want.key_kind);
+    g_bytes_unref(want.cert_der);
+    g_free(want.etag);
+  }
+  g_test_message("%u damaged records refused, %u still well-formed", n_refused, n_read);
+  g_assert_cmpuint(n_refused, >, 0);
+  g_assert_cmpuint(n_read, >, 0);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -2135,6 +2325,8 @@ main(int argc, char **argv)
   ADD("/storage/cred/tampered", test_cred_tampered);
   ADD("/storage/cred/old-format", test_cred_old_format);
   ADD("/storage/cred/no-key-bytes", test_cred_no_key_bytes);
+  ADD("/storage/cred/decode-matches-gvariant", test_cred_decode_matches);
+  ADD("/storage/cred/decode-damaged", test_cred_decode_damaged);
   ADD("/storage/db/rekey", test_db_rekey);
   ADD("/storage/db/rekey-atomic", test_db_rekey_atomic);
   ADD("/storage/db/rekey-other-handle", test_db_rekey_other_handle);

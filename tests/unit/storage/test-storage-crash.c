@@ -18,7 +18,7 @@
 
 #define CRASH_KILLS 60 /* the issue asks for at least 50 */
 #define CRASH_MIN_KILLS 50
-#define CRASH_BUDGET_S 20 /* wall-clock bound for the whole loop */
+#define CRASH_BUDGET_S 20 /* wall-clock bound once the minimum is reached */
 #define CRASH_READY_TIMEOUT_MS 5000
 
 static char *writer_path;
@@ -238,7 +238,9 @@ test_crash_sigkill(void)
   g_assert_true(store_master_key_generate(key_path, &error));
   g_assert_no_error(error);
 
-  while (kills < CRASH_KILLS && g_get_monotonic_time() < deadline) {
+  /* The time budget only trims kills beyond the minimum: under valgrind the
+   * verification is slow, and 50 kills are what the test promises. */
+  while (kills < CRASH_KILLS && (kills < CRASH_MIN_KILLS || g_get_monotonic_time() < deadline)) {
     g_autofree char *first = g_strdup_printf("%u", (kills + 1) * 1000000);
     const char *argv[] = {writer_path, state, key_path, first, NULL};
     g_autoptr(GString) out = g_string_new(NULL);

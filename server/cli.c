@@ -845,12 +845,13 @@ cli_user_store(Cli *cli, StoreUser *user, const char *username)
   g_autoptr(CliSecret) ha1_sha256 = NULL;
   g_autoptr(CliSecret) ha1_md5 = NULL;
 
+  /* Named by the file it came from, else by the user it is for. */
   password = cli_get_password(opt.password_file, user->aor, &error);
   if (password == NULL)
-    return cli_fail(opt.password_file != NULL ? opt.password_file : "reading the password",
-                    error->message);
+    return cli_failf(opt.password_file != NULL ? opt.password_file : user->aor,
+                     "reading the password: %s", error->message);
   if (*password == '\0')
-    return cli_fail(opt.password_file != NULL ? opt.password_file : "reading the password",
+    return cli_fail(opt.password_file != NULL ? opt.password_file : user->aor,
                     "the password is empty");
   ha1_sha256 = cli_ha1(GNUTLS_DIG_SHA256, username, user->realm, password);
   ha1_md5 = cli_ha1(GNUTLS_DIG_MD5, username, user->realm, password);

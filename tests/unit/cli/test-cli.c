@@ -1005,7 +1005,8 @@ test_user_passwd(Fixture *fx, gconstpointer data)
   assert_failed_naming(&r, "/nonexistent/pw");
   run_clear(&r);
   RUN(&r, "\n", "-s", fx->state, "user", "passwd", ALICE);
-  assert_failed_naming(&r, "empty");
+  assert_failed_naming(&r, ALICE);
+  assert_contains(r.err, "empty");
   run_clear(&r);
   RUN(&r, NULL, "-s", fx->state, "user", "passwd", ALICE, "secret-on-argv");
   g_assert_cmpint(r.status, ==, 2);
@@ -1272,7 +1273,6 @@ test_config(Fixture *fx, gconstpointer data)
   g_assert_true(g_str_has_prefix(r.err, "sipcred: "));
   run_clear(&r);
 }
-
 
 /* [store] master-key: relative to the configuration, made by keygen, used
  * by every command that needs it; --master-key overrides it. */

@@ -1,5 +1,5 @@
 /* storage internals shared with the storage tests: on-disk names and limits.
- * Nothing outside storage/ and tests/ may include this. */
+ * Nothing outside storage/ and tests/unit/storage may include this. */
 #pragma once
 
 #include "storage/store.h"

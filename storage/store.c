@@ -1359,12 +1359,15 @@ store_migrate_1_to_2(StoreTxn *txn)
   MDB_cursor *cursor = NULL;
   MDB_dbi dbi;
   MDB_val k, v;
+  guint n_damaged = 0;
   int rc;
 
   /* Rewrites format 1 credentials (certificate only) in format 2 so that
    * the whole table has one shape; nothing else changes, so the change log
-   * gets no entries. */
-  if (!store_txn_check(txn, mdb_dbi_open(txn->txn, STORE_DBI_CREDENTIALS, 0, &dbi),
+   * gets no entries. A damaged record is left as it is: failing here would
+   * lock everyone out of the store, the CLI included, while left alone it
+   * reads as CORRUPT, store_db_check() names it, and it can be deleted. */
+  if (!store_txn_check(txn, mdb_dbi_open(txn->txn, STORE_DBI_CREDENTIALS, MDB_CREATE, &dbi),
                        "opening the credentials table") ||
       !store_txn_check(txn, mdb_cursor_open(txn->txn, dbi, &cursor), "opening a cursor"))
     return;
@@ -1375,14 +1378,15 @@ store_migrate_1_to_2(StoreTxn *txn)
     GError *local = NULL;
 
     if (aor == NULL) {
-      store_txn_fail(txn, g_error_new(STORE_ERROR, STORE_ERROR_CORRUPT,
-                                      "a key in credentials is not valid UTF-8"));
-      break;
+      g_warning("migration: a key in credentials is not valid UTF-8; left as it is");
+      continue;
     }
     value = g_bytes_new(v.mv_data, v.mv_size);
     if (!store_cred_record_decode(aor, value, TRUE, &rec, &local)) {
-      store_txn_fail(txn, local);
-      break;
+      g_warning("migration: %s; left as it is", local->message);
+      g_error_free(local);
+      n_damaged++;
+      continue;
     }
     if (rec.format != STORE_CRED_RECORD_VERSION)
       store_pending_add(pending, aor, store_cred_record_encode(&rec));
@@ -1391,9 +1395,9 @@ store_migrate_1_to_2(StoreTxn *txn)
     store_txn_check(txn, rc, "reading the credentials");
   mdb_cursor_close(cursor);
   store_pending_write(txn, dbi, pending, "rewriting a credential");
-  if (store_txn_ok(txn) && pending->len > 0)
-    g_message("rewrote %u credentials in record format %u", pending->len,
-              STORE_CRED_RECORD_VERSION);
+  if (store_txn_ok(txn) && pending->len + n_damaged > 0)
+    g_message("rewrote %u credentials in record format %u (%u damaged left as they were)",
+              pending->len, STORE_CRED_RECORD_VERSION, n_damaged);
 }
 
 static const StoreMigrateFunc store_migrations[STORE_SCHEMA_VERSION] = {

@@ -2070,32 +2070,47 @@ test_db_migrate_schema1(Fixture *fx, gconstpointer data)
 }
 
 static void
-test_db_migrate_interrupted(Fixture *fx, gconstpointer data)
+test_db_migrate_damaged(Fixture *fx, gconstpointer data)
 {
   g_autoptr(GBytes) der = fake_der(13, 600);
-  g_autoptr(GBytes) version = NULL;
   g_autoptr(GBytes) raw = NULL;
   g_autoptr(GVariant) broken = g_variant_ref_sink(
       g_variant_new("(qv)", (guint16)1, g_variant_new_string("not a credential")));
   g_autoptr(GError) error = NULL;
+  g_autoptr(StoreCred) cred = NULL;
+  g_autoptr(StoreDb) db = NULL;
   MDB_env *env;
 
-  /* A migration that fails leaves the store as it was. */
+  /* One damaged record must not lock the operator out of the whole store:
+   * the rest migrates, and the damaged one can be found and deleted. */
   make_schema0_store(fx->state, TRUE, der);
   env = raw_env_open(fx->state);
   raw_put_in(env, STORE_DBI_CREDENTIALS, FALSE, "sip:broken@example.com",
              g_variant_get_data(broken), g_variant_get_size(broken));
   mdb_env_close(env);
-  g_assert_null(store_db_open(fx->state, 0, &error));
-  g_assert_error(error, STORE_ERROR, STORE_ERROR_CORRUPT);
-  g_test_message("%s", error->message);
-  g_assert_nonnull(strstr(error->message, "sip:broken@example.com"));
-  g_assert_nonnull(strstr(error->message, "schema version 1 to 2"));
-  version = raw_get(fx->state, STORE_DBI_META, STORE_META_SCHEMA_VERSION,
-                    strlen(STORE_META_SCHEMA_VERSION), NULL);
-  g_assert_null(version);
+  g_test_expect_message("sipcred-storage", G_LOG_LEVEL_MESSAGE, "*schema version 0 to 1");
+  g_test_expect_message("sipcred-storage", G_LOG_LEVEL_WARNING,
+                        "*sip:broken@example.com*left as it is*");
+  g_test_expect_message("sipcred-storage", G_LOG_LEVEL_MESSAGE, "rewrote 2 *(1 damaged*");
+  g_test_expect_message("sipcred-storage", G_LOG_LEVEL_MESSAGE, "*schema version 1 to 2");
+  db = open_db(fx->state, 0);
+  g_test_assert_expected_messages();
+  g_assert_cmpuint(store_db_get_schema_version(db), ==, STORE_SCHEMA_VERSION);
+  cred = get_cred(db, "sip:alice@example.com");
+  g_assert_true(g_bytes_equal(cred->cert_der, der));
   raw = raw_get(fx->state, STORE_DBI_CREDENTIALS, "sip:alice@example.com", 21, NULL);
-  g_assert_cmpuint(record_format(raw), ==, 1);
+  g_assert_cmpuint(record_format(raw), ==, STORE_CRED_RECORD_VERSION);
+
+  g_assert_null(store_cred_get(db, "sip:broken@example.com", &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_CORRUPT);
+  g_clear_error(&error);
+  g_assert_false(store_db_check(db, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_CORRUPT);
+  g_assert_nonnull(strstr(error->message, "sip:broken@example.com"));
+  g_clear_error(&error);
+  g_assert_true(store_cred_delete(db, "sip:broken@example.com", &error));
+  g_assert_true(store_db_check(db, &error));
+  g_assert_no_error(error);
 }
 
 /* ---- the hand-written decoder against GVariant's ---- */
@@ -2338,7 +2353,7 @@ main(int argc, char **argv)
   ADD("/storage/db/stats", test_db_stats);
   ADD("/storage/db/migrate-schema0", test_db_migrate_schema0);
   ADD("/storage/db/migrate-schema1", test_db_migrate_schema1);
-  ADD("/storage/db/migrate-failure", test_db_migrate_interrupted);
+  ADD("/storage/db/migrate-damaged", test_db_migrate_damaged);
 #undef ADD
 
   return g_test_run();

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "core/core.h"
+#include "server/changes.h"
 #include "server/config.h"
 #include "server/edge.h"
 #include "server/nua-adapter.h"
@@ -95,6 +96,13 @@ run(Daemon *d)
     g_printerr("sipcredd: cannot open the store in %s: %s\n", cfg->state_dir, error->message);
     return 1;
   }
+  if (cfg->master_key != NULL) {
+    g_autoptr(StoreMasterKey) key = store_master_key_load(cfg->master_key, &error);
+    if (key == NULL || !store_db_set_master_key(store, key, &error)) {
+      g_printerr("sipcredd: %s\n", error->message);
+      return 1;
+    }
+  }
   g_autoptr(Edge) edge = edge_new(cfg, &error);
   if (edge == NULL) {
     g_printerr("sipcredd: %s\n", error->message);
@@ -108,6 +116,9 @@ run(Daemon *d)
   g_autoptr(CoreService) core =
       core_service_new(&cfg->core, store, nua_adapter_get_core_port(), nua);
   nua_adapter_attach_core(nua, core);
+  /* Admin changes (sipcred, another process) reach subscribers through the
+   * store's change log; polling it is one cheap read transaction. */
+  g_autoptr(SrvChangeTail) changes = srv_change_tail_new(store, core, 1000);
   if (!edge_start(edge, nua_adapter_get_port(nua), &error)) {
     g_printerr("sipcredd: %s\n", error->message);
     return 1;
@@ -126,6 +137,7 @@ run(Daemon *d)
 
   /* Subscribers get their terminating NOTIFYs through the edge, so nua
    * shuts down first, within a bound, and the edge closes afterwards. */
+  g_clear_pointer(&changes, srv_change_tail_free);
   nua_adapter_shutdown(nua, cfg->shutdown_timeout_ms);
   edge_stop(edge);
   g_source_remove(sig_term);

@@ -143,6 +143,11 @@ cmd_demo() {
     done
     bash "$root/data/make-test-ca.sh" "$dir" "$domain" -- "${aors[@]}" >/dev/null
 
+    # The master key wraps the users' server-held private keys in the store.
+    if [ ! -e "$dir/master.key" ]; then
+        "$sipcred" keygen "$dir/master.key" >/dev/null || die "could not create the master key"
+    fi
+
     # The configuration is regenerated each time, so a new port takes effect; paths are
     # relative to it.
     cat >"$conf.tmp" <<EOF
@@ -155,6 +160,9 @@ state-dir=state
 [domain $domain]
 certificate=$domain.pem
 key=$domain.key
+
+[store]
+master-key=master.key
 EOF
     mv "$conf.tmp" "$conf"
     "$sipcredd" --check-config --config "$conf" || die "the demo configuration is invalid"
@@ -174,7 +182,8 @@ EOF
         chmod 0600 "$pwfile"
         "$sipcred" --config "$conf" user add "$aor" --password-file "$pwfile" >/dev/null \
             || die "could not add the user $aor"
-        "$sipcred" --config "$conf" cred import "$aor" "$dir/$u.pem" >/dev/null \
+        "$sipcred" --config "$conf" cred import "$aor" --cert "$dir/$u.pem" \
+            --key "$dir/$u.key" >/dev/null \
             || die "could not import the certificate of $aor"
         echo "USER_$u=$aor:$(cat "$pwfile")" >>"$env_tmp"
     done

@@ -10,6 +10,7 @@
 #include <lmdb.h>
 
 #include "storage/store.h"
+#include "tests/common/testutil.h"
 
 /* Issue 3: "LMDB does about 2,700 durable single-key commits/s and about
  * 1.2 M reads/s per core" on this kind of machine. */
@@ -21,24 +22,6 @@
 #define ROUNDS 4
 
 static double opt_seconds = 2.0;
-
-static void
-rm_rf(const char *path)
-{
-  GDir *dir = g_dir_open(path, 0, NULL);
-
-  if (dir != NULL) {
-    const char *name;
-    while ((name = g_dir_read_name(dir)) != NULL) {
-      g_autofree char *child = g_build_filename(path, name, NULL);
-      rm_rf(child);
-    }
-    g_dir_close(dir);
-    g_rmdir(path);
-  } else {
-    g_unlink(path);
-  }
-}
 
 static void
 check_mdb(int rc, const char *what)
@@ -287,6 +270,6 @@ main(int argc, char **argv)
   g_rand_free(sb.rand);
   g_bytes_unref(raw.value);
   g_bytes_unref(sb.cert);
-  rm_rf(tmp);
+  test_util_rm_rf(tmp);
   return 0;
 }

@@ -14,6 +14,7 @@
 #include "../identity/testcert.h"
 #include "identity/cert.h"
 #include "storage/store.h"
+#include "tests/common/testutil.h"
 
 static const char *sipcred_bin;
 
@@ -38,24 +39,6 @@ run_clear(Run *r)
 }
 
 static void
-rm_rf(const char *path)
-{
-  GDir *dir = g_dir_open(path, 0, NULL);
-
-  if (dir != NULL) {
-    const char *name;
-    while ((name = g_dir_read_name(dir)) != NULL) {
-      g_autofree char *child = g_build_filename(path, name, NULL);
-      rm_rf(child);
-    }
-    g_dir_close(dir);
-    g_rmdir(path);
-  } else {
-    g_unlink(path);
-  }
-}
-
-static void
 fixture_setup(Fixture *fx, gconstpointer data)
 {
   g_autoptr(GError) error = NULL;
@@ -68,7 +51,7 @@ fixture_setup(Fixture *fx, gconstpointer data)
 static void
 fixture_teardown(Fixture *fx, gconstpointer data)
 {
-  rm_rf(fx->tmp);
+  test_util_rm_rf(fx->tmp);
   g_free(fx->tmp);
   g_free(fx->state);
 }

@@ -15,6 +15,7 @@
 
 #include "storage/store.h"
 #include "tests/unit/storage/crash-common.h"
+#include "tests/common/testutil.h"
 
 #define CRASH_KILLS 60 /* the issue asks for at least 50 */
 #define CRASH_MIN_KILLS 50
@@ -22,24 +23,6 @@
 #define CRASH_READY_TIMEOUT_MS 5000
 
 static char *writer_path;
-
-static void
-rm_rf(const char *path)
-{
-  GDir *dir = g_dir_open(path, 0, NULL);
-
-  if (dir != NULL) {
-    const char *name;
-    while ((name = g_dir_read_name(dir)) != NULL) {
-      g_autofree char *child = g_build_filename(path, name, NULL);
-      rm_rf(child);
-    }
-    g_dir_close(dir);
-    g_rmdir(path);
-  } else {
-    g_unlink(path);
-  }
-}
 
 /* Appends what is readable on @fd to @out; FALSE at end of file. With
  * @timeout_ms >= 0, waits at most that long for data. */
@@ -280,7 +263,7 @@ test_crash_sigkill(void)
   g_assert_cmpuint(kills, >=, CRASH_MIN_KILLS);
   /* Enough writes were in flight for the kills to mean something. */
   g_assert_cmpuint(reported->len, >=, kills);
-  rm_rf(tmp);
+  test_util_rm_rf(tmp);
 }
 
 int

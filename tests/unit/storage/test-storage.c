@@ -15,6 +15,7 @@
 
 #include "storage/store-private.h"
 #include "storage/store.h"
+#include "tests/common/testutil.h"
 
 #define TINY_MAP (64 * 1024)
 
@@ -22,24 +23,6 @@ typedef struct {
   char *tmp;   /* from g_dir_make_tmp */
   char *state; /* tmp/state: created by the store itself */
 } Fixture;
-
-static void
-rm_rf(const char *path)
-{
-  GDir *dir = g_dir_open(path, 0, NULL);
-
-  if (dir != NULL) {
-    const char *name;
-    while ((name = g_dir_read_name(dir)) != NULL) {
-      g_autofree char *child = g_build_filename(path, name, NULL);
-      rm_rf(child);
-    }
-    g_dir_close(dir);
-    g_rmdir(path);
-  } else {
-    g_unlink(path);
-  }
-}
 
 static void
 fixture_setup(Fixture *fx, gconstpointer data)
@@ -54,7 +37,7 @@ fixture_setup(Fixture *fx, gconstpointer data)
 static void
 fixture_teardown(Fixture *fx, gconstpointer data)
 {
-  rm_rf(fx->tmp);
+  test_util_rm_rf(fx->tmp);
   g_free(fx->tmp);
   g_free(fx->state);
 }

@@ -10,7 +10,7 @@ G_BEGIN_DECLS
 #define STORE_DBI_META "meta"
 #define STORE_DBI_CREDENTIALS "credentials"
 #define STORE_DBI_USERS "users"
-#define STORE_DBI_REGISTRATIONS "registrations" /* reserved, created empty */
+#define STORE_DBI_REGISTRATIONS "registrations" /* AOR -> bindings record */
 #define STORE_DBI_CHANGES "changes"             /* big-endian guint64 seq -> change record */
 
 /* meta key of the schema version; the value is a big-endian guint32. A store
@@ -24,7 +24,9 @@ G_BEGIN_DECLS
  *   1: + registrations and changes tables (both unused), version recorded;
  *   2: credentials in format 2 (key kind, wrapped PKCS#8, key id), every
  *      credential and user write appends to changes, master-key id in meta.
- *      Older builds must not write here: they would skip the change log. */
+ *      Older builds must not write here: they would skip the change log.
+ *      Registration records (format 1) were added later within schema 2: the
+ *      table existed empty in every store, and older builds never read it. */
 
 /* Every record value is a GVariant "(qv)": record-format version, then the
  * body whose type that version fixes. */
@@ -45,6 +47,10 @@ G_BEGIN_DECLS
 #define STORE_CHANGE_RECORD_VERSION 1
 /* AOR, StoreChangeKind, unix seconds */
 #define STORE_CHANGE_BODY_TYPE_V1 "(sux)"
+#define STORE_REG_RECORD_VERSION 1
+/* The bindings of one AOR: contact, instance ("" none), reg-id, flow token
+ * ("" none), Call-ID, CSeq, expiry (unix seconds), q (-1 when absent). */
+#define STORE_REG_BODY_TYPE_V1 "a(ssussuxd)"
 
 /* Key wrapping. */
 #define STORE_WRAP_NONCE_SIZE 12
@@ -60,5 +66,10 @@ G_BEGIN_DECLS
 #define STORE_CERT_MAX_SIZE (256 * 1024)
 /* Largest PKCS#8 blob accepted by store_cred_put() (an RSA-16384 key is ~9 KiB). */
 #define STORE_PKCS8_MAX_SIZE (64 * 1024)
+
+/* Limits of store_reg_put(): bindings per AOR, and bytes per string. */
+#define STORE_REG_BINDINGS_MAX 64
+#define STORE_REG_CONTACT_MAX 4096
+#define STORE_REG_FIELD_MAX 1024 /* instance, flow token, Call-ID */
 
 G_END_DECLS

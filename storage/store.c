@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -2333,6 +2334,241 @@ store_user_list(StoreDb *db, GError **error)
   return store_list_keys(db, STORE_TABLE_USERS, error);
 }
 
+/* ---- registrations --------------------------------------------------- */
+
+void
+store_binding_free(StoreBinding *b)
+{
+  if (b == NULL)
+    return;
+  g_free(b->contact);
+  g_free(b->instance);
+  g_free(b->flow_token);
+  g_free(b->call_id);
+  g_free(b);
+}
+
+/* @s is NULL (allowed only when @optional), or 1 to @max bytes of UTF-8
+ * without control characters (none belongs in a SIP header value). */
+static gboolean
+store_reg_text_check(const char *what, const char *s, gboolean optional, gsize max,
+                     GError **error)
+{
+  gsize len;
+
+  if (s == NULL && optional)
+    return TRUE;
+  len = s != NULL ? strlen(s) : 0;
+  if (len == 0 || len > max || !g_utf8_validate(s, len, NULL)) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_INVALID, "%s must be 1 to %zu bytes of UTF-8",
+                what, max);
+    return FALSE;
+  }
+  for (const char *p = s; *p != '\0'; p++) {
+    if ((guchar)*p < 0x20 || *p == 0x7f) {
+      g_set_error(error, STORE_ERROR, STORE_ERROR_INVALID, "%s contains a control character",
+                  what);
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
+static gboolean
+store_binding_check(const StoreBinding *b, GError **error)
+{
+  if (b == NULL) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_INVALID, "NULL binding");
+    return FALSE;
+  }
+  if (!store_reg_text_check("contact", b->contact, FALSE, STORE_REG_CONTACT_MAX, error) ||
+      !store_reg_text_check("instance", b->instance, TRUE, STORE_REG_FIELD_MAX, error) ||
+      !store_reg_text_check("flow token", b->flow_token, TRUE, STORE_REG_FIELD_MAX, error) ||
+      !store_reg_text_check("Call-ID", b->call_id, FALSE, STORE_REG_FIELD_MAX, error))
+    return FALSE;
+  /* RFC 5626 section 4.2: reg-id is 1 to 2^31-1, and means nothing
+   * without an instance (a registrar ignores it then). */
+  if (b->reg_id > G_MAXINT32 || (b->reg_id != 0 && b->instance == NULL)) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_INVALID,
+                "reg-id %u out of range or without +sip.instance", b->reg_id);
+    return FALSE;
+  }
+  if (b->expires_at < 0) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_INVALID, "negative expiry");
+    return FALSE;
+  }
+  /* Written this way so that NaN fails too. */
+  if (b->q != -1.0f && !(b->q >= 0.0f && b->q <= 1.0f)) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_INVALID, "q %g is not in 0..1 nor -1",
+                (double)b->q);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean
+store_bindings_check(GPtrArray *bindings, GError **error)
+{
+  if (bindings->len > STORE_REG_BINDINGS_MAX) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_INVALID, "%u bindings, more than %d",
+                bindings->len, STORE_REG_BINDINGS_MAX);
+    return FALSE;
+  }
+  for (guint i = 0; i < bindings->len; i++) {
+    if (!store_binding_check(g_ptr_array_index(bindings, i), error)) {
+      g_prefix_error(error, "binding %u: ", i);
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
+static GPtrArray *
+store_reg_decode(const char *aor, GBytes *value, gboolean strict, GError **error)
+{
+  g_autoptr(GPtrArray) bindings =
+      g_ptr_array_new_with_free_func((GDestroyNotify)store_binding_free);
+  g_autoptr(GVariant) body = NULL;
+  GError *local = NULL;
+  GVariantIter iter;
+  const char *contact, *instance, *flow_token, *call_id;
+  guint32 reg_id, cseq;
+  gint64 expires_at;
+  double q;
+
+  body = store_record_open(value, strict, STORE_REG_RECORD_VERSION, STORE_REG_BODY_TYPE_V1, error);
+  if (body == NULL) {
+    g_prefix_error(error, "registrations of %s: ", aor);
+    return NULL;
+  }
+  /* A damaged frame could claim more children than were ever written. */
+  if (g_variant_n_children(body) == 0 || g_variant_n_children(body) > STORE_REG_BINDINGS_MAX) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT,
+                "registrations of %s: %zu bindings, not 1 to %d", aor, g_variant_n_children(body),
+                STORE_REG_BINDINGS_MAX);
+    return NULL;
+  }
+  g_variant_iter_init(&iter, body);
+  while (g_variant_iter_next(&iter, "(&s&su&s&suxd)", &contact, &instance, &reg_id, &flow_token,
+                             &call_id, &cseq, &expires_at, &q)) {
+    StoreBinding *b = g_new0(StoreBinding, 1);
+
+    b->contact = g_strdup(contact);
+    b->instance = *instance != '\0' ? g_strdup(instance) : NULL;
+    b->reg_id = reg_id;
+    b->flow_token = *flow_token != '\0' ? g_strdup(flow_token) : NULL;
+    b->call_id = g_strdup(call_id);
+    b->cseq = cseq;
+    b->expires_at = expires_at;
+    /* Only floats are written, so a double that is not one is damage. */
+    b->q = (float)q;
+    g_ptr_array_add(bindings, b);
+    if ((double)b->q != q && !isnan(q)) {
+      g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT,
+                  "registrations of %s: binding %u: q is not a float", aor, bindings->len - 1);
+      return NULL;
+    }
+  }
+  if (!store_bindings_check(bindings, &local)) {
+    g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT, "registrations of %s: %s", aor,
+                local->message);
+    g_error_free(local);
+    return NULL;
+  }
+  return g_steal_pointer(&bindings);
+}
+
+static GVariant *
+store_reg_encode(GPtrArray *bindings)
+{
+  GVariantBuilder builder;
+
+  g_variant_builder_init(&builder, G_VARIANT_TYPE(STORE_REG_BODY_TYPE_V1));
+  for (guint i = 0; i < bindings->len; i++) {
+    const StoreBinding *b = g_ptr_array_index(bindings, i);
+
+    g_variant_builder_add(&builder, "(ssussuxd)", b->contact,
+                          b->instance != NULL ? b->instance : "", b->reg_id,
+                          b->flow_token != NULL ? b->flow_token : "", b->call_id, b->cseq,
+                          b->expires_at, (double)b->q);
+  }
+  return store_record_new(STORE_REG_RECORD_VERSION, g_variant_builder_end(&builder));
+}
+
+typedef struct {
+  const char *aor;
+  GPtrArray *bindings;
+} StoreRegPut;
+
+/* No change-log entry: bindings are registrar soft state, not credential
+ * changes, and nothing tails them. A damaged record is simply replaced: it
+ * holds nothing that must be carried over. */
+static void
+store_reg_put_cb(StoreTxn *txn, gpointer user_data)
+{
+  const StoreRegPut *put = user_data;
+  g_autoptr(GVariant) record = NULL;
+
+  if (put->bindings->len > 0) {
+    record = store_reg_encode(put->bindings);
+    store_txn_put(txn, STORE_TABLE_REGISTRATIONS, put->aor, record, "writing the registrations");
+    return;
+  }
+  /* Removing what is not there is not an error: the outcome is the same. */
+  if (!store_txn_del(txn, STORE_TABLE_REGISTRATIONS, put->aor, "removing the registrations") &&
+      txn->rc == MDB_NOTFOUND) {
+    g_clear_error(&txn->error);
+    txn->rc = MDB_SUCCESS;
+  }
+}
+
+gboolean
+store_reg_put(StoreDb *db, const char *aor, GPtrArray *bindings, GError **error)
+{
+  StoreRegPut put = {aor, bindings};
+
+  g_return_val_if_fail(db != NULL, FALSE);
+  g_return_val_if_fail(bindings != NULL, FALSE);
+  g_return_val_if_fail(error == NULL || *error == NULL, FALSE);
+
+  if (!store_key_check(db, aor, error))
+    return FALSE;
+  if (!store_bindings_check(bindings, error)) {
+    g_prefix_error(error, "registrations of %s: ", aor);
+    return FALSE;
+  }
+  return store_env_write(db->env, store_reg_put_cb, &put, error);
+}
+
+GPtrArray *
+store_reg_get(StoreDb *db, const char *aor, GError **error)
+{
+  g_autoptr(GBytes) value = NULL;
+  StoreTxn txn;
+
+  g_return_val_if_fail(db != NULL, NULL);
+  g_return_val_if_fail(error == NULL || *error == NULL, NULL);
+
+  if (!store_key_check(db, aor, error))
+    return NULL;
+  if (!store_txn_begin(db->env, &txn, FALSE, error))
+    return NULL;
+  value = store_txn_get(&txn, STORE_TABLE_REGISTRATIONS, aor, "reading the registrations");
+  if (!store_txn_end(&txn, error))
+    return NULL;
+  if (value == NULL)
+    return g_ptr_array_new_with_free_func((GDestroyNotify)store_binding_free);
+  return store_reg_decode(aor, value, FALSE, error);
+}
+
+GPtrArray *
+store_reg_list(StoreDb *db, GError **error)
+{
+  g_return_val_if_fail(db != NULL, NULL);
+  g_return_val_if_fail(error == NULL || *error == NULL, NULL);
+  return store_list_keys(db, STORE_TABLE_REGISTRATIONS, error);
+}
+
 /* ---- change log ------------------------------------------------------ */
 
 void
@@ -2616,13 +2852,16 @@ static gboolean
 store_check_registration(StoreCheck *check, const MDB_val *k, const MDB_val *v, GError **error)
 {
   g_autofree char *aor = store_aor_from_key(k);
+  g_autoptr(GBytes) value = NULL;
+  g_autoptr(GPtrArray) bindings = NULL;
 
-  /* The record format belongs to the registrar; only the key is ours. */
   if (aor == NULL) {
     g_set_error(error, STORE_ERROR, STORE_ERROR_CORRUPT, "the key is not an AOR");
     return FALSE;
   }
-  return TRUE;
+  value = g_bytes_new(v->mv_data, v->mv_size);
+  bindings = store_reg_decode(aor, value, TRUE, error);
+  return bindings != NULL;
 }
 
 static gboolean

@@ -175,4 +175,34 @@ gboolean store_user_delete(StoreDb *db, const char *aor, GError **error);
 /* Sorted AORs of all users. */
 GPtrArray *store_user_list(StoreDb *db, GError **error);
 
+/* ---- Registrations ------------------------------------------------------
+ * Soft state of the registrar: not logged in the change log (they are not
+ * credential changes). */
+
+/* One contact binding of an AOR (RFC 3261 section 10, RFC 5626). */
+typedef struct {
+  char *contact;     /* the Contact URI as registered */
+  char *instance;    /* +sip.instance, or NULL */
+  guint32 reg_id;    /* RFC 5626 reg-id, 0 when none */
+  char *flow_token;  /* edge flow it arrived on, or NULL; flows do not survive a restart */
+  char *call_id;
+  guint32 cseq;
+  gint64 expires_at; /* unix seconds */
+  float q;           /* 0..1, -1 when absent */
+} StoreBinding;
+
+void store_binding_free(StoreBinding *b);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(StoreBinding, store_binding_free)
+
+/* Replaces all bindings of @aor with @bindings (StoreBinding*), durably, in one transaction;
+ * an empty array removes the AOR. STORE_ERROR_INVALID for an empty contact or Call-ID, q
+ * outside 0..1 (other than -1), a reg-id without instance, a negative expiry, more than 64
+ * bindings or over-long strings. */
+gboolean store_reg_put(StoreDb *db, const char *aor, GPtrArray *bindings, GError **error);
+/* Bindings of @aor (possibly empty array; never NULL on success). Expired ones are included:
+ * the caller decides with @now. */
+GPtrArray *store_reg_get(StoreDb *db, const char *aor, GError **error);
+/* AORs with bindings, sorted. */
+GPtrArray *store_reg_list(StoreDb *db, GError **error);
+
 G_END_DECLS

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -2286,6 +2287,436 @@ test_cred_decode_damaged(Fixture *fx, gconstpointer data)
   g_assert_cmpuint(n_read, >, 0);
 }
 
+/* ---- registrations ---- */
+
+static StoreBinding *
+binding_new(const char *contact, const char *instance, guint32 reg_id, const char *flow,
+            const char *call_id, guint32 cseq, gint64 expires_at, float q)
+{
+  StoreBinding *b = g_new0(StoreBinding, 1);
+
+  b->contact = g_strdup(contact);
+  b->instance = g_strdup(instance);
+  b->reg_id = reg_id;
+  b->flow_token = g_strdup(flow);
+  b->call_id = g_strdup(call_id);
+  b->cseq = cseq;
+  b->expires_at = expires_at;
+  b->q = q;
+  return b;
+}
+
+static GPtrArray *
+bindings_new(void)
+{
+  return g_ptr_array_new_with_free_func((GDestroyNotify)store_binding_free);
+}
+
+/* Three bindings that use every field, including the extremes. */
+static GPtrArray *
+bindings_sample(void)
+{
+  GPtrArray *a = bindings_new();
+
+  g_ptr_array_add(a, binding_new("sip:alice@192.0.2.1:5061;transport=tls",
+                                 "\"<urn:uuid:00000000-0000-1000-8000-000a95a0e128>\"", 1,
+                                 "flow-7f3a", "a84b4c76e66710@pc33", 314159,
+                                 G_GINT64_CONSTANT(4102444800), 0.7f));
+  g_ptr_array_add(a, binding_new("sip:alice@[2001:db8::1]", "\"<urn:uuid:other>\"",
+                                 G_MAXINT32, NULL, "second-call", G_MAXUINT32, 0, 1.0f));
+  g_ptr_array_add(a, binding_new("sips:alice@desk.example.com", NULL, 0, "flow-x", "third",
+                                 0, 1700000000, -1.0f));
+  return a;
+}
+
+static void
+assert_bindings_equal(GPtrArray *got, GPtrArray *want)
+{
+  g_assert_nonnull(got);
+  g_assert_cmpuint(got->len, ==, want->len);
+  for (guint i = 0; i < want->len; i++) {
+    const StoreBinding *g = g_ptr_array_index(got, i);
+    const StoreBinding *w = g_ptr_array_index(want, i);
+
+    g_assert_cmpstr(g->contact, ==, w->contact);
+    g_assert_cmpstr(g->instance, ==, w->instance);
+    g_assert_cmpuint(g->reg_id, ==, w->reg_id);
+    g_assert_cmpstr(g->flow_token, ==, w->flow_token);
+    g_assert_cmpstr(g->call_id, ==, w->call_id);
+    g_assert_cmpuint(g->cseq, ==, w->cseq);
+    g_assert_cmpint(g->expires_at, ==, w->expires_at);
+    g_assert_true(g->q == w->q); /* exactly: q is stored, not rounded */
+  }
+}
+
+static GPtrArray *
+reg_get(StoreDb *db, const char *aor)
+{
+  g_autoptr(GError) error = NULL;
+  GPtrArray *got = store_reg_get(db, aor, &error);
+
+  g_assert_no_error(error);
+  g_assert_nonnull(got);
+  return got;
+}
+
+static void
+reg_put(StoreDb *db, const char *aor, GPtrArray *bindings)
+{
+  g_autoptr(GError) error = NULL;
+
+  g_assert_true(store_reg_put(db, aor, bindings, &error));
+  g_assert_no_error(error);
+}
+
+static void
+test_reg_put_get(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(StoreDb) db = open_db(fx->state, 0);
+  g_autoptr(GPtrArray) want = bindings_sample();
+  g_autoptr(GPtrArray) got = NULL;
+  g_autoptr(GPtrArray) none = NULL;
+  g_autoptr(GError) error = NULL;
+
+  /* An AOR without bindings is an empty array, not an error. */
+  none = reg_get(db, "sip:alice@example.com");
+  g_assert_cmpuint(none->len, ==, 0);
+
+  reg_put(db, "sip:alice@example.com", want);
+  got = reg_get(db, "sip:alice@example.com");
+  assert_bindings_equal(got, want);
+  g_clear_pointer(&none, g_ptr_array_unref);
+  none = reg_get(db, "sip:bob@example.com");
+  g_assert_cmpuint(none->len, ==, 0);
+
+  /* Registrations are not credential changes: nothing in the change log. */
+  g_assert_cmpuint(store_change_get_last_seq(db, &error), ==, 0);
+  g_assert_no_error(error);
+}
+
+static void
+test_reg_replace_remove(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(StoreDb) db = open_db(fx->state, 0);
+  g_autoptr(GPtrArray) three = bindings_sample();
+  g_autoptr(GPtrArray) one = bindings_new();
+  g_autoptr(GPtrArray) empty = bindings_new();
+  g_autoptr(GPtrArray) got = NULL;
+  g_autoptr(GPtrArray) list = NULL;
+  g_autoptr(GError) error = NULL;
+
+  reg_put(db, "sip:alice@example.com", three);
+  reg_put(db, "sip:bob@example.com", three);
+  g_ptr_array_add(one, binding_new("sip:alice@198.51.100.9", NULL, 0, NULL, "new-call", 2,
+                                   1800000000, 0.5f));
+  reg_put(db, "sip:alice@example.com", one);
+  got = reg_get(db, "sip:alice@example.com");
+  assert_bindings_equal(got, one);
+  g_clear_pointer(&got, g_ptr_array_unref);
+  got = reg_get(db, "sip:bob@example.com");
+  assert_bindings_equal(got, three);
+  g_clear_pointer(&got, g_ptr_array_unref);
+
+  /* An empty array removes the AOR, and removing it again is no error. */
+  reg_put(db, "sip:alice@example.com", empty);
+  got = reg_get(db, "sip:alice@example.com");
+  g_assert_cmpuint(got->len, ==, 0);
+  list = store_reg_list(db, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(list->len, ==, 1);
+  g_assert_cmpstr(g_ptr_array_index(list, 0), ==, "sip:bob@example.com");
+  reg_put(db, "sip:alice@example.com", empty);
+  reg_put(db, "sip:nobody@example.com", empty);
+  g_clear_pointer(&list, g_ptr_array_unref);
+  list = store_reg_list(db, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(list->len, ==, 1);
+}
+
+static void
+test_reg_list(Fixture *fx, gconstpointer data)
+{
+  static const char *const aors[] = {"sip:zed@example.com", "sip:alice@example.com",
+                                     "sip:mike@example.org", "sip:bob@example.com"};
+  static const char *const sorted[] = {"sip:alice@example.com", "sip:bob@example.com",
+                                       "sip:mike@example.org", "sip:zed@example.com"};
+  g_autoptr(StoreDb) db = open_db(fx->state, 0);
+  g_autoptr(GPtrArray) bindings = bindings_sample();
+  g_autoptr(GPtrArray) list = NULL;
+  g_autoptr(GPtrArray) creds = NULL;
+  g_autoptr(GBytes) der = fake_der(1, 50);
+  g_autoptr(GError) error = NULL;
+
+  list = store_reg_list(db, &error);
+  g_assert_no_error(error);
+  g_assert_nonnull(list);
+  g_assert_cmpuint(list->len, ==, 0);
+  g_clear_pointer(&list, g_ptr_array_unref);
+
+  put_cert(db, "sip:cert-only@example.com", der, 1, 2);
+  for (guint i = 0; i < G_N_ELEMENTS(aors); i++)
+    reg_put(db, aors[i], bindings);
+  list = store_reg_list(db, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(list->len, ==, G_N_ELEMENTS(sorted));
+  for (guint i = 0; i < G_N_ELEMENTS(sorted); i++)
+    g_assert_cmpstr(g_ptr_array_index(list, i), ==, sorted[i]);
+  /* The tables are separate. */
+  creds = store_cred_list(db, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(creds->len, ==, 1);
+}
+
+static void
+test_reg_invalid(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(StoreDb) db = open_db(fx->state, 0);
+  g_autoptr(GPtrArray) good = bindings_sample();
+  g_autoptr(GPtrArray) got = NULL;
+  g_autoptr(GPtrArray) many = bindings_new();
+  g_autoptr(GPtrArray) with_null = bindings_new();
+  g_autoptr(GError) error = NULL;
+  g_autofree char *long_contact = NULL;
+  g_autofree char *long_callid = NULL;
+  g_autofree char *max_contact = NULL;
+  const char *aor = "sip:alice@example.com";
+  struct {
+    const char *name;
+    StoreBinding b;
+  } bad[] = {
+      {"NULL contact", {NULL, NULL, 0, NULL, (char *)"c", 1, 1, -1}},
+      {"empty contact", {(char *)"", NULL, 0, NULL, (char *)"c", 1, 1, -1}},
+      {"control char", {(char *)"sip:a@b\r\nX: y", NULL, 0, NULL, (char *)"c", 1, 1, -1}},
+      {"bad UTF-8", {(char *)"sip:\xff@b", NULL, 0, NULL, (char *)"c", 1, 1, -1}},
+      {"NULL Call-ID", {(char *)"sip:a@b", NULL, 0, NULL, NULL, 1, 1, -1}},
+      {"empty instance", {(char *)"sip:a@b", (char *)"", 0, NULL, (char *)"c", 1, 1, -1}},
+      {"empty flow", {(char *)"sip:a@b", NULL, 0, (char *)"", (char *)"c", 1, 1, -1}},
+      {"q > 1", {(char *)"sip:a@b", NULL, 0, NULL, (char *)"c", 1, 1, 1.5f}},
+      {"q < 0", {(char *)"sip:a@b", NULL, 0, NULL, (char *)"c", 1, 1, -0.5f}},
+      {"q NaN", {(char *)"sip:a@b", NULL, 0, NULL, (char *)"c", 1, 1, NAN}},
+      {"reg-id alone", {(char *)"sip:a@b", NULL, 1, NULL, (char *)"c", 1, 1, -1}},
+      {"reg-id 2^31", {(char *)"sip:a@b", (char *)"i", 0x80000000u, NULL, (char *)"c", 1, 1, -1}},
+      {"negative expiry", {(char *)"sip:a@b", NULL, 0, NULL, (char *)"c", 1, -1, -1}},
+      {"long contact", {NULL, NULL, 0, NULL, (char *)"c", 1, 1, -1}},
+      {"long Call-ID", {(char *)"sip:a@b", NULL, 0, NULL, NULL, 1, 1, -1}},
+  };
+
+  long_contact = g_strnfill(STORE_REG_CONTACT_MAX + 1, 'a');
+  long_callid = g_strnfill(STORE_REG_FIELD_MAX + 1, 'c');
+  bad[G_N_ELEMENTS(bad) - 2].b.contact = long_contact;
+  bad[G_N_ELEMENTS(bad) - 1].b.call_id = long_callid;
+
+  reg_put(db, aor, good);
+  for (guint i = 0; i < G_N_ELEMENTS(bad); i++) {
+    g_autoptr(GPtrArray) one = g_ptr_array_new();
+
+    g_test_message("%s", bad[i].name);
+    /* A bad binding anywhere refuses the whole write. */
+    g_ptr_array_add(one, g_ptr_array_index(good, 0));
+    g_ptr_array_add(one, &bad[i].b);
+    g_assert_false(store_reg_put(db, aor, one, &error));
+    g_assert_error(error, STORE_ERROR, STORE_ERROR_INVALID);
+    g_assert_nonnull(strstr(error->message, aor));
+    g_clear_error(&error);
+  }
+  g_ptr_array_add(with_null, NULL);
+  g_assert_false(store_reg_put(db, aor, with_null, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_INVALID);
+  g_clear_error(&error);
+
+  for (guint i = 0; i <= STORE_REG_BINDINGS_MAX; i++) {
+    g_autofree char *c = g_strdup_printf("sip:alice@host%u.example.com", i);
+    g_ptr_array_add(many, binding_new(c, NULL, 0, NULL, "call", i, 100, -1));
+  }
+  g_assert_false(store_reg_put(db, aor, many, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_INVALID);
+  g_clear_error(&error);
+
+  g_assert_false(store_reg_put(db, "", good, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_INVALID);
+  g_clear_error(&error);
+  g_assert_null(store_reg_get(db, "", &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_INVALID);
+  g_clear_error(&error);
+
+  /* Nothing was written by the refused calls. */
+  got = reg_get(db, aor);
+  assert_bindings_equal(got, good);
+  g_clear_pointer(&got, g_ptr_array_unref);
+
+  /* The limits themselves are accepted. */
+  g_ptr_array_remove_index(many, many->len - 1);
+  max_contact = g_strnfill(STORE_REG_CONTACT_MAX, 'a');
+  g_free(((StoreBinding *)g_ptr_array_index(many, 0))->contact);
+  ((StoreBinding *)g_ptr_array_index(many, 0))->contact = g_strdup(max_contact);
+  ((StoreBinding *)g_ptr_array_index(many, 1))->q = 0.0f;
+  reg_put(db, aor, many);
+  got = reg_get(db, aor);
+  assert_bindings_equal(got, many);
+}
+
+/* A registrations record in format 1 holding @contact and @q. */
+static GVariant *
+reg_record_v1(const char *contact, double q, gboolean empty)
+{
+  GVariantBuilder b;
+
+  g_variant_builder_init(&b, G_VARIANT_TYPE(STORE_REG_BODY_TYPE_V1));
+  if (!empty)
+    g_variant_builder_add(&b, "(ssussuxd)", contact, "", 0, "", "call", 1, (gint64)5, q);
+  return g_variant_ref_sink(g_variant_new("(qv)", (guint16)STORE_REG_RECORD_VERSION,
+                                          g_variant_builder_end(&b)));
+}
+
+static void
+test_reg_corrupt(Fixture *fx, gconstpointer data)
+{
+  static const char garbage[] = "\x01\x02not a record at all";
+  static const char *const bad[] = {"sip:garbage@example.com", "sip:future@example.com",
+                                    "sip:typed@example.com",   "sip:nocontact@example.com",
+                                    "sip:bigq@example.com",    "sip:empty@example.com",
+                                    "sip:double@example.com"};
+  g_autoptr(GPtrArray) good = bindings_sample();
+  g_autoptr(GPtrArray) none = bindings_new();
+  g_autoptr(GVariant) future = NULL;
+  g_autoptr(GVariant) typed = NULL;
+  g_autoptr(GVariant) nocontact = reg_record_v1("", -1, FALSE);
+  g_autoptr(GVariant) bigq = reg_record_v1("sip:a@b", 2.0, FALSE);
+  g_autoptr(GVariant) empty = reg_record_v1(NULL, -1, TRUE);
+  g_autoptr(GVariant) dbl = reg_record_v1("sip:a@b", 0.1, FALSE); /* not a float */
+  g_autoptr(GVariant) fine = reg_record_v1("sip:a@b", 0.5, FALSE);
+  g_autoptr(GPtrArray) got = NULL;
+  g_autoptr(GError) error = NULL;
+  MDB_env *env;
+  StoreDb *db;
+
+  db = open_db(fx->state, 0);
+  reg_put(db, "sip:good@example.com", good);
+  store_db_free(db);
+
+  future = g_variant_ref_sink(
+      g_variant_new("(qv)", (guint16)77, g_variant_new_string("from the future")));
+  typed = g_variant_ref_sink(
+      g_variant_new("(qv)", (guint16)STORE_REG_RECORD_VERSION, g_variant_new_uint32(5)));
+  env = raw_env_open(fx->state);
+  raw_put_in(env, STORE_DBI_REGISTRATIONS, FALSE, bad[0], garbage, sizeof garbage);
+  raw_put_in(env, STORE_DBI_REGISTRATIONS, FALSE, bad[1], g_variant_get_data(future),
+             g_variant_get_size(future));
+  raw_put_in(env, STORE_DBI_REGISTRATIONS, FALSE, bad[2], g_variant_get_data(typed),
+             g_variant_get_size(typed));
+  raw_put_in(env, STORE_DBI_REGISTRATIONS, FALSE, bad[3], g_variant_get_data(nocontact),
+             g_variant_get_size(nocontact));
+  raw_put_in(env, STORE_DBI_REGISTRATIONS, FALSE, bad[4], g_variant_get_data(bigq),
+             g_variant_get_size(bigq));
+  raw_put_in(env, STORE_DBI_REGISTRATIONS, FALSE, bad[5], g_variant_get_data(empty),
+             g_variant_get_size(empty));
+  raw_put_in(env, STORE_DBI_REGISTRATIONS, FALSE, bad[6], g_variant_get_data(dbl),
+             g_variant_get_size(dbl));
+  raw_put_in(env, STORE_DBI_REGISTRATIONS, FALSE, "sip:fine@example.com",
+             g_variant_get_data(fine), g_variant_get_size(fine));
+  mdb_env_close(env);
+
+  db = open_db(fx->state, 0);
+  for (guint i = 0; i < G_N_ELEMENTS(bad); i++) {
+    g_test_message("%s", bad[i]);
+    g_assert_null(store_reg_get(db, bad[i], &error));
+    g_assert_error(error, STORE_ERROR, STORE_ERROR_CORRUPT);
+    g_assert_nonnull(strstr(error->message, bad[i]));
+    g_clear_error(&error);
+  }
+  /* A hand-made record in the documented format reads back. */
+  got = reg_get(db, "sip:fine@example.com");
+  g_assert_cmpuint(got->len, ==, 1);
+  g_assert_cmpstr(((StoreBinding *)g_ptr_array_index(got, 0))->contact, ==, "sip:a@b");
+  g_assert_null(((StoreBinding *)g_ptr_array_index(got, 0))->instance);
+  g_assert_true(((StoreBinding *)g_ptr_array_index(got, 0))->q == 0.5f);
+  g_clear_pointer(&got, g_ptr_array_unref);
+
+  /* The check names the table and the first damaged AOR. */
+  g_assert_false(store_db_check(db, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_CORRUPT);
+  g_test_message("%s", error->message);
+  g_assert_nonnull(strstr(error->message, STORE_DBI_REGISTRATIONS));
+  g_assert_nonnull(strstr(error->message, "sip:bigq@example.com"));
+  g_clear_error(&error);
+
+  /* Soft state: a damaged record is replaced by the next registration, or
+   * removed; then the store checks clean. */
+  for (guint i = 0; i < G_N_ELEMENTS(bad); i++)
+    reg_put(db, bad[i], i % 2 == 0 ? good : none);
+  got = reg_get(db, bad[0]);
+  assert_bindings_equal(got, good);
+  g_clear_pointer(&got, g_ptr_array_unref);
+  got = reg_get(db, "sip:good@example.com");
+  assert_bindings_equal(got, good);
+  g_assert_true(store_db_check(db, &error));
+  g_assert_no_error(error);
+  store_db_free(db);
+}
+
+static void
+test_reg_reopen(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(GPtrArray) want = bindings_sample();
+  g_autoptr(GPtrArray) got = NULL;
+  g_autoptr(GPtrArray) list = NULL;
+  g_autoptr(GError) error = NULL;
+  StoreDb *db;
+
+  db = open_db(fx->state, 0);
+  reg_put(db, "sip:alice@example.com", want);
+  store_db_free(db);
+
+  db = open_db(fx->state, 0);
+  got = reg_get(db, "sip:alice@example.com");
+  assert_bindings_equal(got, want);
+  list = store_reg_list(db, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(list->len, ==, 1);
+  store_db_free(db);
+}
+
+static void
+test_reg_check_stats(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(StoreDb) db = open_db(fx->state, 0);
+  g_autoptr(GPtrArray) bindings = bindings_sample();
+  g_autoptr(GPtrArray) empty = bindings_new();
+  g_autoptr(GError) error = NULL;
+  StoreStats st;
+
+  reg_put(db, "sip:a@example.com", bindings);
+  reg_put(db, "sip:b@example.com", bindings);
+  reg_put(db, "sip:c@example.com", bindings);
+  reg_put(db, "sip:c@example.com", empty);
+  g_assert_true(store_db_check(db, &error));
+  g_assert_no_error(error);
+  g_assert_true(store_db_get_stats(db, &st, &error));
+  g_assert_no_error(error);
+  g_assert_cmpuint(st.n_registrations, ==, 2);
+  g_assert_cmpuint(st.n_users + st.n_credentials + st.n_changes, ==, 0);
+  g_assert_cmpuint(st.last_change, ==, 0);
+}
+
+/* A store from before schema versions gains a usable registrations table. */
+static void
+test_reg_schema0(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(GBytes) der = fake_der(3, 120);
+  g_autoptr(GPtrArray) want = bindings_sample();
+  g_autoptr(GPtrArray) got = NULL;
+  g_autoptr(StoreDb) db = NULL;
+
+  make_schema0_store(fx->state, FALSE, der);
+  db = open_db(fx->state, 0);
+  got = reg_get(db, "sip:alice@example.com");
+  g_assert_cmpuint(got->len, ==, 0);
+  g_clear_pointer(&got, g_ptr_array_unref);
+  reg_put(db, "sip:alice@example.com", want);
+  got = reg_get(db, "sip:alice@example.com");
+  assert_bindings_equal(got, want);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -2337,6 +2768,14 @@ main(int argc, char **argv)
   ADD("/storage/db/migrate-schema0", test_db_migrate_schema0);
   ADD("/storage/db/migrate-schema1", test_db_migrate_schema1);
   ADD("/storage/db/migrate-damaged", test_db_migrate_damaged);
+  ADD("/storage/reg/put-get", test_reg_put_get);
+  ADD("/storage/reg/replace-remove", test_reg_replace_remove);
+  ADD("/storage/reg/list", test_reg_list);
+  ADD("/storage/reg/invalid", test_reg_invalid);
+  ADD("/storage/reg/corrupt", test_reg_corrupt);
+  ADD("/storage/reg/reopen", test_reg_reopen);
+  ADD("/storage/reg/check-stats", test_reg_check_stats);
+  ADD("/storage/reg/schema0", test_reg_schema0);
 #undef ADD
 
   return g_test_run();

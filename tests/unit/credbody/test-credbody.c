@@ -558,6 +558,38 @@ test_parse_limits(void)
               "credential body too large");
 }
 
+/* A real X.509 certificate (the identity module's fuzz seed) passes the DER
+ * check unchanged, bare and in a multipart, DER and PEM. */
+static void
+test_parse_real_cert(void)
+{
+  const char *root = g_getenv("SIPCRED_SOURCE_ROOT");
+  if (root == NULL) {
+    g_test_skip("SIPCRED_SOURCE_ROOT not set");
+    return;
+  }
+  g_autofree char *der_path =
+      g_build_filename(root, "tests", "fuzz", "corpus", "ident-cert", "user-alice.der", NULL);
+  g_autofree char *pem_path =
+      g_build_filename(root, "tests", "fuzz", "corpus", "ident-cert", "user-alice.pem", NULL);
+  g_autofree char *der = NULL, *pem_text = NULL;
+  gsize der_len, pem_len;
+  g_autoptr(GError) error = NULL;
+  g_assert_true(g_file_get_contents(der_path, &der, &der_len, &error));
+  g_assert_true(g_file_get_contents(pem_path, &pem_text, &pem_len, &error));
+  g_autoptr(GBytes) cert = g_bytes_new(der, der_len);
+  g_assert_true(core_credbody_der_check((const guint8 *)der, der_len));
+
+  g_autoptr(GString) bare = g_string_new_len(der, der_len);
+  parse_ok("application/pkix-cert", NULL, bare, 0, cert, NULL);
+  g_autoptr(GString) bare_pem = g_string_new_len(pem_text, pem_len);
+  parse_ok("application/pkix-cert", NULL, bare_pem, 0, cert, NULL);
+  g_autoptr(GString) mp = g_string_new(NULL);
+  add_part(mp, "bb", CERT_HDRS, pem_text, pem_len);
+  close_multipart(mp, "bb");
+  parse_ok(MP, NULL, mp, 0, cert, NULL);
+}
+
 static void
 test_der_check(void)
 {
@@ -609,6 +641,7 @@ main(int argc, char **argv)
   g_test_add_func("/core/credbody/parse/unsupported", test_parse_unsupported);
   g_test_add_func("/core/credbody/parse/nested", test_parse_nested);
   g_test_add_func("/core/credbody/parse/limits", test_parse_limits);
+  g_test_add_func("/core/credbody/parse/real-cert", test_parse_real_cert);
   g_test_add_func("/core/credbody/der-check", test_der_check);
   return g_test_run();
 }

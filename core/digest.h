@@ -100,8 +100,9 @@ CoreDigestAlgorithm core_digest_credentials_get_algorithm(const CoreDigestCreden
  * hex. Checked: realm is ours, qop is auth with nc and cnonce, the nonce is
  * ours, the digest uri is the Request-URI (RFC 2617 section 3.2.2.5; see
  * digest.c for the one tolerance), opaque (when sent) is ours, the response
- * (compared in constant time), the nonce's age, and the nonce count. Sets
- * @error (CORE_DIGEST_ERROR_REFUSED, saying why) for every result but OK. */
+ * (compared in constant time), the nonce's age, and the nonce count. A
+ * NULL @ha1_hex (unknown user) gives BAD. Sets @error
+ * (CORE_DIGEST_ERROR_REFUSED, saying why) for every result but OK. */
 CoreDigestResult core_digest_check(CoreDigest *digest, const CoreDigestCredentials *creds,
                                    const char *method, const char *request_uri,
                                    const char *ha1_hex, gint64 now, GError **error);
@@ -118,7 +119,8 @@ char *core_digest_response(CoreDigestAlgorithm algorithm, const char *ha1_hex, c
 /* Failed-attempt limiting. @source is the peer's address as text; either
  * @source or @user may be NULL. Note every BAD result (and a missing user),
  * and ask before checking credentials: FALSE means refuse now and tell the
- * client to wait *retry_after seconds. */
+ * client to wait *retry_after seconds; such a refused request is not a
+ * failure to note. Lockouts are logged (message level). */
 void core_digest_note_failure(CoreDigest *digest, const char *source, const char *user,
                               gint64 now);
 gboolean core_digest_may_try(CoreDigest *digest, const char *source, const char *user,

@@ -8,7 +8,10 @@
  * target's CoreDigest issued, so the checks past the nonce's HMAC are
  * reached. Properties: the error is set exactly when parse fails or check
  * is not OK; parsed credentials have a user name and realm; a check that
- * succeeded never succeeds again with the same credentials (replay). */
+ * succeeded never succeeds again with the same credentials (replay).
+ * Then a correct client's Authorization for the parsed user name and the
+ * Request-URI (when both can be quoted) must be accepted once, and refused
+ * as a replay the second time. */
 #define G_LOG_DOMAIN "sipcred-fuzz"
 
 #include <string.h>
@@ -19,6 +22,61 @@
 #define T0 G_GINT64_CONSTANT(1700000000)
 
 static const guint8 secret[32] = "fuzz-secret-fuzz-secret-fuzz-sec";
+
+static gboolean
+quotable(const char *s)
+{
+  if (strlen(s) > CORE_DIGEST_MAX_PARAM)
+    return FALSE;
+  for (const guchar *p = (const guchar *)s; *p != '\0'; p++)
+    if ((*p < 0x20 && *p != '\t') || *p == 0x7f)
+      return FALSE;
+  return TRUE;
+}
+
+static void
+append_quoted(GString *s, const char *v)
+{
+  g_string_append_c(s, '"');
+  for (const char *p = v; *p != '\0'; p++) {
+    if (*p == '"' || *p == '\\')
+      g_string_append_c(s, '\\');
+    g_string_append_c(s, *p);
+  }
+  g_string_append_c(s, '"');
+}
+
+/* A correct client's answer must pass exactly once. */
+static void
+check_round_trip(CoreDigest *d, const char *user, CoreDigestAlgorithm alg, const char *ruri,
+                 const char *nonce)
+{
+  if (!quotable(user) || !quotable(ruri))
+    return;
+  g_autofree char *ha1 = core_digest_ha1(alg, user, "example.com", "password");
+  g_autofree char *resp =
+    core_digest_response(alg, ha1, nonce, "00000001", "c0ffee", "auth", "SUBSCRIBE", ruri);
+  FUZZ_CHECK(resp != NULL);
+  GString *v = g_string_new("Digest username=");
+  append_quoted(v, user);
+  g_string_append_printf(v, ", realm=\"example.com\", nonce=\"%s\", uri=", nonce);
+  append_quoted(v, ruri);
+  g_string_append_printf(v, ", response=\"%s\", algorithm=%s, qop=auth, nc=00000001, "
+                            "cnonce=\"c0ffee\"",
+                         resp, alg == CORE_DIGEST_ALGORITHM_SHA256 ? "SHA-256" : "MD5");
+  g_autofree char *value = g_string_free(v, FALSE);
+  g_autoptr(CoreDigestCredentials) creds = NULL;
+  if (!core_digest_parse(value, &creds, NULL)) {
+    /* Only the overall length limit may refuse it. */
+    FUZZ_CHECK(strlen(value) > CORE_DIGEST_MAX_INPUT);
+    return;
+  }
+  FUZZ_CHECK(strcmp(core_digest_credentials_get_username(creds), user) == 0);
+  FUZZ_CHECK(core_digest_check(d, creds, "SUBSCRIBE", ruri, ha1, T0 + 2, NULL) ==
+             CORE_DIGEST_RESULT_OK);
+  FUZZ_CHECK(core_digest_check(d, creds, "SUBSCRIBE", ruri, ha1, T0 + 2, NULL) ==
+             CORE_DIGEST_RESULT_REPLAY);
+}
 
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -77,5 +135,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     gboolean may = core_digest_may_try(d, ruri, user, T0 + round, &wait);
     FUZZ_CHECK(may == (wait == 0));
   }
+  g_autofree char *fresh = core_digest_nonce_new(d, T0 + 2);
+  check_round_trip(d, user, alg, ruri, fresh);
   return 0;
 }

@@ -195,6 +195,14 @@ main(int argc, char **argv)
       g_printerr("sipcredd: %s: %s\n", cfg->path, error->message);
       return 1;
     }
+    /* Mode and size only: whether it is the store's key needs the store. */
+    if (cfg->master_key != NULL) {
+      g_autoptr(StoreMasterKey) key = store_master_key_load(cfg->master_key, &error);
+      if (key == NULL) {
+        g_printerr("sipcredd: %s: [store] master-key: %s\n", cfg->path, error->message);
+        return 1;
+      }
+    }
     printf("%s: configuration OK\n", cfg->path);
     return 0;
   }

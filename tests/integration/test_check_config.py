@@ -40,6 +40,22 @@ def main(tap):
             if rc != 1:
                 tap.diag(out)
 
+        # A master key that group or others can read is refused before the daemon starts.
+        key = os.path.join(dep.dir, 'master.key')
+        rc, out = h.run([h.binary('sipcred'), 'keygen', key], timeout=30)
+        tap.ok(rc == 0, 'sipcred keygen makes a master key')
+        with_key = os.path.join(dep.dir, 'with-key.conf')
+        with open(with_key, 'w') as f:
+            f.write(text + '\n[store]\nmaster-key=master.key\n')
+        rc, out = check(with_key)
+        tap.ok(rc == 0, 'a configuration with a private master key passes')
+        os.chmod(key, 0o644)
+        rc, out = check(with_key)
+        tap.ok(rc == 1 and '[store] master-key' in out and 'group or others' in out,
+               'a master key readable by others is refused, naming the key and why')
+        if rc != 1:
+            tap.diag(out)
+
 
 if __name__ == '__main__':
     h.run_tap(main)

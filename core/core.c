@@ -9,7 +9,9 @@
  * of an AOR reads the store once, hands the new body to each subscriber and
  * queues those that are idle. The scheduler sends queued NOTIFYs while fewer
  * than notify_window are in flight, because nua's send queue drops NOTIFYs
- * when thousands arrive at once (DESIGN.md).
+ * when thousands arrive at once (DESIGN.md). A subscriber notified less than
+ * min_notify_interval ago is not queued but waits on a port timer, holding no
+ * window slot; whatever changes meanwhile only replaces its pending body.
  */
 
 #include "core/core-private.h"
@@ -50,6 +52,7 @@ typedef struct {
 } CoreAorSubs;
 
 typedef struct {
+  CoreService *svc;
   gpointer sub; /* the server's handle; the hash key */
   const CorePackage *pkg;
   CoreAorSubs *aor;
@@ -59,6 +62,8 @@ typedef struct {
   gboolean in_flight; /* a NOTIFY was sent and core_notify_done() is due */
   gint64 expires_at;  /* unix seconds */
   GBytes *pending;    /* newest state not yet sent, NULL when up to date */
+  gint64 last_sent;   /* unix seconds of the last NOTIFY */
+  gpointer timer;     /* port timer while deferred by the interval, else NULL */
 } CoreSub;
 
 struct _CoreService {
@@ -89,6 +94,7 @@ core_config_init_defaults(CoreConfig *cfg)
       .max_expires = 86400,
       .min_expires = 60,
       .notify_window = 200,
+      .min_notify_interval = 60, /* RFC 6072 6.10 and 7.12 */
   };
 }
 
@@ -128,6 +134,13 @@ core_service_new(const CoreConfig *cfg, StoreDb *store, const CorePort *port, gp
   svc->store = store;
   svc->port = *port;
   svc->port_data = port_data;
+  if ((port->schedule == NULL) != (port->cancel == NULL)) {
+    g_critical("CorePort needs both schedule and cancel, or neither");
+    svc->port.schedule = NULL;
+    svc->port.cancel = NULL;
+  }
+  if (svc->port.schedule == NULL)
+    svc->cfg.min_notify_interval = 0; /* nothing to wait with */
 
   g_autoptr(GStrvBuilder) events = g_strv_builder_new();
   for (guint i = 0; i < CORE_N_PACKAGES; i++)
@@ -149,6 +162,14 @@ core_service_free(CoreService *svc)
     return;
   /* Queue links live inside the records: forget them before freeing those. */
   g_queue_init(&svc->fanout);
+  GHashTableIter iter;
+  gpointer value;
+  g_hash_table_iter_init(&iter, svc->subs);
+  while (g_hash_table_iter_next(&iter, NULL, &value)) {
+    CoreSub *rec = value;
+    if (rec->timer != NULL)
+      svc->port.cancel(g_steal_pointer(&rec->timer), svc->port_data);
+  }
   g_hash_table_destroy(svc->subs);
   for (guint i = 0; i < CORE_N_PACKAGES; i++)
     g_hash_table_destroy(svc->by_aor[i]);
@@ -521,12 +542,48 @@ core_fanout_pump(CoreService *svc)
       continue;
     }
     rec->in_flight = TRUE;
+    rec->last_sent = svc->port.now(svc->port_data);
     svc->in_flight++;
     /* rec may be freed by the time notify returns. */
     core_send_notify(svc, rec->sub, rec->pkg, CORE_SUBSTATE_ACTIVE,
                      (guint32)MIN(remaining, (gint64)G_MAXUINT32), NULL, body);
   }
   svc->pumping = FALSE;
+}
+
+static void
+core_sub_timer_fired(gpointer data)
+{
+  CoreSub *rec = data;
+  CoreService *svc = rec->svc;
+
+  rec->timer = NULL;
+  if (rec->pending != NULL && !rec->in_flight)
+    core_fanout_enqueue(svc, rec);
+  core_fanout_pump(svc);
+}
+
+/* @rec has a newer state to send and no NOTIFY in flight: queue it, or, when
+ * its last NOTIFY is too recent, wait until the interval has passed. */
+static void
+core_sub_make_ready(CoreService *svc, CoreSub *rec)
+{
+  if (rec->queued || rec->timer != NULL)
+    return; /* it will send rec->pending, whatever that is by then */
+  guint32 interval = svc->cfg.min_notify_interval;
+  if (interval > 0) {
+    gint64 wait = rec->last_sent + interval - svc->port.now(svc->port_data);
+    if (wait > 0) {
+      /* A clock step back would make wait up to the whole interval, no more. */
+      wait = MIN(wait, (gint64)interval);
+      rec->timer = svc->port.schedule((guint)(wait * 1000), core_sub_timer_fired, rec,
+                                      svc->port_data);
+      if (rec->timer != NULL)
+        return;
+      g_warning("cannot schedule a deferred NOTIFY; sending it now");
+    }
+  }
+  core_fanout_enqueue(svc, rec);
 }
 
 static CoreSub *
@@ -543,6 +600,7 @@ core_sub_register(CoreService *svc, gpointer sub, const CorePackage *pkg, const 
     g_hash_table_insert(table, entry->aor, entry);
   }
   CoreSub *rec = g_new0(CoreSub, 1);
+  rec->svc = svc;
   rec->sub = sub;
   rec->pkg = pkg;
   rec->aor = entry;
@@ -561,6 +619,8 @@ core_sub_forget(CoreService *svc, CoreSub *rec)
 
   if (rec->queued)
     g_queue_unlink(&svc->fanout, &rec->fanout_link);
+  if (rec->timer != NULL)
+    svc->port.cancel(g_steal_pointer(&rec->timer), svc->port_data);
   if (rec->in_flight)
     svc->in_flight--; /* its core_notify_done() will find no record */
   g_queue_unlink(&entry->subs, &rec->aor_link);
@@ -656,6 +716,7 @@ core_subscribe(CoreService *svc, gpointer txn, gpointer sub, const CoreSubscribe
    * outside the window, but it is counted in flight so that fan-out waits
    * for it and a change meanwhile is sent after it, not beside it. */
   rec->in_flight = TRUE;
+  rec->last_sent = now;
   svc->in_flight++;
   core_send_notify(svc, sub, pkg, CORE_SUBSTATE_ACTIVE, granted, NULL, body);
 }
@@ -715,8 +776,8 @@ core_notify_done(CoreService *svc, gpointer sub, guint status)
            status);
     core_sub_forget(svc, rec);
   } else if (rec->pending != NULL) {
-    /* The state changed while this NOTIFY was out: send the newest now. */
-    core_fanout_enqueue(svc, rec);
+    /* The state changed while this NOTIFY was out: send the newest next. */
+    core_sub_make_ready(svc, rec);
   }
   core_fanout_pump(svc);
 }
@@ -738,14 +799,14 @@ core_state_changed(CoreService *svc, const CorePackage *pkg, const char *aor)
     return;
   }
 
-  /* One body shared by all; a subscriber already queued just gets the newer
-   * body, one in flight gets it after its NOTIFY completes. */
+  /* One body shared by all; a subscriber already queued or deferred just
+   * gets the newer body, one in flight gets it after its NOTIFY completes. */
   for (GList *l = entry->subs.head; l != NULL; l = l->next) {
     CoreSub *rec = l->data;
     g_clear_pointer(&rec->pending, g_bytes_unref);
     rec->pending = g_bytes_ref(body);
     if (!rec->in_flight)
-      core_fanout_enqueue(svc, rec);
+      core_sub_make_ready(svc, rec);
   }
   g_info("%s of %s changed: notifying %u subscribers", pkg->event, aor, entry->subs.length);
   core_fanout_pump(svc);

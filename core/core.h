@@ -33,9 +33,13 @@ typedef struct {
   guint32 max_expires;        /* longer requests are granted this */
   guint32 min_expires;        /* shorter (non-zero) requests get 423 */
   guint notify_window;        /* NOTIFYs in flight at once during fan-out */
+  /* Least seconds between two NOTIFYs of one subscription (RFC 6072 6.10,
+   * 7.12); 0: no limit. Changes meanwhile coalesce into one NOTIFY with the
+   * newest state. Needs CorePort.schedule; without it there is no limit. */
+  guint32 min_notify_interval;
 } CoreConfig;
 
-/* Defaults: 86400, 86400, 60, 200. */
+/* Defaults: 86400, 86400, 60, 200, 60. */
 void core_config_init_defaults(CoreConfig *cfg);
 
 /* What the core needs of an incoming initial SUBSCRIBE. Strings are only
@@ -82,6 +86,13 @@ typedef struct {
   void (*notify)(gpointer sub, const CoreNotify *notify, gpointer user_data);
   /* Wall-clock time, unix seconds. */
   gint64 (*now)(gpointer user_data);
+  /* Optional (both or neither). Calls @cb(@data) once, from the main loop,
+   * @delay_ms from now, unless cancelled first; never from within schedule.
+   * Returns a non-NULL handle. cancel is only called for a handle whose
+   * callback has not yet run, and stops it. */
+  gpointer (*schedule)(guint delay_ms, void (*cb)(gpointer data), gpointer data,
+                       gpointer user_data);
+  void (*cancel)(gpointer handle, gpointer user_data);
 } CorePort;
 
 typedef struct _CoreService CoreService;

@@ -24,7 +24,7 @@ static const char *const tls_keys[] = {"priority",           "handshake-timeout"
 static const char *const domain_keys[] = {"certificate", "key", NULL};
 static const char *const certificate_keys[] = {"default-expires", "max-expires", "min-expires",
                                                NULL};
-static const char *const fanout_keys[] = {"window", NULL};
+static const char *const fanout_keys[] = {"window", "min-interval", NULL};
 static const char *const store_keys[] = {"map-size", "master-key", NULL};
 
 static const struct {
@@ -387,6 +387,10 @@ loader_read_core(const Loader *ld, SrvConfig *cfg, GError **error)
   if (!loader_get_uint(ld, "fanout", "window", 1, 100000, c->notify_window, &v, error))
     return FALSE;
   c->notify_window = v;
+  if (!loader_get_uint(ld, "fanout", "min-interval", 0, 86400, c->min_notify_interval, &v,
+                       error))
+    return FALSE;
+  c->min_notify_interval = v;
   if (!loader_get_uint(ld, "store", "map-size", 1024 * 1024, G_MAXINT64, 64 * 1024 * 1024,
                        &cfg->map_size, error))
     return FALSE;

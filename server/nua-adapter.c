@@ -137,10 +137,42 @@ port_now(gpointer user_data)
   return g_get_real_time() / G_USEC_PER_SEC;
 }
 
+typedef struct {
+  void (*cb)(gpointer data);
+  gpointer data;
+} PortTimer;
+
+static gboolean
+port_timer_fire(gpointer user_data)
+{
+  PortTimer *t = user_data;
+  t->cb(t->data);
+  return G_SOURCE_REMOVE;
+}
+
+static gpointer
+port_schedule(guint delay_ms, void (*cb)(gpointer data), gpointer data, gpointer user_data)
+{
+  PortTimer *t = g_new(PortTimer, 1);
+  t->cb = cb;
+  t->data = data;
+  /* The default context is the one nua runs on (nua_adapter_new). */
+  guint id = g_timeout_add_full(G_PRIORITY_DEFAULT, delay_ms, port_timer_fire, t, g_free);
+  return GUINT_TO_POINTER(id);
+}
+
+static void
+port_cancel(gpointer handle, gpointer user_data)
+{
+  g_source_remove(GPOINTER_TO_UINT(handle));
+}
+
 static const CorePort nua_core_port = {
   .respond = port_respond,
   .notify = port_notify,
   .now = port_now,
+  .schedule = port_schedule,
+  .cancel = port_cancel,
 };
 
 const CorePort *

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """An admin change made with sipcred while sipcredd runs reaches the subscribers: importing a
 new certificate for alice sends every subscriber of alice's certificate a NOTIFY with the new
-DER, and revoking it sends a NOTIFY with an empty body; subscribers of others get nothing."""
+DER, and revoking it sends a NOTIFY with an empty body; subscribers of others get nothing.
+The first part turns the minimum interval between NOTIFYs off ([fanout] min-interval=0); the
+second keeps it on (a short 5 s, not the 60 s default, so the test stays quick) and checks that
+two changes in quick succession reach a fresh subscriber as one NOTIFY with the newer state."""
 
 import os
 import sys
@@ -31,7 +34,8 @@ def next_notify(conn, call_id, timeout=6.0):
 
 def main(tap):
     h.require_tools('certtool')
-    with h.Deployment(tap, users=(ALICE, BOB)) as dep:
+    no_interval = '[fanout]\nmin-interval=0\n'
+    with h.Deployment(tap, users=(ALICE, BOB), extra=no_interval) as dep:
         dep.import_certs()
         dep.start()
         first = dep.export_der(ALICE)
@@ -67,6 +71,34 @@ def main(tap):
         for c in conns:
             c.close()
         tap.ok(dep.alive() and h.options_ok(dep), 'the daemon still serves')
+
+    with h.Deployment(tap, users=(ALICE,), extra='[fanout]\nmin-interval=5\n') as dep:
+        dep.import_certs()
+        dep.start()
+        # The replacement certificate is made first: the two changes must come quickly.
+        for ext in ('.pem', '.key'):
+            os.rename(os.path.join(dep.dir, 'alice' + ext),
+                      os.path.join(dep.dir, 'alice-old' + ext))
+        dep.make_certs()
+        conn = dep.connect()
+        s = h.Subscription(conn, ALICE)
+        final, notify = s.exchange(600)
+        tap.ok(final is not None and final.code == 200 and notify is not None,
+               'with the interval on, the first NOTIFY comes with the subscription')
+        started = time.monotonic()
+        rc1, _ = dep.sipcred('cred', 'import', ALICE, dep.user_pem(ALICE))
+        rc2, _ = dep.sipcred('cred', 'revoke', ALICE)
+        tap.ok(rc1 == 0 and rc2 == 0, 'an import and a revocation right after the subscription')
+        dialog = s.call_id + '@' + h.HOST
+        n = next_notify(conn, dialog, timeout=10)
+        waited = time.monotonic() - started
+        tap.ok(n is not None and n.body == b'' and waited >= 3.5,
+               'one NOTIFY after the interval carries the newest state (empty body), '
+               'after %.1f s' % waited)
+        tap.ok(next_notify(conn, dialog, timeout=3) is None,
+               'the two changes gave no second NOTIFY')
+        conn.close()
+        tap.ok(dep.alive(), 'the daemon still runs')
 
 
 if __name__ == '__main__':

@@ -71,7 +71,17 @@ typedef struct {
   gboolean reenter;    /* notify completes (and maybe ends) the sub at once */
   guint reenter_status;
   guint depth;
+  GPtrArray *timers; /* FakeTimer, all ever scheduled */
+  guint n_live_timers;
 } Fixture;
+
+/* A CorePort timer on the fake clock: fx_advance() fires it. */
+typedef struct {
+  gint64 due_ms;
+  void (*cb)(gpointer data);
+  gpointer data;
+  gboolean live;
+} FakeTimer;
 
 static void fx_done(Fixture *fx, gpointer sub, guint status);
 
@@ -129,11 +139,61 @@ fake_now(gpointer user_data)
   return fx->now;
 }
 
+static gpointer
+fake_schedule(guint delay_ms, void (*cb)(gpointer data), gpointer data, gpointer user_data)
+{
+  Fixture *fx = user_data;
+  FakeTimer *t = g_new0(FakeTimer, 1);
+  t->due_ms = fx->now * 1000 + delay_ms;
+  t->cb = cb;
+  t->data = data;
+  t->live = TRUE;
+  g_ptr_array_add(fx->timers, t);
+  fx->n_live_timers++;
+  return t;
+}
+
+static void
+fake_cancel(gpointer handle, gpointer user_data)
+{
+  Fixture *fx = user_data;
+  FakeTimer *t = handle;
+  g_assert_true(t->live); /* never cancelled twice, nor after it fired */
+  t->live = FALSE;
+  fx->n_live_timers--;
+}
+
 static const CorePort fake_port = {
     .respond = fake_respond,
     .notify = fake_notify,
     .now = fake_now,
+    .schedule = fake_schedule,
+    .cancel = fake_cancel,
 };
+
+/* Moves the clock to @secs later, firing due timers in order, each with the
+ * clock at its due time (rounded up to the second). */
+static void
+fx_advance(Fixture *fx, gint64 secs)
+{
+  gint64 end = fx->now + secs;
+  for (;;) {
+    FakeTimer *next = NULL;
+    for (guint i = 0; i < fx->timers->len; i++) {
+      FakeTimer *t = g_ptr_array_index(fx->timers, i);
+      if (t->live && t->due_ms <= end * 1000 && (next == NULL || t->due_ms < next->due_ms))
+        next = t;
+    }
+    if (next == NULL)
+      break;
+    fx->now = MAX(fx->now, (next->due_ms + 999) / 1000);
+    next->live = FALSE;
+    fx->n_live_timers--;
+    next->cb(next->data);
+  }
+  fx->now = end;
+}
+
 
 /* What the server does when a NOTIFY transaction ends. */
 static void
@@ -163,7 +223,7 @@ failing_cred_get(StoreDb *db, const char *aor, gpointer user_data, GError **erro
 static const char *const test_domains[] = {"example.com", "Example.ORG", NULL};
 
 static void
-fx_setup_with(Fixture *fx, guint window)
+fx_setup_with_interval(Fixture *fx, guint window, guint32 interval)
 {
   g_autoptr(GError) error = NULL;
   fx->dir = g_dir_make_tmp("sipcred-test-core-XXXXXX", &error);
@@ -175,6 +235,7 @@ fx_setup_with(Fixture *fx, guint window)
   fx->notifies = g_ptr_array_new_with_free_func(rec_notify_free);
   fx->outstanding = g_hash_table_new(g_direct_hash, g_direct_equal);
   fx->now = 1700000000;
+  fx->timers = g_ptr_array_new_with_free_func(g_free);
 
   CoreConfig cfg;
   core_config_init_defaults(&cfg);
@@ -183,9 +244,23 @@ fx_setup_with(Fixture *fx, guint window)
   cfg.max_expires = 7200;
   cfg.min_expires = 60;
   cfg.notify_window = window;
+  cfg.min_notify_interval = interval;
   fx->core = core_service_new(&cfg, fx->store, &fake_port, fx);
   g_assert_nonnull(fx->core);
   core_service_set_cred_get_cb(fx->core, failing_cred_get, fx);
+}
+
+/* The older tests check the scheduler without the interval. */
+static void
+fx_setup_with(Fixture *fx, guint window)
+{
+  fx_setup_with_interval(fx, window, 0);
+}
+
+static void
+fx_setup_interval60(Fixture *fx, gconstpointer data)
+{
+  fx_setup_with_interval(fx, 10, 60);
 }
 
 static void
@@ -210,6 +285,9 @@ static void
 fx_teardown(Fixture *fx, gconstpointer data)
 {
   g_clear_pointer(&fx->core, core_service_free);
+  /* Freeing the service stops its timers: none may fire into freed memory. */
+  g_assert_cmpuint(fx->n_live_timers, ==, 0);
+  g_ptr_array_unref(fx->timers);
   g_clear_pointer(&fx->store, store_db_free);
   g_ptr_array_unref(fx->responses);
   g_ptr_array_unref(fx->notifies);
@@ -997,6 +1075,180 @@ test_fanout_reentrant(Fixture *fx, gconstpointer data)
 
 /* ---- AOR canonicalization ---- */
 
+/* ---- minimum interval between NOTIFYs (RFC 6072 6.10, 7.12) ---- */
+
+#define SUB_A GUINT_TO_POINTER(0x1a)
+
+static void
+test_interval_defer_coalesce(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(GBytes) a = fake_der("a");
+  g_autoptr(GBytes) b = fake_der("b");
+  g_autoptr(GBytes) c = fake_der("c");
+  fx_put_cert(fx, DEFAULT_URI, a);
+  gint64 t0 = fx->now;
+
+  /* The first NOTIFY goes out with the 200, whatever the interval. */
+  g_assert_cmpuint(fx_subscribe(fx, SUB_A, &(SubArgs){0})->status, ==, 200);
+  g_assert_cmpuint(fx->notifies->len, ==, 1);
+  assert_cert_notify(fx_notify(fx, 0), SUB_A, CORE_SUBSTATE_ACTIVE, 3600, a);
+  fx_done(fx, SUB_A, 200);
+
+  /* Two changes within the minute: nothing yet, and one timer only. */
+  fx_advance(fx, 10);
+  fx_put_cert(fx, DEFAULT_URI, b);
+  core_cert_changed(fx->core, DEFAULT_URI);
+  g_assert_cmpuint(fx->notifies->len, ==, 1);
+  g_assert_cmpuint(fx->n_live_timers, ==, 1);
+  fx_advance(fx, 10);
+  fx_put_cert(fx, DEFAULT_URI, c);
+  core_cert_changed(fx->core, DEFAULT_URI);
+  g_assert_cmpuint(fx->notifies->len, ==, 1);
+  g_assert_cmpuint(fx->n_live_timers, ==, 1);
+
+  fx_advance(fx, 39); /* t0 + 59 */
+  g_assert_cmpuint(fx->notifies->len, ==, 1);
+  fx_advance(fx, 1); /* t0 + 60: one NOTIFY with the newest state */
+  g_assert_cmpuint(fx->notifies->len, ==, 2);
+  assert_cert_notify(fx_notify(fx, 1), SUB_A, CORE_SUBSTATE_ACTIVE, 3600 - 60, c);
+  g_assert_cmpint(fx->now, ==, t0 + 60);
+  fx_done(fx, SUB_A, 200);
+
+  /* The interval counts from that NOTIFY, not from the subscription. */
+  fx_advance(fx, 1);
+  fx_put_cert(fx, DEFAULT_URI, a);
+  core_cert_changed(fx->core, DEFAULT_URI);
+  g_assert_cmpuint(fx->notifies->len, ==, 2);
+  fx_advance(fx, 58); /* t0 + 119 */
+  g_assert_cmpuint(fx->notifies->len, ==, 2);
+  fx_advance(fx, 1);
+  g_assert_cmpuint(fx->notifies->len, ==, 3);
+  assert_cert_notify(fx_notify(fx, 2), SUB_A, CORE_SUBSTATE_ACTIVE, 3600 - 120, a);
+  fx_done(fx, SUB_A, 200);
+
+  /* After a quiet interval a change goes out at once. */
+  fx_advance(fx, 300);
+  store_cred_delete(fx->store, DEFAULT_URI, NULL);
+  core_cert_changed(fx->core, DEFAULT_URI);
+  g_assert_cmpuint(fx->notifies->len, ==, 4);
+  assert_empty_notify(fx_notify(fx, 3), SUB_A, CORE_SUBSTATE_ACTIVE, 3600 - 420);
+  g_assert_cmpuint(fx->n_live_timers, ==, 0);
+  fx_done(fx, SUB_A, 200);
+}
+
+/* A change while the first NOTIFY is still in flight waits for the interval
+ * after that NOTIFY, not just for its completion. */
+static void
+test_interval_in_flight(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(GBytes) a = fake_der("a");
+  g_autoptr(GBytes) b = fake_der("b");
+  fx_put_cert(fx, DEFAULT_URI, a);
+  g_assert_cmpuint(fx_subscribe(fx, SUB_A, &(SubArgs){0})->status, ==, 200);
+  fx_put_cert(fx, DEFAULT_URI, b);
+  core_cert_changed(fx->core, DEFAULT_URI);
+  fx_advance(fx, 5);
+  fx_done(fx, SUB_A, 200);
+  g_assert_cmpuint(fx->notifies->len, ==, 1);
+  fx_advance(fx, 54);
+  g_assert_cmpuint(fx->notifies->len, ==, 1);
+  fx_advance(fx, 1);
+  g_assert_cmpuint(fx->notifies->len, ==, 2);
+  assert_cert_notify(fx_notify(fx, 1), SUB_A, CORE_SUBSTATE_ACTIVE, 3600 - 60, b);
+  fx_done(fx, SUB_A, 200);
+}
+
+/* Deferred subscribers hold no window slot: with all 10 slots' worth of
+ * subscribers waiting, another AOR's subscriber is notified at once. */
+static void
+test_interval_window_free(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(GBytes) a = fake_der("a");
+  g_autoptr(GBytes) b = fake_der("b");
+  const char *bob = "sip:bob@example.com";
+  gpointer bob_sub = GUINT_TO_POINTER(0xb0b);
+  fx_put_cert(fx, DEFAULT_URI, a);
+  fx_put_cert(fx, bob, a);
+
+  g_assert_cmpuint(fx_subscribe(fx, bob_sub, &(SubArgs){.request_uri = bob})->status, ==, 200);
+  fx_done(fx, bob_sub, 200);
+  fx_advance(fx, 100);
+  for (guint i = 1; i <= 10; i++) {
+    g_assert_cmpuint(fx_subscribe(fx, GUINT_TO_POINTER(i), &(SubArgs){0})->status, ==, 200);
+    fx_done(fx, GUINT_TO_POINTER(i), 200);
+  }
+  g_assert_cmpuint(fx->notifies->len, ==, 11);
+
+  fx_put_cert(fx, DEFAULT_URI, b);
+  core_cert_changed(fx->core, DEFAULT_URI);
+  g_assert_cmpuint(fx->notifies->len, ==, 11);
+  g_assert_cmpuint(fx->n_live_timers, ==, 10);
+
+  fx_put_cert(fx, bob, b);
+  core_cert_changed(fx->core, bob);
+  g_assert_cmpuint(fx->notifies->len, ==, 12);
+  assert_cert_notify(fx_last_notify(fx), bob_sub, CORE_SUBSTATE_ACTIVE, 3600 - 100, b);
+  fx_done(fx, bob_sub, 200);
+
+  /* When the minute is up all ten go out, through the window. */
+  fx_advance(fx, 60);
+  g_assert_cmpuint(fx->notifies->len, ==, 22);
+  g_assert_cmpuint(fx->max_outstanding, <=, 10);
+  for (guint i = 12; i < 22; i++) {
+    RecNotify *n = fx_notify(fx, i);
+    g_assert_true(g_bytes_equal(n->body, b));
+    fx_done(fx, n->sub, 200);
+  }
+}
+
+/* A subscription that ends while deferred cancels its timer and gets nothing. */
+static void
+test_interval_gone_cancels(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(GBytes) a = fake_der("a");
+  g_autoptr(GBytes) b = fake_der("b");
+  fx_put_cert(fx, DEFAULT_URI, a);
+  g_assert_cmpuint(fx_subscribe(fx, SUB_A, &(SubArgs){0})->status, ==, 200);
+  fx_done(fx, SUB_A, 200);
+  fx_put_cert(fx, DEFAULT_URI, b);
+  core_cert_changed(fx->core, DEFAULT_URI);
+  g_assert_cmpuint(fx->n_live_timers, ==, 1);
+
+  core_subscription_gone(fx->core, SUB_A);
+  g_assert_cmpuint(fx->n_live_timers, ==, 0);
+  fx_advance(fx, 120);
+  g_assert_cmpuint(fx->notifies->len, ==, 1);
+  g_assert_cmpuint(core_service_get_n_subscriptions(fx->core), ==, 0);
+
+  /* A deferred subscription still alive when the service goes: teardown
+   * checks that freeing the service cancels this timer. */
+  g_assert_cmpuint(fx_subscribe(fx, SUB_A, &(SubArgs){0})->status, ==, 200);
+  fx_done(fx, SUB_A, 200);
+  core_cert_changed(fx->core, DEFAULT_URI);
+  g_assert_cmpuint(fx->n_live_timers, ==, 1);
+}
+
+/* Interval 0 (benchmarks): every change is sent at once, no timer. */
+static void
+test_interval_zero(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(GBytes) a = fake_der("a");
+  g_autoptr(GBytes) b = fake_der("b");
+  fx_put_cert(fx, DEFAULT_URI, a);
+  g_assert_cmpuint(fx_subscribe(fx, SUB_A, &(SubArgs){0})->status, ==, 200);
+  fx_done(fx, SUB_A, 200);
+  fx_put_cert(fx, DEFAULT_URI, b);
+  core_cert_changed(fx->core, DEFAULT_URI);
+  g_assert_cmpuint(fx->notifies->len, ==, 2);
+  assert_cert_notify(fx_notify(fx, 1), SUB_A, CORE_SUBSTATE_ACTIVE, 3600, b);
+  fx_done(fx, SUB_A, 200);
+  fx_put_cert(fx, DEFAULT_URI, a);
+  core_cert_changed(fx->core, DEFAULT_URI);
+  g_assert_cmpuint(fx->notifies->len, ==, 3);
+  fx_done(fx, SUB_A, 200);
+  g_assert_cmpuint(fx->timers->len, ==, 0);
+}
+
 static void
 test_aor_valid(void)
 {
@@ -1178,6 +1430,7 @@ test_config_defaults(void)
   g_assert_cmpuint(cfg.max_expires, ==, 86400);
   g_assert_cmpuint(cfg.min_expires, ==, 60);
   g_assert_cmpuint(cfg.notify_window, ==, 200);
+  g_assert_cmpuint(cfg.min_notify_interval, ==, 60);
 }
 
 #define ADD(path, setup, func) g_test_add(path, Fixture, NULL, setup, func, fx_teardown)
@@ -1207,6 +1460,11 @@ main(int argc, char **argv)
   ADD("/core/fanout/coalesce-burst", fx_setup_window10, test_fanout_coalesce_burst);
   ADD("/core/fanout/gone", fx_setup_window10, test_fanout_gone);
   ADD("/core/fanout/reentrant", fx_setup_window3, test_fanout_reentrant);
+  ADD("/core/interval/defer-coalesce", fx_setup_interval60, test_interval_defer_coalesce);
+  ADD("/core/interval/in-flight", fx_setup_interval60, test_interval_in_flight);
+  ADD("/core/interval/window-free", fx_setup_interval60, test_interval_window_free);
+  ADD("/core/interval/gone-cancels", fx_setup_interval60, test_interval_gone_cancels);
+  ADD("/core/interval/zero", fx_setup, test_interval_zero);
   g_test_add_func("/core/accept/parser", test_accept_parser);
   g_test_add_func("/core/event/token", test_event_token);
   g_test_add_func("/core/aor/valid", test_aor_valid);

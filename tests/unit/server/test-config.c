@@ -110,6 +110,8 @@ test_defaults(Fixture *f, gconstpointer data)
   g_assert_cmpuint(cfg->core.max_expires, ==, 86400);
   g_assert_cmpuint(cfg->core.min_expires, ==, 60);
   g_assert_cmpuint(cfg->core.notify_window, ==, 200);
+  /* RFC 6072 6.10 and 7.12: a minute between NOTIFYs unless configured. */
+  g_assert_cmpuint(cfg->core.min_notify_interval, ==, 60);
   g_assert_cmpstr(cfg->core.domains[0], ==, "example.com");
   g_assert_cmpuint(cfg->max_message_size, ==, 65535);
   /* No master key unless one is named. */
@@ -208,6 +210,11 @@ static const struct {
    {"[certificate] min-expires", "more than max-expires"}},
   {"bad-domain-name",
    "[server]\ndomains=exa mple.com\nstate-dir=s\n", {"[server] domains", "not a domain name"}},
+  {"min-interval-too-long",
+   "[server]\ndomains=example.com\nstate-dir=s\n"
+   "[domain example.com]\ncertificate=example.com.pem\nkey=example.com.key\n"
+   "[fanout]\nmin-interval=86401\n",
+   {":8:", "[fanout] min-interval", "0 to 86400"}},
   {"not-a-keyfile", "this is not [ a key file\n", {"sipcredd.conf"}},
   {"empty-master-key",
    "[server]\ndomains=example.com\nstate-dir=s\n"
@@ -234,6 +241,20 @@ test_bad(Fixture *f, gconstpointer data)
     if (strstr(error->message, bad_cases[i].expect[k]) == NULL)
       g_error("case %s: \"%s\" lacks \"%s\"", bad_cases[i].name, error->message,
               bad_cases[i].expect[k]);
+}
+
+static void
+test_fanout_min_interval(Fixture *f, gconstpointer data)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(SrvConfig) cfg =
+      load_text(f,
+                "[server]\ndomains=example.com\nstate-dir=s\n"
+                "[domain example.com]\ncertificate=example.com.pem\nkey=example.com.key\n"
+                "[fanout]\nmin-interval=0\n",
+                &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(cfg->core.min_notify_interval, ==, 0);
 }
 
 static void
@@ -264,6 +285,8 @@ main(int argc, char **argv)
              test_example_file_is_valid, fixture_tear_down);
   g_test_add("/server/config/master-key", Fixture, NULL, fixture_set_up, test_master_key,
              fixture_tear_down);
+  g_test_add("/server/config/fanout-min-interval", Fixture, NULL, fixture_set_up,
+             test_fanout_min_interval, fixture_tear_down);
   g_test_add("/server/config/two-domains-ipv6", Fixture, NULL, fixture_set_up,
              test_two_domains_and_ipv6, fixture_tear_down);
   for (guint i = 0; i < G_N_ELEMENTS(bad_cases); i++) {

@@ -290,8 +290,9 @@ test_user_add(Fixture *fx, gconstpointer data)
   Run r = {0};
 
   /* Known vector, so the test does not only compare our code with itself. */
-  g_assert_cmpstr(expected_ha1(G_CHECKSUM_MD5, "Mufasa", "testrealm@host.com", "Circle Of Life"),
-                  ==, "939e7578ed9e3c518a452acee763bce9");
+  g_autofree char *mufasa =
+      expected_ha1(G_CHECKSUM_MD5, "Mufasa", "testrealm@host.com", "Circle Of Life");
+  g_assert_cmpstr(mufasa, ==, "939e7578ed9e3c518a452acee763bce9");
 
   /* Password on stdin; only the first line counts. */
   g_autofree char *input = g_strdup_printf("%s\nsecond line\n", password);

@@ -710,7 +710,9 @@ core_subscribe(CoreService *svc, gpointer txn, gpointer sub, const CoreSubscribe
   core_respond(svc, txn, &ok);
   gint64 now = svc->port.now(svc->port_data);
   CoreSub *rec = core_sub_register(svc, sub, pkg, aor, now + granted);
-  g_info("%s subscription to %s for %u s", pkg->event, aor, granted);
+  g_info("%s subscription to %s for %u s from %s over %s %s (%s)", pkg->event, aor, granted,
+         info->peer_addr ? info->peer_addr : "?", info->tls_version ? info->tls_version : "?",
+         info->cipher_suite ? info->cipher_suite : "?", info->direct ? "direct" : "not direct");
 
   /* RFC 6665 4.2.1 and RFC 6072 6.7: the first NOTIFY goes out at once,
    * outside the window, but it is counted in flight so that fan-out waits

@@ -53,6 +53,15 @@ typedef struct {
   guint32 expires;
   const char *accept;     /* all Accept values joined by ", ", NULL when absent */
   const char *flow_token; /* the edge flow it came through, NULL if none */
+  /* That flow's TLS facts, from the edge (NULL/FALSE when unknown). direct:
+   * the request came straight from the UA over this TLS flow (exactly one Via
+   * below the edge's), the precondition for credential operations. */
+  gboolean direct;
+  const char *peer_addr;
+  const char *tls_version;
+  const char *cipher_suite;
+  const char *sni;
+  GBytes *peer_cert_der;
 } CoreSubscribeInfo;
 
 /* One answer to a request. Zero/NULL fields are left out. */

@@ -115,6 +115,7 @@ run(Daemon *d)
   }
   g_autoptr(CoreService) core =
       core_service_new(&cfg->core, store, nua_adapter_get_core_port(), nua);
+  nua_adapter_set_edge(nua, edge);
   nua_adapter_attach_core(nua, core);
   /* Admin changes (sipcred, another process) reach subscribers through the
    * store's change log; polling it is one cheap read transaction. */

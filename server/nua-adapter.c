@@ -22,6 +22,7 @@ struct _NuaSub;
 #include <sofia-sip/su_log.h>
 #include <sofia-sip/url.h>
 
+#include "server/edge.h"
 #include "sipcred-config.h"
 
 G_DEFINE_QUARK(sipcred-nua-adapter-error-quark, nua_adapter_error)
@@ -40,6 +41,7 @@ struct _NuaAdapter {
   nua_t *nua;
   guint16 port;
   CoreService *core;
+  Edge *edge; /* not owned */
   GHashTable *subs; /* NuaSub* set, so shutdown frees what nua never reports */
   gboolean shutdown_done;
 };
@@ -228,6 +230,20 @@ on_initial_subscribe(NuaAdapter *ad, nua_handle_t *nh, sip_t const *sip)
     .flow_token = flow,
   };
 
+  /* Direct: only the client's Via below the edge's own, on a flow the edge
+   * still has (so it came over TLS from that peer). */
+  guint n_vias = 0;
+  for (sip_via_t const *v = sip->sip_via; v; v = v->v_next)
+    n_vias++;
+  EdgeFlowInfo flow_info = {0};
+  gboolean have_flow = flow && ad->edge && edge_flow_lookup(ad->edge, flow, &flow_info);
+  info.direct = have_flow && n_vias == 2;
+  info.peer_addr = flow_info.peer_addr;
+  info.tls_version = flow_info.tls_version;
+  info.cipher_suite = flow_info.cipher_suite;
+  info.sni = flow_info.sni;
+  info.peer_cert_der = flow_info.peer_cert_der;
+
   NuaSub *s = g_new0(NuaSub, 1);
   s->ad = ad;
   s->nh = nh;
@@ -247,6 +263,7 @@ on_initial_subscribe(NuaAdapter *ad, nua_handle_t *nh, sip_t const *sip)
    * terminated NOTIFY completes. */
   if (!(txn.status >= 200 && txn.status < 300))
     g_hash_table_remove(ad->subs, s);
+  edge_flow_info_clear(&flow_info);
   su_home_deinit(home);
 }
 
@@ -400,6 +417,12 @@ guint16
 nua_adapter_get_port(NuaAdapter *ad)
 {
   return ad->port;
+}
+
+void
+nua_adapter_set_edge(NuaAdapter *ad, Edge *edge)
+{
+  ad->edge = edge;
 }
 
 void

@@ -30,6 +30,11 @@ guint16 nua_adapter_get_port(NuaAdapter *ad);
 /* The port to hand to core_service_new() together with @ad as port_data. */
 const CorePort *nua_adapter_get_core_port(void);
 
+/* The edge whose flows the requests come through: their TLS facts go to the
+ * core with each request. */
+struct _Edge;
+void nua_adapter_set_edge(NuaAdapter *ad, struct _Edge *edge);
+
 /* Requests reach the core from now on. */
 void nua_adapter_attach_core(NuaAdapter *ad, CoreService *core);
 

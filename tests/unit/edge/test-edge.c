@@ -877,16 +877,6 @@ script_sni(Fixture *f)
   }
 }
 
-static void
-test_sni(void)
-{
-  Fixture f;
-  fixture_init(&f);
-  fixture_start(&f);
-  fixture_run(&f, script_sni);
-  fixture_clear(&f);
-}
-
 /* Facts of a flow, including the SNI name and the client's certificate. */
 static void
 script_flow_info(Fixture *f)
@@ -936,16 +926,6 @@ script_flow_info(Fixture *f)
   g_assert_false(lc3.found);
   client_free(c2);
   wait_n_flows(f, 0);
-}
-
-static void
-test_flow_info(void)
-{
-  Fixture f;
-  fixture_init(&f);
-  fixture_start(&f);
-  fixture_run(&f, script_flow_info);
-  fixture_clear(&f);
 }
 
 /* ---- Tests: cipher-suite policy ---------------------------------------- */
@@ -1319,16 +1299,6 @@ script_relay(Fixture *f)
 }
 
 static void
-test_relay(void)
-{
-  Fixture f;
-  fixture_init(&f);
-  fixture_start(&f);
-  fixture_run(&f, script_relay);
-  fixture_clear(&f);
-}
-
-static void
 script_flow_failed(Fixture *f)
 {
   TestClient *c = client_connect(f->port, "a.example", "a.example");
@@ -1354,16 +1324,6 @@ script_flow_failed(Fixture *f)
     g_assert_cmpstr(sipwire_msg_get_first(msg, "Via"), ==, via);
   }
   close(ifd);
-}
-
-static void
-test_flow_failed(void)
-{
-  Fixture f;
-  fixture_init(&f);
-  fixture_start(&f);
-  fixture_run(&f, script_flow_failed);
-  fixture_clear(&f);
 }
 
 /* nua's own name (a served domain with nua's or the edge's internal port)
@@ -1405,16 +1365,6 @@ script_strip_nua_name(Fixture *f)
   g_assert_cmpstr(rrs->pdata[0], ==, rr_expect);
   g_assert_cmpstr(rrs->pdata[1], ==, "<sip:proxy.invalid;lr>");
   client_free(c);
-}
-
-static void
-test_strip_nua_name(void)
-{
-  Fixture f;
-  fixture_init(&f);
-  fixture_start(&f);
-  fixture_run(&f, script_strip_nua_name);
-  fixture_clear(&f);
 }
 
 /* A NOTIFY the client never answers gets 430 for its branch and CSeq as
@@ -1482,16 +1432,6 @@ script_flow_dies(Fixture *f)
   close(ifd);
 }
 
-static void
-test_flow_dies(void)
-{
-  Fixture f;
-  fixture_init(&f);
-  fixture_start(&f);
-  fixture_run(&f, script_flow_dies);
-  fixture_clear(&f);
-}
-
 /* Pipelined requests, sent before the edge's connection to nua exists:
  * queued while it opens, relayed complete and in order; a large body
  * crosses several TLS records intact. */
@@ -1533,16 +1473,6 @@ script_pipeline(Fixture *f)
   }
   g_string_free(batch, TRUE);
   client_free(c);
-}
-
-static void
-test_pipeline(void)
-{
-  Fixture f;
-  fixture_init(&f);
-  fixture_start(&f);
-  fixture_run(&f, script_pipeline);
-  fixture_clear(&f);
 }
 
 /* A burst of large NOTIFYs to a client that is not reading yet: the edge
@@ -1630,16 +1560,6 @@ script_nua_reconnect(Fixture *f)
   client_free(c);
 }
 
-static void
-test_nua_reconnect(void)
-{
-  Fixture f;
-  fixture_init(&f);
-  fixture_start(&f);
-  fixture_run(&f, script_nua_reconnect);
-  fixture_clear(&f);
-}
-
 /* nua not listening: the client gets 503 rather than silence. */
 static void
 script_nua_down(Fixture *f)
@@ -1698,16 +1618,6 @@ script_ping(Fixture *f)
 }
 
 static void
-test_ping(void)
-{
-  Fixture f;
-  fixture_init(&f);
-  fixture_start(&f);
-  fixture_run(&f, script_ping);
-  fixture_clear(&f);
-}
-
-static void
 script_garbage(Fixture *f)
 {
   /* Framing lost (no Content-Length): clean close. */
@@ -1763,16 +1673,6 @@ script_garbage(Fixture *f)
   c = client_connect(f->port, "a.example", "a.example");
   client_assert_alive(c);
   client_free(c);
-}
-
-static void
-test_garbage(void)
-{
-  Fixture f;
-  fixture_init(&f);
-  fixture_start(&f);
-  fixture_run(&f, script_garbage);
-  fixture_clear(&f);
 }
 
 /* A request as a client writes it, around @request_line and @extra (header
@@ -1892,16 +1792,6 @@ script_unparsable(Fixture *f)
   g_assert_cmpuint(sipwire_msg_get_status(back_msg), ==, 200);
   g_assert_cmpstr(sipwire_msg_get_first(back_msg, "Call-ID"), ==, "good-after");
   client_free(c);
-}
-
-static void
-test_unparsable(void)
-{
-  Fixture f;
-  fixture_init(&f);
-  fixture_start(&f);
-  fixture_run(&f, script_unparsable);
-  fixture_clear(&f);
 }
 
 /* Framing lost after a good request (RFC 4475 dblreq over a stream): nua's
@@ -2032,16 +1922,6 @@ script_unframed(Fixture *f)
     client_free(c);
   }
   wait_n_flows(f, 0);
-}
-
-static void
-test_unframed(void)
-{
-  Fixture f;
-  fixture_init(&f);
-  fixture_start(&f);
-  fixture_run(&f, script_unframed);
-  fixture_clear(&f);
 }
 
 static void
@@ -2201,16 +2081,6 @@ script_slow_reader(Fixture *f)
 }
 
 static void
-test_slow_reader(void)
-{
-  Fixture f;
-  fixture_init(&f);
-  fixture_start(&f);
-  fixture_run(&f, script_slow_reader);
-  fixture_clear(&f);
-}
-
-static void
 script_per_ip(Fixture *f)
 {
   TestClient *c1 = client_connect(f->port, "a.example", "a.example");
@@ -2362,16 +2232,6 @@ script_reload(Fixture *f)
   cfg_clear(&cfg);
 }
 
-static void
-test_reload(void)
-{
-  Fixture f;
-  fixture_init(&f);
-  fixture_start(&f);
-  fixture_run(&f, script_reload);
-  fixture_clear(&f);
-}
-
 /* ---- Stop -------------------------------------------------------------- */
 
 static void
@@ -2399,13 +2259,19 @@ script_stop(Fixture *f)
   close(fd);
 }
 
+/* Most tests are one script on a default, started fixture. */
+typedef struct {
+  ScriptFunc script;
+} PlainTest;
+
 static void
-test_stop(void)
+run_plain(gconstpointer data)
 {
+  const PlainTest *t = data;
   Fixture f;
   fixture_init(&f);
   fixture_start(&f);
-  fixture_run(&f, script_stop);
+  fixture_run(&f, t->script);
   fixture_clear(&f);
 }
 
@@ -2417,35 +2283,35 @@ main(int argc, char **argv)
   g_assert_cmpint(gnutls_global_init(), ==, 0);
   pki_setup();
 
-  g_test_add_func("/edge/tls/sni", test_sni);
-  g_test_add_func("/edge/tls/flow-info", test_flow_info);
+  g_test_add_data_func("/edge/tls/sni", &(const PlainTest){script_sni}, run_plain);
+  g_test_add_data_func("/edge/tls/flow-info", &(const PlainTest){script_flow_info}, run_plain);
   g_test_add_func("/edge/tls/refused", test_refused);
   g_test_add_func("/edge/tls/rfc6072-suites/recommended", test_rfc6072_recommended);
   g_test_add_func("/edge/tls/rfc6072-suites/default", test_rfc6072_default);
   g_test_add_func("/edge/tls/server-precedence", test_precedence);
   g_test_add_func("/edge/config/errors", test_config_errors);
-  g_test_add_func("/edge/relay/round-trip", test_relay);
-  g_test_add_func("/edge/relay/flow-failed", test_flow_failed);
-  g_test_add_func("/edge/relay/flow-dies", test_flow_dies);
-  g_test_add_func("/edge/relay/strip-nua-name", test_strip_nua_name);
+  g_test_add_data_func("/edge/relay/round-trip", &(const PlainTest){script_relay}, run_plain);
+  g_test_add_data_func("/edge/relay/flow-failed", &(const PlainTest){script_flow_failed}, run_plain);
+  g_test_add_data_func("/edge/relay/flow-dies", &(const PlainTest){script_flow_dies}, run_plain);
+  g_test_add_data_func("/edge/relay/strip-nua-name", &(const PlainTest){script_strip_nua_name}, run_plain);
   g_test_add_func("/edge/relay/nua-down", test_nua_down);
-  g_test_add_func("/edge/relay/pipeline", test_pipeline);
+  g_test_add_data_func("/edge/relay/pipeline", &(const PlainTest){script_pipeline}, run_plain);
   g_test_add_func("/edge/relay/burst", test_burst);
-  g_test_add_func("/edge/relay/nua-reconnect", test_nua_reconnect);
-  g_test_add_func("/edge/framing/ping", test_ping);
-  g_test_add_func("/edge/framing/garbage", test_garbage);
+  g_test_add_data_func("/edge/relay/nua-reconnect", &(const PlainTest){script_nua_reconnect}, run_plain);
+  g_test_add_data_func("/edge/framing/ping", &(const PlainTest){script_ping}, run_plain);
+  g_test_add_data_func("/edge/framing/garbage", &(const PlainTest){script_garbage}, run_plain);
   g_test_add_func("/edge/framing/max-size", test_max_size);
-  g_test_add_func("/edge/framing/unparsable", test_unparsable);
+  g_test_add_data_func("/edge/framing/unparsable", &(const PlainTest){script_unparsable}, run_plain);
   g_test_add_func("/edge/framing/drain", test_drain);
-  g_test_add_func("/edge/framing/unframed", test_unframed);
+  g_test_add_data_func("/edge/framing/unframed", &(const PlainTest){script_unframed}, run_plain);
   g_test_add_func("/edge/limits/handshake-timeout", test_handshake_timeout);
   g_test_add_func("/edge/limits/idle-timeout", test_idle_timeout);
   g_test_add_func("/edge/limits/per-ip", test_per_ip);
-  g_test_add_func("/edge/limits/slow-reader", test_slow_reader);
+  g_test_add_data_func("/edge/limits/slow-reader", &(const PlainTest){script_slow_reader}, run_plain);
   g_test_add_func("/edge/limits/max-connections", test_max_connections);
   g_test_add_func("/edge/listen/ipv6", test_ipv6);
-  g_test_add_func("/edge/reload", test_reload);
-  g_test_add_func("/edge/stop", test_stop);
+  g_test_add_data_func("/edge/reload", &(const PlainTest){script_reload}, run_plain);
+  g_test_add_data_func("/edge/stop", &(const PlainTest){script_stop}, run_plain);
 
   int ret = g_test_run();
   pki_teardown();

@@ -1874,7 +1874,33 @@ typedef struct {
   StoreKeyKind key_kind;
   GBytes *pkcs8;
   StoreMasterKey *key; /* for SERVER_HELD */
+  const char *if_etag; /* NULL: unconditional */
 } StoreCredPut;
+
+/* Fails @txn with PRECONDITION unless the stored record of @aor (@old, NULL
+ * when absent) carries @if_etag. */
+static gboolean
+store_txn_check_etag(StoreTxn *txn, const char *aor, GBytes *old, const char *if_etag)
+{
+  g_auto(StoreCredRecord) prev = {0};
+  GError *local = NULL;
+
+  if (old == NULL) {
+    store_txn_fail(txn, g_error_new(STORE_ERROR, STORE_ERROR_PRECONDITION,
+                                    "no credential stored for %s to match ETag %s", aor, if_etag));
+    return FALSE;
+  }
+  if (!store_cred_record_decode(aor, old, FALSE, &prev, &local)) {
+    store_txn_fail(txn, local);
+    return FALSE;
+  }
+  if (strcmp(prev.etag, if_etag) != 0) {
+    store_txn_fail(txn, g_error_new(STORE_ERROR, STORE_ERROR_PRECONDITION,
+                                    "the credential of %s has another ETag", aor));
+    return FALSE;
+  }
+  return TRUE;
+}
 
 static void
 store_cred_put_cb(StoreTxn *txn, gpointer user_data)
@@ -1887,6 +1913,8 @@ store_cred_put_cb(StoreTxn *txn, gpointer user_data)
 
   old = store_txn_get(txn, STORE_TABLE_CREDENTIALS, put->aor, "reading the old credential");
   if (!store_txn_ok(txn))
+    return;
+  if (put->if_etag != NULL && !store_txn_check_etag(txn, put->aor, old, put->if_etag))
     return;
   rec.version = 1;
   if (old != NULL) {
@@ -2021,6 +2049,15 @@ gboolean
 store_cred_put(StoreDb *db, const char *aor, GBytes *cert_der, gint64 not_before, gint64 not_after,
                StoreKeyKind key_kind, GBytes *pkcs8, GError **error)
 {
+  return store_cred_put_if(db, aor, NULL, cert_der, not_before, not_after, key_kind, pkcs8, NULL,
+                           error);
+}
+
+gboolean
+store_cred_put_if(StoreDb *db, const char *aor, const char *if_etag, GBytes *cert_der,
+                  gint64 not_before, gint64 not_after, StoreKeyKind key_kind, GBytes *pkcs8,
+                  char **etag_out, GError **error)
+{
   g_autoptr(StoreMasterKey) key = NULL;
   g_autofree char *etag = NULL;
   StoreCredPut put;
@@ -2053,8 +2090,64 @@ store_cred_put(StoreDb *db, const char *aor, GBytes *cert_der, gint64 not_before
       .key_kind = key_kind,
       .pkcs8 = pkcs8,
       .key = key,
+      .if_etag = if_etag,
   };
-  return store_env_write(db->env, store_cred_put_cb, &put, error);
+  if (!store_env_write(db->env, store_cred_put_cb, &put, error))
+    return FALSE;
+  if (etag_out != NULL)
+    *etag_out = g_steal_pointer(&etag);
+  return TRUE;
+}
+
+typedef struct {
+  const char *aor;
+  const char *if_etag;
+  const char *new_etag;
+} StoreCredRefresh;
+
+static void
+store_cred_refresh_cb(StoreTxn *txn, gpointer user_data)
+{
+  const StoreCredRefresh *ref = user_data;
+  g_autoptr(GBytes) old = NULL;
+  g_autoptr(GVariant) record = NULL;
+  g_auto(StoreCredRecord) rec = {0};
+  GError *local = NULL;
+
+  old = store_txn_get(txn, STORE_TABLE_CREDENTIALS, ref->aor, "reading the credential");
+  if (!store_txn_ok(txn) || !store_txn_check_etag(txn, ref->aor, old, ref->if_etag))
+    return;
+  if (!store_cred_record_decode(ref->aor, old, FALSE, &rec, &local)) {
+    store_txn_fail(txn, local);
+    return;
+  }
+  /* The wrapped key is bound to AOR and version, both unchanged: it is
+   * written back as it was. */
+  g_free(rec.etag);
+  rec.etag = g_strdup(ref->new_etag);
+  record = store_cred_record_encode(&rec);
+  store_txn_put(txn, STORE_TABLE_CREDENTIALS, ref->aor, record, "writing the credential");
+}
+
+gboolean
+store_cred_refresh(StoreDb *db, const char *aor, const char *if_etag, char **etag_out,
+                   GError **error)
+{
+  g_return_val_if_fail(db != NULL, FALSE);
+  g_return_val_if_fail(if_etag != NULL, FALSE);
+  g_return_val_if_fail(error == NULL || *error == NULL, FALSE);
+
+  if (!store_key_check(db, aor, error))
+    return FALSE;
+  g_autofree char *etag = store_etag_new(error);
+  if (etag == NULL)
+    return FALSE;
+  StoreCredRefresh ref = {aor, if_etag, etag};
+  if (!store_env_write(db->env, store_cred_refresh_cb, &ref, error))
+    return FALSE;
+  if (etag_out != NULL)
+    *etag_out = g_steal_pointer(&etag);
+  return TRUE;
 }
 
 gboolean
@@ -2136,12 +2229,20 @@ typedef struct {
   const char *aor;
   const char *what;
   StoreChangeKind change;
+  const char *if_etag; /* credentials only; NULL: unconditional */
 } StoreDelete;
 
 static void
 store_delete_cb(StoreTxn *txn, gpointer user_data)
 {
   const StoreDelete *del = user_data;
+
+  if (del->if_etag != NULL) {
+    g_autoptr(GBytes) old =
+        store_txn_get(txn, del->table, del->aor, "reading the credential");
+    if (!store_txn_ok(txn) || !store_txn_check_etag(txn, del->aor, old, del->if_etag))
+      return;
+  }
 
   if (!store_txn_del(txn, del->table, del->aor, "deleting")) {
     if (txn->rc == MDB_NOTFOUND) {
@@ -2157,7 +2258,13 @@ store_delete_cb(StoreTxn *txn, gpointer user_data)
 gboolean
 store_cred_delete(StoreDb *db, const char *aor, GError **error)
 {
-  StoreDelete del = {STORE_TABLE_CREDENTIALS, aor, "certificate", STORE_CHANGE_REVOKED};
+  return store_cred_delete_if(db, aor, NULL, error);
+}
+
+gboolean
+store_cred_delete_if(StoreDb *db, const char *aor, const char *if_etag, GError **error)
+{
+  StoreDelete del = {STORE_TABLE_CREDENTIALS, aor, "certificate", STORE_CHANGE_REVOKED, if_etag};
 
   g_return_val_if_fail(db != NULL, FALSE);
   g_return_val_if_fail(error == NULL || *error == NULL, FALSE);

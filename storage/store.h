@@ -23,6 +23,7 @@ typedef enum {
   STORE_ERROR_BUSY,      /* reader table full or lock held */
   STORE_ERROR_INVALID,   /* caller passed something unstorable */
   STORE_ERROR_KEY,       /* master key missing, unsafe (mode), malformed or not the store's */
+  STORE_ERROR_PRECONDITION, /* a conditional write found no record, or another ETag */
 } StoreError;
 
 /* Current on-disk schema version; see store_db_open() for migrations. */
@@ -138,6 +139,26 @@ gboolean store_cred_put(StoreDb *db, const char *aor, GBytes *cert_der, gint64 n
 /* Certificate only (STORE_KEY_NONE); kept for callers that hold no key. */
 gboolean store_cred_put_cert(StoreDb *db, const char *aor, GBytes *cert_der, gint64 not_before,
                              gint64 not_after, GError **error);
+
+/* RFC 3903 conditional writes: each checks and writes in one transaction,
+ * so a writer in another process cannot slip in between. @if_etag NULL means
+ * unconditional; otherwise the record must exist with exactly that ETag, or
+ * the call fails with STORE_ERROR_PRECONDITION and changes nothing. */
+
+/* store_cred_put() under a condition; *@etag_out (optional) gets the new ETag. */
+gboolean store_cred_put_if(StoreDb *db, const char *aor, const char *if_etag, GBytes *cert_der,
+                           gint64 not_before, gint64 not_after, StoreKeyKind key_kind,
+                           GBytes *pkcs8, char **etag_out, GError **error);
+
+/* A refresh: only the ETag changes (@if_etag required). Version, certificate,
+ * wrapped key and update time stay; nothing goes to the change log, since
+ * subscribers have nothing new to hear. Durable on return. */
+gboolean store_cred_refresh(StoreDb *db, const char *aor, const char *if_etag, char **etag_out,
+                            GError **error);
+
+/* store_cred_delete() under a condition (logged as STORE_CHANGE_REVOKED).
+ * NOT_FOUND only when @if_etag is NULL and there is nothing to delete. */
+gboolean store_cred_delete_if(StoreDb *db, const char *aor, const char *if_etag, GError **error);
 
 /* Returns the record, or NULL with STORE_ERROR_NOT_FOUND when @aor has none. */
 StoreCred *store_cred_get(StoreDb *db, const char *aor, GError **error);

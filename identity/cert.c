@@ -315,6 +315,42 @@ ident_cert_check_user_profile(IdentCert *cert, const char *aor, gint64 now, GErr
   return TRUE;
 }
 
+gboolean
+ident_cert_check_publishable(IdentCert *cert, gint64 now, GError **error)
+{
+  unsigned int critical = 0, ca = 0;
+  int pathlen = -1;
+  int rc;
+
+  g_return_val_if_fail(cert != NULL, FALSE);
+  g_return_val_if_fail(error == NULL || *error == NULL, FALSE);
+
+  if (now < cert->not_before) {
+    g_autofree char *when = ident_format_time(cert->not_before);
+    g_set_error(error, IDENT_ERROR, IDENT_ERROR_EXPIRED,
+                "certificate not yet valid (notBefore %s)", when);
+    return FALSE;
+  }
+  if (now >= cert->not_after) {
+    g_autofree char *when = ident_format_time(cert->not_after);
+    g_set_error(error, IDENT_ERROR, IDENT_ERROR_EXPIRED, "certificate expired (notAfter %s)",
+                when);
+    return FALSE;
+  }
+  rc = gnutls_x509_crt_get_basic_constraints(cert->crt, &critical, &ca, &pathlen);
+  if (rc < 0 && rc != GNUTLS_E_REQUESTED_DATA_NOT_AVAILABLE) {
+    g_set_error(error, IDENT_ERROR, IDENT_ERROR_PROFILE,
+                "certificate basicConstraints unreadable");
+    return FALSE;
+  }
+  if (rc >= 0 && ca) {
+    g_set_error(error, IDENT_ERROR, IDENT_ERROR_PROFILE,
+                "certificate is a CA (basicConstraints cA=TRUE)");
+    return FALSE;
+  }
+  return TRUE;
+}
+
 /* The most specific (last) Subject CN, or NULL. */
 static char *
 ident_cert_dup_last_cn(IdentCert *cert)

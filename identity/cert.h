@@ -39,6 +39,12 @@ gint64 ident_cert_get_not_after(IdentCert *cert);
 gboolean ident_cert_check_user_profile(IdentCert *cert, const char *aor, gint64 now,
                                        GError **error);
 
+/* The checks of RFC 6072 section 7.9 on a published certificate: notBefore
+ * not after @now, notAfter after @now, and cA FALSE when basicConstraints
+ * are present. The subjectAltName is deliberately not checked (7.9). Error
+ * messages are fixed text plus times, safe as a SIP reason phrase. */
+gboolean ident_cert_check_publishable(IdentCert *cert, gint64 now, GError **error);
+
 /* The SAN dNSName entries (or the CN when there are none), for logging and
  * for SNI selection. */
 GStrv ident_cert_dup_dns_names(IdentCert *cert);

@@ -6,49 +6,109 @@
  * Every notifier rule lives here; the server only carries messages. Each
  * subscription is a CoreSub keyed by the server's opaque @sub pointer and
  * linked into the list of subscribers of its (package, AOR). A state change
- * of an AOR reads the store once, hands the new body to each subscriber and
- * queues those that are idle. The scheduler sends queued NOTIFYs while fewer
- * than notify_window are in flight, because nua's send queue drops NOTIFYs
- * when thousands arrive at once (DESIGN.md). A subscriber notified less than
- * min_notify_interval ago is not queued but waits on a port timer, holding no
- * window slot; whatever changes meanwhile only replaces its pending body.
+ * of an AOR reads the store once per package, hands the new body to each
+ * subscriber that does not already have it and queues those that are idle.
+ * The scheduler sends queued NOTIFYs while fewer than notify_window are in
+ * flight, because nua's send queue drops NOTIFYs when thousands arrive at
+ * once (DESIGN.md). A subscriber notified less than min_notify_interval ago
+ * is not queued but waits on a port timer, holding no window slot; whatever
+ * changes meanwhile only replaces its pending body. Ending a credential
+ * subscription (revocation) never waits for the interval.
  */
 
-#include "core/core-private.h"
+#include "core/core-service.h"
 
+#include <gio/gio.h>
 #include <string.h>
 
-/* What differs between event packages. Adding the credential package
- * (RFC 6072 section 7) means adding an entry here. */
-typedef struct {
-  const char *event;               /* event-package token, case-sensitive */
-  const char *content_type;        /* the body type of a non-empty NOTIFY */
-  const char *content_disposition; /* RFC 6072 6.4: "signal" */
-  /* Reads the current state of @aor as a NOTIFY body; an empty GBytes when
-   * there is none. NULL with @error only when the store failed. */
-  GBytes *(*load_body)(CoreService *svc, const char *aor, GError **error);
-} CorePackage;
+#include "core/credbody.h"
+#include "identity/cert.h"
+
+/* What differs between event packages. */
+struct _CorePackage {
+  const char *event;             /* event-package token, case-sensitive */
+  const char *const *types;      /* media types an Accept must allow (RFC 6072 6.4, 7.4) */
+  const char *accept;            /* the Accept header of our 406 */
+  gboolean credential;           /* serves private keys: authenticated, direct TLS only */
+};
 
 enum {
   CORE_PKG_CERTIFICATE,
+  CORE_PKG_CREDENTIAL,
   CORE_N_PACKAGES,
 };
 
-static GBytes *core_cert_load_body(CoreService *svc, const char *aor, GError **error);
+static const char *const core_cert_types[] = {"application/pkix-cert", NULL};
+static const char *const core_cred_types[] = {"multipart/mixed", "application/pkix-cert",
+                                              "application/pkcs8", NULL};
 
 static const CorePackage core_packages[CORE_N_PACKAGES] = {
     [CORE_PKG_CERTIFICATE] =
         {
             .event = "certificate",
-            .content_type = "application/pkix-cert",
-            .content_disposition = "signal",
-            .load_body = core_cert_load_body,
+            .types = core_cert_types,
+            .accept = "application/pkix-cert",
+        },
+    [CORE_PKG_CREDENTIAL] =
+        {
+            .event = "credential",
+            .types = core_cred_types,
+            .accept = "multipart/mixed, application/pkix-cert, application/pkcs8",
+            .credential = TRUE,
         },
 };
 
+/* A NOTIFY body and its type, shared by every subscriber it goes to. */
 typedef struct {
+  GBytes *bytes;      /* empty: no body */
+  char *content_type; /* NULL for an empty body */
+} CoreBody;
+
+static void
+core_body_clear(gpointer data)
+{
+  CoreBody *b = data;
+  g_bytes_unref(b->bytes);
+  g_free(b->content_type);
+}
+
+static CoreBody *
+core_body_new(const CoreState *state)
+{
+  CoreBody *b = g_rc_box_new0(CoreBody);
+  b->bytes = g_bytes_ref(state->body);
+  b->content_type = g_strdup(state->content_type);
+  return b;
+}
+
+static CoreBody *
+core_body_ref(CoreBody *b)
+{
+  return g_rc_box_acquire(b);
+}
+
+static void
+core_body_unref(CoreBody *b)
+{
+  g_rc_box_release_full(b, core_body_clear);
+}
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(CoreBody, core_body_unref)
+
+static gboolean
+core_body_equal(const CoreBody *a, const CoreBody *b)
+{
+  return a != NULL && b != NULL && g_bytes_equal(a->bytes, b->bytes) &&
+         g_strcmp0(a->content_type, b->content_type) == 0;
+}
+
+typedef struct {
+  CoreService *svc;
+  const CorePackage *pkg;
   char *aor;
-  GQueue subs; /* CoreSub, linked through CoreSub.aor_link */
+  GQueue subs;        /* CoreSub, linked through CoreSub.aor_link */
+  gint64 not_after;   /* of the certificate served, 0 when none */
+  gpointer timer;     /* fires when the certificate expires, else NULL */
+  gint64 timer_at;
 } CoreAorSubs;
 
 typedef struct {
@@ -61,27 +121,14 @@ typedef struct {
   gboolean queued;    /* waiting for a window slot */
   gboolean in_flight; /* a NOTIFY was sent and core_notify_done() is due */
   gint64 expires_at;  /* unix seconds */
-  GBytes *pending;    /* newest state not yet sent, NULL when up to date */
+  CoreBody *pending;  /* newest state not yet sent, NULL when up to date */
+  CoreBody *last;     /* the state the subscriber has or is about to get */
   gint64 last_sent;   /* unix seconds of the last NOTIFY */
   gpointer timer;     /* port timer while deferred by the interval, else NULL */
+  gboolean awaiting;  /* told "pending" while its credential is generated */
+  gboolean ending;    /* to be ended with reason=deactivated */
+  gboolean ended;     /* the terminating NOTIFY went out */
 } CoreSub;
-
-struct _CoreService {
-  CoreConfig cfg;
-  char **domains;
-  StoreDb *store;
-  CorePort port;
-  gpointer port_data;
-  char *allow_events;
-  CoreCredGetCb cred_get;
-  gpointer cred_get_data;
-
-  GHashTable *subs;                    /* sub -> CoreSub (owned) */
-  GHashTable *by_aor[CORE_N_PACKAGES]; /* AOR -> CoreAorSubs (owned) */
-  GQueue fanout;                       /* CoreSub waiting for a slot */
-  guint in_flight;                     /* NOTIFYs awaiting core_notify_done() */
-  gboolean pumping;
-};
 
 void
 core_config_init_defaults(CoreConfig *cfg)
@@ -90,12 +137,26 @@ core_config_init_defaults(CoreConfig *cfg)
 
   *cfg = (CoreConfig){
       .domains = NULL,
-      .default_expires = 86400, /* RFC 6072 6.3: one day */
+      .default_expires = 86400, /* RFC 6072 6.3 and 7.3: one day */
       .max_expires = 86400,
       .min_expires = 60,
       .notify_window = 200,
       .min_notify_interval = 60, /* RFC 6072 6.10 and 7.12 */
+      .nonce_lifetime = 300,
+      .generate_credentials = FALSE,
+      .generate_key_bits = 2048,
+      .generate_days = 365, /* RFC 6072 10.6: a year or less */
   };
+  core_digest_limits_init_defaults(&cfg->digest_limits);
+}
+
+void
+core_state_clear(CoreState *state)
+{
+  g_clear_pointer(&state->body, g_bytes_unref);
+  g_clear_pointer(&state->content_type, g_free);
+  state->stored = FALSE;
+  state->not_after = 0;
 }
 
 static void
@@ -104,6 +165,8 @@ core_aor_subs_free(gpointer data)
   CoreAorSubs *entry = data;
 
   /* The links are embedded in CoreSub records, which the subs table owns. */
+  if (entry->timer != NULL)
+    entry->svc->port.cancel(g_steal_pointer(&entry->timer), entry->svc->port_data);
   g_free(entry->aor);
   g_free(entry);
 }
@@ -113,7 +176,8 @@ core_sub_free(gpointer data)
 {
   CoreSub *rec = data;
 
-  g_clear_pointer(&rec->pending, g_bytes_unref);
+  g_clear_pointer(&rec->pending, core_body_unref);
+  g_clear_pointer(&rec->last, core_body_unref);
   g_free(rec);
 }
 
@@ -128,6 +192,8 @@ core_service_new(const CoreConfig *cfg, StoreDb *store, const CorePort *port, gp
   CoreService *svc = g_new0(CoreService, 1);
   svc->cfg = *cfg;
   svc->domains = g_strdupv((char **)cfg->domains);
+  if (svc->domains == NULL)
+    svc->domains = g_new0(char *, 1);
   svc->cfg.domains = (const char *const *)svc->domains;
   /* A window of 0 would never send a fan-out NOTIFY. */
   svc->cfg.notify_window = MAX(cfg->notify_window, 1);
@@ -149,9 +215,12 @@ core_service_new(const CoreConfig *cfg, StoreDb *store, const CorePort *port, gp
   svc->allow_events = g_strjoinv(", ", names);
 
   svc->subs = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, core_sub_free);
+  svc->by_aor = g_new0(GHashTable *, CORE_N_PACKAGES);
   for (guint i = 0; i < CORE_N_PACKAGES; i++)
     svc->by_aor[i] = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, core_aor_subs_free);
   g_queue_init(&svc->fanout);
+  svc->generating = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_object_unref);
+  core_auth_init(svc);
   return svc;
 }
 
@@ -160,10 +229,16 @@ core_service_free(CoreService *svc)
 {
   if (svc == NULL)
     return;
-  /* Queue links live inside the records: forget them before freeing those. */
-  g_queue_init(&svc->fanout);
+  /* Generations still running finish in their threads and find the
+   * cancellable set: they touch nothing of svc. */
   GHashTableIter iter;
   gpointer value;
+  g_hash_table_iter_init(&iter, svc->generating);
+  while (g_hash_table_iter_next(&iter, NULL, &value))
+    g_cancellable_cancel(value);
+  g_hash_table_destroy(svc->generating);
+  /* Queue links live inside the records: forget them before freeing those. */
+  g_queue_init(&svc->fanout);
   g_hash_table_iter_init(&iter, svc->subs);
   while (g_hash_table_iter_next(&iter, NULL, &value)) {
     CoreSub *rec = value;
@@ -173,6 +248,8 @@ core_service_free(CoreService *svc)
   g_hash_table_destroy(svc->subs);
   for (guint i = 0; i < CORE_N_PACKAGES; i++)
     g_hash_table_destroy(svc->by_aor[i]);
+  g_free(svc->by_aor);
+  core_auth_clear(svc);
   g_strfreev(svc->domains);
   g_free(svc->allow_events);
   g_free(svc);
@@ -195,27 +272,55 @@ core_service_get_n_subscriptions(CoreService *svc)
   return g_hash_table_size(svc->subs);
 }
 
-static GBytes *
-core_cert_load_body(CoreService *svc, const char *aor, GError **error)
+StoreCred *
+core_cred_read(CoreService *svc, const char *aor, GError **error)
+{
+  if (svc->cred_get != NULL) {
+    StoreCred *cred = svc->cred_get(svc->store, aor, svc->cred_get_data, error);
+    if (cred == NULL && error != NULL && *error == NULL)
+      g_set_error_literal(error, STORE_ERROR, STORE_ERROR_IO, "no record and no error");
+    return cred;
+  }
+  return store_cred_get(svc->store, aor, error);
+}
+
+/* Reads the state of @aor as @pkg serves it. An expired certificate is no
+ * certificate (RFC 6072 6.8, 7.10): it is never served. FALSE only when the
+ * store failed. */
+static gboolean
+core_state_load(CoreService *svc, const CorePackage *pkg, const char *aor, CoreState *state,
+                GError **error)
 {
   g_autoptr(GError) local = NULL;
-  g_autoptr(StoreCred) cred = NULL;
 
-  if (svc->cred_get != NULL)
-    cred = svc->cred_get(svc->store, aor, svc->cred_get_data, &local);
-  else
-    cred = store_cred_get(svc->store, aor, &local);
+  *state = (CoreState){0};
+  g_autoptr(StoreCred) cred = core_cred_read(svc, aor, &local);
   if (cred == NULL) {
-    if (g_error_matches(local, STORE_ERROR, STORE_ERROR_NOT_FOUND))
-      return g_bytes_new(NULL, 0);
-    if (local == NULL)
-      g_set_error_literal(&local, STORE_ERROR, STORE_ERROR_IO, "no record and no error");
-    g_propagate_error(error, g_steal_pointer(&local));
-    return NULL;
+    if (!g_error_matches(local, STORE_ERROR, STORE_ERROR_NOT_FOUND)) {
+      g_propagate_error(error, g_steal_pointer(&local));
+      return FALSE;
+    }
+    state->body = g_bytes_new(NULL, 0);
+    return TRUE;
   }
-  if (cred->cert_der == NULL)
-    return g_bytes_new(NULL, 0);
-  return g_bytes_ref(cred->cert_der);
+  state->stored = TRUE;
+  state->not_after = cred->not_after;
+  if (cred->cert_der == NULL || g_bytes_get_size(cred->cert_der) == 0 ||
+      cred->not_after <= svc->port.now(svc->port_data)) {
+    state->body = g_bytes_new(NULL, 0);
+    return TRUE;
+  }
+  if (!pkg->credential) {
+    state->body = g_bytes_ref(cred->cert_der);
+    state->content_type = g_strdup("application/pkix-cert");
+    return TRUE;
+  }
+  if (cred->key_kind != STORE_KEY_NONE && cred->pkcs8 == NULL)
+    g_warning("the private key of %s cannot be opened (no or another master key): "
+              "serving the certificate alone",
+              aor);
+  state->body = core_credbody_build(cred->cert_der, cred->pkcs8, &state->content_type);
+  return TRUE;
 }
 
 /* ---- Event and Accept parsing (peer input) ---- */
@@ -468,13 +573,13 @@ core_accept_allows(const char *accept, const char *media_type)
 
 /* ---- Responses and NOTIFYs ---- */
 
-static void
+void
 core_respond(CoreService *svc, gpointer txn, const CoreResponse *resp)
 {
   svc->port.respond(txn, resp, svc->port_data);
 }
 
-static void
+void
 core_respond_error(CoreService *svc, gpointer txn, guint status, const char *phrase)
 {
   CoreResponse resp = {.status = status, .phrase = phrase};
@@ -483,25 +588,26 @@ core_respond_error(CoreService *svc, gpointer txn, guint status, const char *phr
 
 static void
 core_send_notify(CoreService *svc, gpointer sub, const CorePackage *pkg, CoreSubstate state,
-                 guint32 expires, const char *reason, GBytes *body)
+                 guint32 expires, const char *reason, const CoreBody *body)
 {
+  g_autoptr(GBytes) empty = g_bytes_new_static("", 0);
+
   CoreNotify notify = {
       .event = pkg->event,
       .state = state,
       .expires = expires,
       .reason = reason,
-      .body = body,
+      .body = body != NULL ? body->bytes : empty,
   };
 
-  /* RFC 6072 6.4: the body is empty or one application/pkix-cert; empty
-   * means "no certificate" (6.6) or "revoked" (7.9, 6.8). It goes without
-   * Content-Type: RFC 3261 7.4.1 reads an empty body with a Content-Type as
-   * a zero-length object of that type, and a zero-length pkix-cert is not a
-   * certificate. Content-Disposition describes a body (RFC 3261 20.11), so
-   * "signal" travels only with one. */
-  if (g_bytes_get_size(body) > 0) {
-    notify.content_type = pkg->content_type;
-    notify.content_disposition = pkg->content_disposition;
+  /* An empty body means "no certificate" (6.6), "no credential" or
+   * "revoked" (7.9, 6.8). It goes without Content-Type: RFC 3261 7.4.1 reads
+   * an empty body with a Content-Type as a zero-length object of that type,
+   * and a zero-length pkix-cert is not a certificate. Content-Disposition
+   * describes a body (RFC 3261 20.11), so "signal" travels only with one. */
+  if (g_bytes_get_size(notify.body) > 0) {
+    notify.content_type = body->content_type;
+    notify.content_disposition = "signal";
   }
   svc->port.notify(sub, &notify, svc->port_data);
 }
@@ -533,16 +639,31 @@ core_fanout_pump(CoreService *svc)
       break;
     CoreSub *rec = link->data;
     rec->queued = FALSE;
-    g_autoptr(GBytes) body = g_steal_pointer(&rec->pending);
+    gint64 now = svc->port.now(svc->port_data);
+    if (rec->ending) {
+      if (rec->ended)
+        continue;
+      rec->ended = TRUE;
+      rec->in_flight = TRUE;
+      rec->last_sent = now;
+      svc->in_flight++;
+      g_clear_pointer(&rec->pending, core_body_unref);
+      /* RFC 6072 7.7: the subscriber must authenticate again. */
+      core_send_notify(svc, rec->sub, rec->pkg, CORE_SUBSTATE_TERMINATED, 0, "deactivated",
+                       NULL);
+      continue;
+    }
+    g_autoptr(CoreBody) body = g_steal_pointer(&rec->pending);
     if (body == NULL)
       continue;
-    gint64 remaining = rec->expires_at - svc->port.now(svc->port_data);
+    gint64 remaining = rec->expires_at - now;
     if (remaining <= 0) {
       /* Expired but not yet ended by the server: nothing left to promise. */
       continue;
     }
     rec->in_flight = TRUE;
-    rec->last_sent = svc->port.now(svc->port_data);
+    rec->awaiting = FALSE;
+    rec->last_sent = now;
     svc->in_flight++;
     /* rec may be freed by the time notify returns. */
     core_send_notify(svc, rec->sub, rec->pkg, CORE_SUBSTATE_ACTIVE,
@@ -558,20 +679,26 @@ core_sub_timer_fired(gpointer data)
   CoreService *svc = rec->svc;
 
   rec->timer = NULL;
-  if (rec->pending != NULL && !rec->in_flight)
+  if ((rec->pending != NULL || rec->ending) && !rec->in_flight)
     core_fanout_enqueue(svc, rec);
   core_fanout_pump(svc);
 }
 
 /* @rec has a newer state to send and no NOTIFY in flight: queue it, or, when
- * its last NOTIFY is too recent, wait until the interval has passed. */
+ * its last NOTIFY is too recent, wait until the interval has passed. The
+ * first real state after "pending" and a deactivation never wait. */
 static void
 core_sub_make_ready(CoreService *svc, CoreSub *rec)
 {
-  if (rec->queued || rec->timer != NULL)
-    return; /* it will send rec->pending, whatever that is by then */
+  if (rec->queued)
+    return;
+  if (rec->timer != NULL) {
+    if (!rec->ending && !rec->awaiting)
+      return; /* it will send rec->pending, whatever that is by then */
+    svc->port.cancel(g_steal_pointer(&rec->timer), svc->port_data);
+  }
   guint32 interval = svc->cfg.min_notify_interval;
-  if (interval > 0) {
+  if (interval > 0 && !rec->ending && !rec->awaiting) {
     gint64 wait = rec->last_sent + interval - svc->port.now(svc->port_data);
     if (wait > 0) {
       /* A clock step back would make wait up to the whole interval, no more. */
@@ -586,6 +713,47 @@ core_sub_make_ready(CoreService *svc, CoreSub *rec)
   core_fanout_enqueue(svc, rec);
 }
 
+static void core_package_state_changed(CoreService *svc, const CorePackage *pkg, const char *aor);
+
+static void
+core_aor_expiry_fired(gpointer data)
+{
+  CoreAorSubs *entry = data;
+  CoreService *svc = entry->svc;
+  g_autofree char *aor = g_strdup(entry->aor);
+
+  entry->timer = NULL;
+  /* Reloading serves an expired certificate as none; a timer capped short of
+   * notAfter finds nothing new and is armed again. */
+  core_package_state_changed(svc, entry->pkg, aor);
+}
+
+/* Arms @entry's timer so that its subscribers hear when the certificate
+ * expires (an expired one is not served). Only needed when a subscription
+ * may still live then; a refresh looks again. */
+static void
+core_aor_arm_expiry(CoreService *svc, CoreAorSubs *entry, gint64 not_after)
+{
+  entry->not_after = not_after;
+  if (svc->port.schedule == NULL)
+    return;
+  gint64 now = svc->port.now(svc->port_data);
+  gint64 last_end = 0;
+  for (GList *l = entry->subs.head; l != NULL; l = l->next)
+    last_end = MAX(last_end, ((CoreSub *)l->data)->expires_at);
+  if (entry->timer != NULL && entry->timer_at == not_after && not_after < last_end)
+    return;
+  if (entry->timer != NULL)
+    svc->port.cancel(g_steal_pointer(&entry->timer), svc->port_data);
+  if (not_after <= 0 || not_after <= now || not_after >= last_end)
+    return;
+  /* At most a day ahead: a guint of milliseconds lasts 49 days. */
+  gint64 delay = MIN(not_after - now + 1, (gint64)86400);
+  entry->timer_at = not_after;
+  entry->timer =
+      svc->port.schedule((guint)(delay * 1000), core_aor_expiry_fired, entry, svc->port_data);
+}
+
 static CoreSub *
 core_sub_register(CoreService *svc, gpointer sub, const CorePackage *pkg, const char *aor,
                   gint64 expires_at)
@@ -595,6 +763,8 @@ core_sub_register(CoreService *svc, gpointer sub, const CorePackage *pkg, const 
 
   if (entry == NULL) {
     entry = g_new0(CoreAorSubs, 1);
+    entry->svc = svc;
+    entry->pkg = pkg;
     entry->aor = g_strdup(aor);
     g_queue_init(&entry->subs);
     g_hash_table_insert(table, entry->aor, entry);
@@ -629,6 +799,149 @@ core_sub_forget(CoreService *svc, CoreSub *rec)
   g_hash_table_remove(svc->subs, rec->sub);
 }
 
+/* ---- Credentials generated by the server (RFC 6072 section 3, style 3) ---- */
+
+typedef struct {
+  CoreService *svc; /* valid only while cancellable is not cancelled */
+  GCancellable *cancellable;
+  char *aor;
+  guint bits, days;
+  gint64 now;
+} CoreGenerate;
+
+typedef struct {
+  GBytes *cert_der;
+  GBytes *pkcs8;
+  gint64 not_before, not_after;
+} CoreGenerated;
+
+static void
+core_generate_free(gpointer data)
+{
+  CoreGenerate *gen = data;
+  g_object_unref(gen->cancellable);
+  g_free(gen->aor);
+  g_free(gen);
+}
+
+static void
+core_generated_free(gpointer data)
+{
+  CoreGenerated *out = data;
+  g_clear_pointer(&out->cert_der, g_bytes_unref);
+  g_clear_pointer(&out->pkcs8, g_bytes_unref);
+  g_free(out);
+}
+
+/* Runs in a worker thread: an RSA key costs far too long for the loop. */
+static void
+core_generate_thread(GTask *task, gpointer source, gpointer data, GCancellable *cancellable)
+{
+  CoreGenerate *gen = data;
+  GError *error = NULL;
+  CoreGenerated *out = g_new0(CoreGenerated, 1);
+
+  g_autoptr(IdentCert) cert =
+      ident_cert_generate(gen->aor, gen->bits, gen->days, gen->now, &out->pkcs8, &error);
+  if (cert == NULL) {
+    core_generated_free(out);
+    g_task_return_error(task, error);
+    return;
+  }
+  out->cert_der = g_bytes_ref(ident_cert_get_der(cert));
+  out->not_before = ident_cert_get_not_before(cert);
+  out->not_after = ident_cert_get_not_after(cert);
+  g_task_return_pointer(task, out, core_generated_free);
+}
+
+/* Subscribers still told "pending" get whatever the state now is. */
+static void
+core_generate_release_waiters(CoreService *svc, const char *aor)
+{
+  CoreAorSubs *entry = g_hash_table_lookup(svc->by_aor[CORE_PKG_CREDENTIAL], aor);
+  if (entry == NULL)
+    return;
+  g_autoptr(GError) error = NULL;
+  g_auto(CoreState) state = {0};
+  if (!core_state_load(svc, entry->pkg, aor, &state, &error)) {
+    g_warning("cannot read the credential of %s: %s", aor, error->message);
+    return;
+  }
+  g_autoptr(CoreBody) body = core_body_new(&state);
+  for (GList *l = entry->subs.head; l != NULL; l = l->next) {
+    CoreSub *rec = l->data;
+    if (!rec->awaiting || rec->ending)
+      continue;
+    g_clear_pointer(&rec->pending, core_body_unref);
+    g_clear_pointer(&rec->last, core_body_unref);
+    rec->pending = core_body_ref(body);
+    rec->last = core_body_ref(body);
+    if (!rec->in_flight)
+      core_sub_make_ready(svc, rec);
+  }
+  core_fanout_pump(svc);
+}
+
+static void
+core_generate_done(GObject *source, GAsyncResult *result, gpointer data)
+{
+  CoreGenerate *gen = g_task_get_task_data(G_TASK(result));
+  g_autoptr(GError) error = NULL;
+  CoreGenerated *out = g_task_propagate_pointer(G_TASK(result), &error);
+
+  if (g_cancellable_is_cancelled(gen->cancellable)) {
+    if (out != NULL)
+      core_generated_free(out);
+    return; /* the service is gone */
+  }
+  CoreService *svc = gen->svc;
+  g_autofree char *aor = g_strdup(gen->aor);
+  g_hash_table_remove(svc->generating, aor); /* frees nothing gen still needs */
+
+  if (out == NULL) {
+    g_warning("cannot generate a credential for %s: %s", aor, error->message);
+  } else {
+    g_autoptr(StoreCred) existing = store_cred_get(svc->store, aor, NULL);
+    if (existing != NULL) {
+      g_info("%s published a credential while one was generated; the generated one is dropped",
+             aor);
+    } else if (!store_cred_put(svc->store, aor, out->cert_der, out->not_before, out->not_after,
+                               STORE_KEY_SERVER_HELD, out->pkcs8, &error)) {
+      g_warning("cannot store the credential generated for %s: %s", aor, error->message);
+    } else {
+      g_message("generated a credential for %s (server-held key, valid until %" G_GINT64_FORMAT
+                ")",
+                aor, out->not_after);
+    }
+    core_generated_free(out);
+  }
+  core_aor_state_changed(svc, aor);
+  core_generate_release_waiters(svc, aor);
+}
+
+static void
+core_generate_start(CoreService *svc, const char *aor)
+{
+  if (g_hash_table_contains(svc->generating, aor))
+    return; /* its waiters hear when that one is done */
+  CoreGenerate *gen = g_new0(CoreGenerate, 1);
+  gen->svc = svc;
+  gen->cancellable = g_cancellable_new();
+  gen->aor = g_strdup(aor);
+  gen->bits = svc->cfg.generate_key_bits;
+  gen->days = svc->cfg.generate_days;
+  gen->now = svc->port.now(svc->port_data);
+  g_hash_table_insert(svc->generating, g_strdup(aor), g_object_ref(gen->cancellable));
+
+  /* The callback must run even when cancelled, to free gen: the task gets no
+   * cancellable, and the callback checks gen's instead. */
+  g_autoptr(GTask) task = g_task_new(NULL, NULL, core_generate_done, NULL);
+  g_task_set_task_data(task, gen, core_generate_free);
+  g_task_run_in_thread(task, core_generate_thread);
+}
+
+/* ---- SUBSCRIBE ---- */
+
 void
 core_subscribe(CoreService *svc, gpointer txn, gpointer sub, const CoreSubscribeInfo *info)
 {
@@ -657,12 +970,21 @@ core_subscribe(CoreService *svc, gpointer txn, gpointer sub, const CoreSubscribe
     return;
   }
 
-  /* RFC 6072 6.4: without Accept the package's own type is assumed. */
-  if (info->accept != NULL && !core_accept_allows(info->accept, pkg->content_type)) {
-    g_autofree char *phrase = g_strdup_printf("Accept excludes %s", pkg->content_type);
-    CoreResponse resp = {.status = 406, .phrase = phrase, .accept = pkg->content_type};
-    core_respond(svc, txn, &resp);
+  g_autoptr(StoreUser) user = NULL;
+  if (pkg->credential &&
+      !core_auth_authorize(svc, txn, "SUBSCRIBE", info->request_uri, aor, info->to_uri,
+                           info->direct, info->peer_addr, info->authorization, &user))
     return;
+
+  /* RFC 6072 6.4 and 7.4: without Accept the package's types are assumed;
+   * with one, every type the package sends must be in it. */
+  for (guint i = 0; info->accept != NULL && pkg->types[i] != NULL; i++) {
+    if (!core_accept_allows(info->accept, pkg->types[i])) {
+      g_autofree char *phrase = g_strdup_printf("Accept excludes %s", pkg->types[i]);
+      CoreResponse resp = {.status = 406, .phrase = phrase, .accept = pkg->accept};
+      core_respond(svc, txn, &resp);
+      return;
+    }
   }
 
   guint32 granted;
@@ -682,19 +1004,29 @@ core_subscribe(CoreService *svc, gpointer txn, gpointer sub, const CoreSubscribe
     granted = MIN(info->expires, svc->cfg.max_expires);
   }
 
-  g_autoptr(GBytes) body = pkg->load_body(svc, aor, &error);
-  if (body == NULL) {
+  g_auto(CoreState) state = {0};
+  if (!core_state_load(svc, pkg, aor, &state, &error)) {
     g_warning("cannot read the %s state of %s: %s", pkg->event, aor, error->message);
     core_respond_error(svc, txn, 500, "Credential store unavailable");
     return;
   }
+  gint64 now = svc->port.now(svc->port_data);
+  /* RFC 6072 7.6: never longer than the certificate stays valid. */
+  if (pkg->credential && g_bytes_get_size(state.body) > 0)
+    granted = (guint32)MIN((gint64)granted, MAX(state.not_after - now, (gint64)1));
 
+  gboolean generate = pkg->credential && !state.stored && svc->cfg.generate_credentials &&
+                      user != NULL && (user->flags & STORE_USER_MAY_GENERATE) != 0;
+
+  g_autoptr(CoreBody) body = core_body_new(&state);
   CoreResponse ok = {.status = 200, .phrase = "OK", .expires = granted};
   if (granted == 0) {
     /* RFC 6665 3.1.1 and 4.4.3: Expires 0 fetches the state once; the
      * subscription ends with that NOTIFY and is never registered. */
     core_respond(svc, txn, &ok);
     g_info("%s fetch of %s", pkg->event, aor);
+    if (generate)
+      core_generate_start(svc, aor);
     core_send_notify(svc, sub, pkg, CORE_SUBSTATE_TERMINATED, 0, "timeout", body);
     return;
   }
@@ -708,18 +1040,26 @@ core_subscribe(CoreService *svc, gpointer txn, gpointer sub, const CoreSubscribe
   }
 
   core_respond(svc, txn, &ok);
-  gint64 now = svc->port.now(svc->port_data);
   CoreSub *rec = core_sub_register(svc, sub, pkg, aor, now + granted);
+  core_aor_arm_expiry(svc, rec->aor, state.not_after);
   g_info("%s subscription to %s for %u s from %s over %s %s (%s)", pkg->event, aor, granted,
          info->peer_addr ? info->peer_addr : "?", info->tls_version ? info->tls_version : "?",
          info->cipher_suite ? info->cipher_suite : "?", info->direct ? "direct" : "not direct");
 
-  /* RFC 6665 4.2.1 and RFC 6072 6.7: the first NOTIFY goes out at once,
-   * outside the window, but it is counted in flight so that fan-out waits
-   * for it and a change meanwhile is sent after it, not beside it. */
+  /* RFC 6665 4.2.1 and RFC 6072 6.7, 7.7: the first NOTIFY goes out at
+   * once, outside the window, but it is counted in flight so that fan-out
+   * waits for it and a change meanwhile is sent after it, not beside it. */
   rec->in_flight = TRUE;
   rec->last_sent = now;
   svc->in_flight++;
+  if (generate) {
+    /* "pending" until the credential exists; then it comes at once. */
+    rec->awaiting = TRUE;
+    core_generate_start(svc, aor);
+    core_send_notify(svc, sub, pkg, CORE_SUBSTATE_PENDING, granted, NULL, NULL);
+    return;
+  }
+  rec->last = core_body_ref(body);
   core_send_notify(svc, sub, pkg, CORE_SUBSTATE_ACTIVE, granted, NULL, body);
 }
 
@@ -732,6 +1072,7 @@ core_subscription_refreshed(CoreService *svc, gpointer sub, guint32 expires)
   if (rec == NULL)
     return;
   rec->expires_at = svc->port.now(svc->port_data) + expires;
+  core_aor_arm_expiry(svc, rec->aor, rec->aor->not_after);
   g_debug("%s subscription to %s refreshed for %u s", rec->pkg->event, rec->aor->aor, expires);
 }
 
@@ -773,45 +1114,92 @@ core_notify_done(CoreService *svc, gpointer sub, guint status)
   }
   rec->in_flight = FALSE;
   svc->in_flight--;
-  if (core_notify_status_ends_sub(status)) {
+  if (rec->ended) {
+    /* The terminating NOTIFY completed: the dialog is over. */
+    core_sub_forget(svc, rec);
+  } else if (core_notify_status_ends_sub(status)) {
     g_info("%s subscription to %s dropped: NOTIFY failed with %u", rec->pkg->event, rec->aor->aor,
            status);
     core_sub_forget(svc, rec);
-  } else if (rec->pending != NULL) {
+  } else if (rec->pending != NULL || rec->ending) {
     /* The state changed while this NOTIFY was out: send the newest next. */
     core_sub_make_ready(svc, rec);
   }
   core_fanout_pump(svc);
 }
 
+/* ---- State changes ---- */
+
+/* Marks @rec to be ended with reason=deactivated. */
 static void
-core_state_changed(CoreService *svc, const CorePackage *pkg, const char *aor)
+core_sub_deactivate(CoreService *svc, CoreSub *rec)
+{
+  if (rec->ending)
+    return;
+  rec->ending = TRUE;
+  g_clear_pointer(&rec->pending, core_body_unref);
+  if (!rec->in_flight)
+    core_sub_make_ready(svc, rec);
+}
+
+static void
+core_package_state_changed(CoreService *svc, const CorePackage *pkg, const char *aor)
 {
   CoreAorSubs *entry = g_hash_table_lookup(svc->by_aor[pkg - core_packages], aor);
   if (entry == NULL)
     return;
 
   g_autoptr(GError) error = NULL;
-  g_autoptr(GBytes) body = pkg->load_body(svc, aor, &error);
-  if (body == NULL) {
+  g_auto(CoreState) state = {0};
+  if (!core_state_load(svc, pkg, aor, &state, &error)) {
     /* Queued subscribers keep the newest state we could read; the next
      * change or refresh brings them up to date. */
     g_warning("cannot read the %s state of %s, subscribers not notified: %s", pkg->event, aor,
               error->message);
     return;
   }
+  core_aor_arm_expiry(svc, entry, state.not_after);
 
+  /* RFC 6072 7.7 and 7.9: a removed credential ends credential
+   * subscriptions; certificate watchers get the empty body and stay. */
+  gboolean deactivate = pkg->credential && !state.stored;
+  g_autoptr(CoreBody) body = core_body_new(&state);
+  guint n = 0;
   /* One body shared by all; a subscriber already queued or deferred just
-   * gets the newer body, one in flight gets it after its NOTIFY completes. */
-  for (GList *l = entry->subs.head; l != NULL; l = l->next) {
+   * gets the newer body, one in flight gets it after its NOTIFY completes,
+   * and one that already has this very state hears nothing. Deactivating
+   * may forget records, so step with care. */
+  for (GList *l = entry->subs.head, *next; l != NULL; l = next) {
+    next = l->next;
     CoreSub *rec = l->data;
-    g_clear_pointer(&rec->pending, g_bytes_unref);
-    rec->pending = g_bytes_ref(body);
+    if (rec->ending || rec->awaiting)
+      continue;
+    if (deactivate) {
+      core_sub_deactivate(svc, rec);
+      n++;
+      continue;
+    }
+    if (core_body_equal(rec->last, body))
+      continue;
+    g_clear_pointer(&rec->pending, core_body_unref);
+    g_clear_pointer(&rec->last, core_body_unref);
+    rec->pending = core_body_ref(body);
+    rec->last = core_body_ref(body);
     if (!rec->in_flight)
       core_sub_make_ready(svc, rec);
+    n++;
   }
-  g_info("%s of %s changed: notifying %u subscribers", pkg->event, aor, entry->subs.length);
+  if (n > 0)
+    g_info("%s of %s changed: %s %u subscribers", pkg->event, aor,
+           deactivate ? "deactivating" : "notifying", n);
   core_fanout_pump(svc);
+}
+
+void
+core_aor_state_changed(CoreService *svc, const char *aor)
+{
+  for (guint i = 0; i < CORE_N_PACKAGES; i++)
+    core_package_state_changed(svc, &core_packages[i], aor);
 }
 
 void
@@ -823,8 +1211,29 @@ core_cert_changed(CoreService *svc, const char *aor)
   g_autoptr(GError) error = NULL;
   g_autofree char *canonical = core_aor_canonicalize(aor, &error);
   if (canonical == NULL) {
-    g_warning("certificate change for an invalid AOR ignored: %s", error->message);
+    g_warning("credential change for an invalid AOR ignored: %s", error->message);
     return;
   }
-  core_state_changed(svc, &core_packages[CORE_PKG_CERTIFICATE], canonical);
+  core_aor_state_changed(svc, canonical);
+}
+
+void
+core_user_changed(CoreService *svc, const char *aor)
+{
+  g_return_if_fail(svc != NULL);
+  g_return_if_fail(aor != NULL);
+
+  g_autofree char *canonical = core_aor_canonicalize(aor, NULL);
+  if (canonical == NULL)
+    return;
+  CoreAorSubs *entry = g_hash_table_lookup(svc->by_aor[CORE_PKG_CREDENTIAL], canonical);
+  if (entry == NULL)
+    return;
+  g_info("user %s changed: deactivating %u credential subscriptions", canonical,
+         entry->subs.length);
+  for (GList *l = entry->subs.head, *next; l != NULL; l = next) {
+    next = l->next;
+    core_sub_deactivate(svc, l->data);
+  }
+  core_fanout_pump(svc);
 }

@@ -9,6 +9,7 @@
 
 #include <glib.h>
 
+#include "core/digest.h"
 #include "storage/store.h"
 
 G_BEGIN_DECLS
@@ -37,9 +38,19 @@ typedef struct {
    * 7.12); 0: no limit. Changes meanwhile coalesce into one NOTIFY with the
    * newest state. Needs CorePort.schedule; without it there is no limit. */
   guint32 min_notify_interval;
+  /* Digest authentication of credential operations (RFC 6072 7.6, 7.9). */
+  guint32 nonce_lifetime;          /* seconds a nonce is good for */
+  CoreDigestLimits digest_limits;  /* failed-attempt limiting */
+  /* Deployment style 3 (RFC 6072 section 3): a known user who authenticates
+   * a credential SUBSCRIBE and has no credential gets one made by the
+   * server (section 10.6 profile, key held by the server). */
+  gboolean generate_credentials;
+  guint generate_key_bits; /* 2048 or 3072 */
+  guint generate_days;     /* 1 .. 365 */
 } CoreConfig;
 
-/* Defaults: 86400, 86400, 60, 200, 60. */
+/* Defaults: 86400, 86400, 60, 200, 60; nonces live 300 s; the digest limits'
+ * defaults; no generation (2048-bit keys, 365 days when enabled). */
 void core_config_init_defaults(CoreConfig *cfg);
 
 /* What the core needs of an incoming initial SUBSCRIBE. Strings are only
@@ -62,7 +73,28 @@ typedef struct {
   const char *cipher_suite;
   const char *sni;
   GBytes *peer_cert_der;
+  /* Authorization header values (NULL-terminated), NULL when none. */
+  const char *const *authorization;
 } CoreSubscribeInfo;
+
+/* What the core needs of a PUBLISH (RFC 3903). Borrowed for the call. */
+typedef struct {
+  const char *event;
+  const char *request_uri;
+  const char *to_uri;
+  const char *from_uri;
+  gboolean has_expires;
+  guint32 expires;
+  const char *if_match;            /* SIP-If-Match, NULL when absent */
+  const char *content_type;        /* full value with parameters, NULL when absent */
+  const char *content_transfer_encoding; /* NULL when absent */
+  const char *content_disposition; /* full value with parameters, NULL when absent */
+  GBytes *body;                    /* NULL when there is none */
+  const char *const *authorization;
+  /* The flow facts, as in CoreSubscribeInfo. */
+  gboolean direct;
+  const char *peer_addr;
+} CorePublishInfo;
 
 /* One answer to a request. Zero/NULL fields are left out. */
 typedef struct {
@@ -72,6 +104,9 @@ typedef struct {
   guint32 min_expires;      /* 423: Min-Expires header */
   const char *accept;       /* 406/415: Accept header */
   const char *allow_events; /* 489: Allow-Events header */
+  const char *const *www_authenticate; /* 401: one header per value, in order */
+  guint32 retry_after;      /* Retry-After header when non-zero */
+  const char *etag;         /* 2xx to PUBLISH: SIP-ETag */
 } CoreResponse;
 
 typedef struct {
@@ -128,9 +163,22 @@ void core_subscription_gone(CoreService *svc, gpointer sub);
  * 430/503 for local failures). Lets the fan-out scheduler send the next. */
 void core_notify_done(CoreService *svc, gpointer sub, guint status);
 
-/* The certificate of @aor changed (or was removed): NOTIFY every subscriber,
- * paced by the notify window. */
+/* A PUBLISH arrived (RFC 3903, RFC 6072 7.8 and 7.9). Answered through
+ * port->respond before the call returns; a 2xx only after the store has
+ * durably committed the change. Subscribers of the AOR are notified. */
+void core_publish(CoreService *svc, gpointer txn, const CorePublishInfo *info);
+
+/* The credential of @aor changed or was removed (a change found in the
+ * store's change log): NOTIFY every subscriber of both packages, paced by
+ * the notify window. A subscriber that already has (or is about to get)
+ * this very state hears nothing; a removed credential ends credential
+ * subscriptions with reason=deactivated. */
 void core_cert_changed(CoreService *svc, const char *aor);
+
+/* The user @aor was changed or removed (password, flags): credential
+ * subscriptions of that AOR end with reason=deactivated, so that a client
+ * holding an old secret must authenticate again (RFC 6072 7.7). */
+void core_user_changed(CoreService *svc, const char *aor);
 
 /* Number of live subscriptions (all packages). */
 guint core_service_get_n_subscriptions(CoreService *svc);

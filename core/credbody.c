@@ -778,14 +778,22 @@ core_credbody_build(GBytes *cert_der, GBytes *pkcs8_der, char **content_type_out
   g_return_val_if_fail(cert_der != NULL, NULL);
   g_return_val_if_fail(content_type_out != NULL, NULL);
 
-  /* The boundary only has to be absent from the parts, not secret; a
+  /* The boundary only has to be absent from the parts, not secret. It is
+   * derived from the certificate, so that the same credential always gives
+   * the same body and the core can tell a repeated state from a new one; a
    * collision is checked for, not just made unlikely. */
   g_autofree char *boundary = NULL;
-  do {
+  for (guint attempt = 0; boundary == NULL || bytes_contain(cert_der, boundary) ||
+                          bytes_contain(pkcs8_der, boundary);
+       attempt++) {
+    g_autoptr(GChecksum) sum = g_checksum_new(G_CHECKSUM_SHA256);
+    gsize len = 0;
+    const guchar *data = g_bytes_get_data(cert_der, &len);
+    g_checksum_update(sum, data, len);
+    g_checksum_update(sum, (const guchar *)&attempt, sizeof attempt);
     g_free(boundary);
-    boundary = g_strdup_printf("sipcred-%08x%08x%08x", g_random_int(), g_random_int(),
-                               g_random_int());
-  } while (bytes_contain(cert_der, boundary) || bytes_contain(pkcs8_der, boundary));
+    boundary = g_strdup_printf("sipcred-%.24s", g_checksum_get_string(sum));
+  }
 
   g_autoptr(GByteArray) out = g_byte_array_new();
   append_part(out, boundary, "application/pkix-cert", cert_der);

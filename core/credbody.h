@@ -68,7 +68,8 @@ guint core_credbody_error_status(const GError *error);
  * when pkcs8_der is not NULL, the key, both exactly as given. Each part has
  * Content-Type, "Content-Transfer-Encoding: binary" and "Content-Disposition:
  * signal" (RFC 6072 7.4 and the design; handling defaults to required). The
- * boundary is random and occurs in neither part. Sets *content_type_out to
+ * boundary depends only on the certificate (the same input gives the same
+ * bytes) and occurs in neither part. Sets *content_type_out to
  * the Content-Type header value to send with it (free with g_free). */
 GBytes *core_credbody_build(GBytes *cert_der, GBytes *pkcs8_der, char **content_type_out);
 

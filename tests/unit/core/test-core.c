@@ -419,12 +419,12 @@ test_subscribe_bad_event(Fixture *fx, gconstpointer data)
   assert_error_response(fx_subscribe(fx, SUB(100), &none), 489, "Bad Event");
   const char *bad[] = {
       "",           "presence", "Certificate",  "CERTIFICATE", "certificates", "certificate.winfo",
-      "credential", ";id=1",    "certificate x"};
+      "Credential", ";id=1",    "certificate x"};
   for (gsize i = 0; i < G_N_ELEMENTS(bad); i++) {
     SubArgs args = {.event = bad[i]};
     RecResponse *r = fx_subscribe(fx, SUB(i), &args);
     assert_error_response(r, 489, "Bad Event");
-    g_assert_cmpstr(r->allow_events, ==, "certificate");
+    g_assert_cmpstr(r->allow_events, ==, "certificate, credential");
   }
   g_assert_cmpuint(fx->notifies->len, ==, 0);
   g_assert_cmpuint(core_service_get_n_subscriptions(fx->core), ==, 0);
@@ -845,6 +845,8 @@ test_registry_notify_failure(Fixture *fx, gconstpointer data)
   g_assert_cmpuint(core_service_get_n_subscriptions(fx->core), ==, 1);
 
   guint before = fx->notifies->len;
+  g_autoptr(GBytes) der2 = fake_der("alice-2");
+  fx_put_cert(fx, "sip:alice@example.com", der2);
   core_cert_changed(fx->core, "sip:alice@example.com");
   g_assert_cmpuint(fx->notifies->len, ==, before + 1);
   g_assert_true(fx_last_notify(fx)->sub == SUB(3));
@@ -1224,6 +1226,8 @@ test_interval_gone_cancels(Fixture *fx, gconstpointer data)
    * checks that freeing the service cancels this timer. */
   g_assert_cmpuint(fx_subscribe(fx, SUB_A, &(SubArgs){0})->status, ==, 200);
   fx_done(fx, SUB_A, 200);
+  g_autoptr(GBytes) c = fake_der("c");
+  fx_put_cert(fx, DEFAULT_URI, c);
   core_cert_changed(fx->core, DEFAULT_URI);
   g_assert_cmpuint(fx->n_live_timers, ==, 1);
 }

@@ -1,0 +1,72 @@
+/* core: the service state shared by core.c, auth.c and publish.c. Not for
+ * use outside core/ (tests use core.h and core-private.h). */
+#pragma once
+
+#include "core/core-private.h"
+#include "core/digest.h"
+
+G_BEGIN_DECLS
+
+/* The state of one AOR as a package serves it. */
+typedef struct {
+  GBytes *body;       /* empty: no state */
+  char *content_type; /* NULL when body is empty */
+  gboolean stored;    /* the store has a record (maybe expired) */
+  gint64 not_after;   /* of the stored certificate, 0 without one */
+} CoreState;
+
+void core_state_clear(CoreState *state);
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(CoreState, core_state_clear)
+
+typedef struct _CorePackage CorePackage;
+
+struct _CoreService {
+  CoreConfig cfg;
+  char **domains;
+  StoreDb *store;
+  CorePort port;
+  gpointer port_data;
+  char *allow_events;
+  CoreCredGetCb cred_get;
+  gpointer cred_get_data;
+
+  GHashTable *subs;     /* sub -> CoreSub (owned) */
+  GHashTable **by_aor;  /* per package: AOR -> CoreAorSubs (owned) */
+  GQueue fanout;        /* CoreSub waiting for a slot */
+  guint in_flight;      /* NOTIFYs awaiting core_notify_done() */
+  gboolean pumping;
+
+  GHashTable *digests;    /* realm (served domain) -> CoreDigest (owned) */
+  GHashTable *generating; /* AOR -> GCancellable, while a credential is made */
+};
+
+/* Reads @aor's record through the test seam or the store. */
+StoreCred *core_cred_read(CoreService *svc, const char *aor, GError **error);
+
+/* Answers @txn. */
+void core_respond(CoreService *svc, gpointer txn, const CoreResponse *resp);
+void core_respond_error(CoreService *svc, gpointer txn, guint status, const char *phrase);
+
+/* The credential state of @aor changed in the store (written by this
+ * process or found in the change log): bring every subscriber of both
+ * packages up to date. */
+void core_aor_state_changed(CoreService *svc, const char *aor);
+
+/* ---- auth.c ---- */
+
+/* Creates the per-realm digest state. */
+void core_auth_init(CoreService *svc);
+void core_auth_clear(CoreService *svc);
+
+/* Whose request is this? The policy of RFC 6072 7.6/7.9 for credential
+ * operations: the request came directly over TLS (@direct), carries valid
+ * digest credentials for the realm of @aor, and the authenticated user is
+ * @aor, which the Request-URI and @to_uri both name. Returns TRUE when all
+ * hold; otherwise it has answered @txn (400, 401, 403) and returns FALSE.
+ * @user_out (optional) receives the user's record. */
+gboolean core_auth_authorize(CoreService *svc, gpointer txn, const char *method,
+                             const char *request_uri, const char *aor, const char *to_uri,
+                             gboolean direct, const char *peer_addr,
+                             const char *const *authorization, StoreUser **user_out);
+
+G_END_DECLS

@@ -105,6 +105,11 @@ srv_change_tail_poll(SrvChangeTail *tail)
         continue;
       tail->last_seq = change->seq;
       consumed++;
+      if (change->kind == STORE_CHANGE_USER) {
+        /* A new password must not leave old sessions holding keys. */
+        core_user_changed(tail->core, change->aor);
+        continue;
+      }
       if (change->kind != STORE_CHANGE_CREDENTIAL && change->kind != STORE_CHANGE_REVOKED)
         continue;
       if (g_hash_table_contains(notified, change->aor))

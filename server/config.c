@@ -26,13 +26,17 @@ static const char *const certificate_keys[] = {"default-expires", "max-expires",
                                                NULL};
 static const char *const fanout_keys[] = {"window", "min-interval", NULL};
 static const char *const store_keys[] = {"map-size", "master-key", NULL};
+static const char *const auth_keys[] = {"nonce-lifetime", "free-failures", "lockout-base",
+                                        "lockout-max", "forget-after", NULL};
+static const char *const credential_keys[] = {"generate", "key-bits", "days", NULL};
 
 static const struct {
   const char *group;
   const char *const *keys;
 } known_groups[] = {
   {"server", server_keys},           {"tls", tls_keys},       {"certificate", certificate_keys},
-  {"fanout", fanout_keys},           {"store", store_keys},
+  {"fanout", fanout_keys},           {"store", store_keys},   {"auth", auth_keys},
+  {"credential", credential_keys},
 };
 
 #define DOMAIN_GROUP_PREFIX "domain "
@@ -391,6 +395,41 @@ loader_read_core(const Loader *ld, SrvConfig *cfg, GError **error)
                        error))
     return FALSE;
   c->min_notify_interval = v;
+
+  if (!loader_get_uint(ld, "auth", "nonce-lifetime", 10, 86400, c->nonce_lifetime, &v, error))
+    return FALSE;
+  c->nonce_lifetime = v;
+  CoreDigestLimits *lim = &c->digest_limits;
+  if (!loader_get_uint(ld, "auth", "free-failures", 0, 1000, lim->free_failures, &v, error))
+    return FALSE;
+  lim->free_failures = v;
+  if (!loader_get_uint(ld, "auth", "lockout-base", 1, 86400, lim->base_delay_s, &v, error))
+    return FALSE;
+  lim->base_delay_s = v;
+  if (!loader_get_uint(ld, "auth", "lockout-max", 1, 7 * 86400, lim->max_delay_s, &v, error))
+    return FALSE;
+  lim->max_delay_s = v;
+  if (lim->max_delay_s < lim->base_delay_s)
+    return loader_fail(ld, error, "auth", "lockout-max", "%u is less than lockout-base (%u)",
+                       lim->max_delay_s, lim->base_delay_s);
+  if (!loader_get_uint(ld, "auth", "forget-after", 1, 30 * 86400, lim->forget_after_s, &v,
+                       error))
+    return FALSE;
+  lim->forget_after_s = v;
+
+  if (!loader_get_bool(ld, "credential", "generate", c->generate_credentials,
+                       &c->generate_credentials, error))
+    return FALSE;
+  if (!loader_get_uint(ld, "credential", "key-bits", 2048, 3072, c->generate_key_bits, &v, error))
+    return FALSE;
+  if (v != 2048 && v != 3072)
+    return loader_fail(ld, error, "credential", "key-bits", "%" G_GUINT64_FORMAT
+                       " is neither 2048 nor 3072", v);
+  c->generate_key_bits = v;
+  if (!loader_get_uint(ld, "credential", "days", 1, 365, c->generate_days, &v, error))
+    return FALSE;
+  c->generate_days = v;
+
   if (!loader_get_uint(ld, "store", "map-size", 1024 * 1024, G_MAXINT64, 64 * 1024 * 1024,
                        &cfg->map_size, error))
     return FALSE;
@@ -403,6 +442,9 @@ loader_read_store(const Loader *ld, SrvConfig *cfg, GError **error)
   /* Only the path: the file is checked (mode, size, id) where it is loaded,
    * and `sipcred keygen` must be able to name a file that does not exist yet. */
   g_autofree char *key = g_key_file_get_value(ld->kf, "store", "master-key", NULL);
+  if (key == NULL && cfg->core.generate_credentials)
+    return loader_fail(ld, error, "credential", "generate",
+                       "generated keys are held by the server: set [store] master-key");
   if (key == NULL)
     return TRUE;
   if (*g_strstrip(key) == '\0')

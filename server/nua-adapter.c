@@ -87,11 +87,22 @@ port_respond(gpointer txnp, const CoreResponse *r, gpointer user_data)
   /* nua keeps the phrase pointer until its stack runs the response; the
    * core's string dies when this call returns, so the handle owns a copy. */
   char const *phrase = r->phrase ? su_strdup(nua_handle_home(t->nh), r->phrase) : NULL;
+  /* One WWW-Authenticate line per challenge: a challenge holds commas, so
+   * they cannot share one header. */
+  g_autoptr(GString) extra = g_string_new(NULL);
+  for (guint i = 0; r->www_authenticate && r->www_authenticate[i]; i++)
+    g_string_append_printf(extra, "%sWWW-Authenticate: %s", extra->len ? "\r\n" : "",
+                           r->www_authenticate[i]);
+  char retry_after[16];
+  g_snprintf(retry_after, sizeof retry_after, "%u", r->retry_after);
   nua_respond(t->nh, r->status, phrase, NUTAG_WITH_THIS(ad->nua),
               TAG_IF(is_2xx, SIPTAG_EXPIRES_STR(expires)),
               TAG_IF(r->min_expires, SIPTAG_MIN_EXPIRES_STR(min_expires)),
               TAG_IF(r->accept, SIPTAG_ACCEPT_STR(r->accept)),
-              TAG_IF(r->allow_events, SIPTAG_ALLOW_EVENTS_STR(r->allow_events)), TAG_END());
+              TAG_IF(r->allow_events, SIPTAG_ALLOW_EVENTS_STR(r->allow_events)),
+              TAG_IF(r->retry_after, SIPTAG_RETRY_AFTER_STR(retry_after)),
+              TAG_IF(r->etag, SIPTAG_ETAG_STR(r->etag)),
+              TAG_IF(extra->len, SIPTAG_HEADER_STR(extra->str)), TAG_END());
   t->status = r->status;
 }
 
@@ -210,14 +221,47 @@ accept_join(su_home_t *home, sip_t const *sip)
   return g_string_free(s, FALSE);
 }
 
+/* All Authorization values of @sip ("Digest ..."), NULL-terminated, or NULL. */
+static char **
+authorization_list(su_home_t *home, sip_t const *sip)
+{
+  if (!sip->sip_authorization)
+    return NULL;
+  GPtrArray *out = g_ptr_array_new();
+  for (sip_authorization_t const *au = sip->sip_authorization; au; au = au->au_next) {
+    char *one = sip_header_as_string(home, (sip_header_t const *)au);
+    if (one)
+      g_ptr_array_add(out, g_strdup(one));
+  }
+  g_ptr_array_add(out, NULL);
+  return (char **)g_ptr_array_free(out, FALSE);
+}
+
+/* The edge's facts about the flow @sip came through. Direct: only the
+ * client's Via below the edge's own, on a flow the edge still has (so it
+ * came over TLS from that peer). Clear @flow_info afterwards. */
+static gboolean
+request_flow_facts(NuaAdapter *ad, sip_t const *sip, char const **flow, EdgeFlowInfo *flow_info)
+{
+  *flow = NULL;
+  if (sip->sip_via && sip->sip_via->v_params)
+    *flow = msg_params_find(sip->sip_via->v_params, "flow=");
+  guint n_vias = 0;
+  for (sip_via_t const *v = sip->sip_via; v; v = v->v_next)
+    n_vias++;
+  gboolean have_flow = *flow && ad->edge && edge_flow_lookup(ad->edge, *flow, flow_info);
+  return have_flow && n_vias == 2;
+}
+
 static void
 on_initial_subscribe(NuaAdapter *ad, nua_handle_t *nh, sip_t const *sip)
 {
   su_home_t home[1] = {SU_HOME_INIT(home)};
   g_autofree char *accept = accept_join(home, sip);
+  g_auto(GStrv) authorization = authorization_list(home, sip);
   char const *flow = NULL;
-  if (sip->sip_via && sip->sip_via->v_params)
-    flow = msg_params_find(sip->sip_via->v_params, "flow=");
+  EdgeFlowInfo flow_info = {0};
+  gboolean direct = request_flow_facts(ad, sip, &flow, &flow_info);
 
   CoreSubscribeInfo info = {
     .event = sip->sip_event ? sip->sip_event->o_type : NULL,
@@ -228,21 +272,14 @@ on_initial_subscribe(NuaAdapter *ad, nua_handle_t *nh, sip_t const *sip)
     .expires = sip->sip_expires ? sip->sip_expires->ex_delta : 0,
     .accept = accept,
     .flow_token = flow,
+    .direct = direct,
+    .peer_addr = flow_info.peer_addr,
+    .tls_version = flow_info.tls_version,
+    .cipher_suite = flow_info.cipher_suite,
+    .sni = flow_info.sni,
+    .peer_cert_der = flow_info.peer_cert_der,
+    .authorization = (const char *const *)authorization,
   };
-
-  /* Direct: only the client's Via below the edge's own, on a flow the edge
-   * still has (so it came over TLS from that peer). */
-  guint n_vias = 0;
-  for (sip_via_t const *v = sip->sip_via; v; v = v->v_next)
-    n_vias++;
-  EdgeFlowInfo flow_info = {0};
-  gboolean have_flow = flow && ad->edge && edge_flow_lookup(ad->edge, flow, &flow_info);
-  info.direct = have_flow && n_vias == 2;
-  info.peer_addr = flow_info.peer_addr;
-  info.tls_version = flow_info.tls_version;
-  info.cipher_suite = flow_info.cipher_suite;
-  info.sni = flow_info.sni;
-  info.peer_cert_der = flow_info.peer_cert_der;
 
   NuaSub *s = g_new0(NuaSub, 1);
   s->ad = ad;
@@ -263,6 +300,66 @@ on_initial_subscribe(NuaAdapter *ad, nua_handle_t *nh, sip_t const *sip)
    * terminated NOTIFY completes. */
   if (!(txn.status >= 200 && txn.status < 300))
     g_hash_table_remove(ad->subs, s);
+  edge_flow_info_clear(&flow_info);
+  su_home_deinit(home);
+}
+
+/* The value of the first header named @name that Sofia does not know. */
+static char const *
+unknown_header(sip_t const *sip, char const *name)
+{
+  for (sip_unknown_t const *un = sip->sip_unknown; un; un = un->un_next)
+    if (un->un_name && g_ascii_strcasecmp(un->un_name, name) == 0)
+      return un->un_value;
+  return NULL;
+}
+
+static void
+on_publish(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
+{
+  if (status >= 200 || !sip || !ad->core) {
+    nua_handle_destroy(nh); /* nua already answered it (e.g. 489) */
+    return;
+  }
+  su_home_t home[1] = {SU_HOME_INIT(home)};
+  g_auto(GStrv) authorization = authorization_list(home, sip);
+  char const *flow = NULL;
+  EdgeFlowInfo flow_info = {0};
+  gboolean direct = request_flow_facts(ad, sip, &flow, &flow_info);
+  g_autoptr(GBytes) body =
+      sip->sip_payload ? g_bytes_new(sip->sip_payload->pl_data, sip->sip_payload->pl_len) : NULL;
+
+  CorePublishInfo info = {
+    .event = sip->sip_event ? sip_header_as_string(home, (sip_header_t const *)sip->sip_event)
+                            : NULL,
+    .request_uri = sip->sip_request ? url_as_string(home, sip->sip_request->rq_url) : NULL,
+    .to_uri = sip->sip_to ? url_as_string(home, sip->sip_to->a_url) : NULL,
+    .from_uri = sip->sip_from ? url_as_string(home, sip->sip_from->a_url) : NULL,
+    .has_expires = sip->sip_expires != NULL,
+    .expires = sip->sip_expires ? sip->sip_expires->ex_delta : 0,
+    .if_match = sip->sip_if_match ? sip->sip_if_match->g_string : NULL,
+    .content_type = sip->sip_content_type
+                        ? sip_header_as_string(home, (sip_header_t const *)sip->sip_content_type)
+                        : NULL,
+    .content_transfer_encoding = unknown_header(sip, "Content-Transfer-Encoding"),
+    .content_disposition =
+        sip->sip_content_disposition
+            ? sip_header_as_string(home, (sip_header_t const *)sip->sip_content_disposition)
+            : NULL,
+    .body = body,
+    .authorization = (const char *const *)authorization,
+    .direct = direct,
+    .peer_addr = flow_info.peer_addr,
+  };
+
+  NuaTxn txn = {ad, nh, 0};
+  core_publish(ad->core, &txn, &info);
+  if (txn.status == 0) {
+    g_critical("core left a PUBLISH unanswered");
+    nua_respond(nh, SIP_500_INTERNAL_SERVER_ERROR, NUTAG_WITH_THIS(ad->nua), TAG_END());
+  }
+  /* PUBLISH makes no dialog: the handle has no further use. */
+  nua_handle_destroy(nh);
   edge_flow_info_clear(&flow_info);
   su_home_deinit(home);
 }
@@ -322,6 +419,9 @@ on_nua_event(nua_event_t event, int status, char const *phrase, nua_t *nua, NuaA
     break;
   case nua_r_notify:
     on_notify_response(ad, status, s, tags);
+    break;
+  case nua_i_publish:
+    on_publish(ad, status, nh, sip);
     break;
   case nua_r_shutdown:
     if (status >= 200)
@@ -389,7 +489,7 @@ nua_adapter_new(const SrvConfig *cfg, GError **error)
   g_source_attach(su_root_gsource(ad->root), NULL);
 
   g_autofree char *server = g_strdup_printf("sipcred/%s", SIPCRED_VERSION);
-  g_autofree char *allow_events = g_strdup("certificate");
+  g_autofree char *allow_events = g_strdup("certificate, credential");
   for (int attempt = 0; attempt < 5 && ad->nua == NULL; attempt++) {
     ad->port = pick_loopback_port();
     if (ad->port == 0)
@@ -405,8 +505,8 @@ nua_adapter_new(const SrvConfig *cfg, GError **error)
     return NULL;
   }
 
-  nua_set_params(ad->nua, NUTAG_APPL_METHOD("SUBSCRIBE"), NUTAG_ALLOW_EVENTS(allow_events),
-                 SIPTAG_ALLOW_STR("OPTIONS, SUBSCRIBE"), NUTAG_ENABLEINVITE(0),
+  nua_set_params(ad->nua, NUTAG_APPL_METHOD("SUBSCRIBE"), NUTAG_APPL_METHOD("PUBLISH"),
+                 NUTAG_ALLOW_EVENTS(allow_events), SIPTAG_ALLOW_STR("OPTIONS, SUBSCRIBE, PUBLISH"), NUTAG_ENABLEINVITE(0),
                  NUTAG_ENABLEMESSAGE(0), NUTAG_SUB_EXPIRES(cfg->core.max_expires),
                  SIPTAG_SERVER_STR(server), SIPTAG_USER_AGENT_STR(server), TAG_END());
   g_info("nua listening on 127.0.0.1:%u (tcp) as %s", ad->port, cfg->domains[0]);

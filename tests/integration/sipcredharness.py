@@ -325,8 +325,10 @@ class SipMessage:
         self.is_request = not start.startswith('SIP/')
         self.method = parts[0] if self.is_request else None
         self.code = None
+        self.reason = None
         if not self.is_request and len(parts) >= 2 and parts[1].isdigit():
             self.code = int(parts[1])
+            self.reason = parts[2] if len(parts) > 2 else ''
 
     def get(self, name, default=None):
         name = name.lower()

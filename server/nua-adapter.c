@@ -20,6 +20,7 @@ struct _NuaSub;
 #include <sofia-sip/sip_tag.h>
 #include <sofia-sip/su_glib.h>
 #include <sofia-sip/su_log.h>
+#include <sofia-sip/tport_tag.h>
 #include <sofia-sip/url.h>
 
 #include "server/edge.h"
@@ -474,6 +475,12 @@ nua_adapter_new(const SrvConfig *cfg, GError **error)
   g_return_val_if_fail(cfg && cfg->domains && cfg->domains[0], NULL);
   static gsize sofia_initialized = 0;
   if (g_once_init_enter(&sofia_initialized)) {
+    /* Sofia's transport can log or dump whole messages when these are set;
+     * credential NOTIFYs and PUBLISHes carry private keys, which must never
+     * reach a log or a file (see sipcredd(8)). */
+    g_unsetenv("TPORT_LOG");
+    g_unsetenv("TPORT_DUMP");
+    g_unsetenv("TPORT_CAPT");
     su_init();
     su_log_redirect(NULL, sofia_log, NULL);
     g_once_init_leave(&sofia_initialized, 1);
@@ -497,7 +504,7 @@ nua_adapter_new(const SrvConfig *cfg, GError **error)
     /* nua speaks for the public name but listens only on loopback. */
     g_autofree char *url =
         g_strdup_printf("sip:%s:%u;maddr=127.0.0.1;transport=tcp", cfg->domains[0], ad->port);
-    ad->nua = nua_create(ad->root, on_nua_event, ad, NUTAG_URL(url), TAG_END());
+    ad->nua = nua_create(ad->root, on_nua_event, ad, NUTAG_URL(url), TPTAG_LOG(0), TAG_END());
   }
   if (ad->nua == NULL) {
     g_set_error(error, NUA_ADAPTER_ERROR, NUA_ADAPTER_ERROR_START,

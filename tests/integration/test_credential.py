@@ -36,6 +36,7 @@ class Material:
     def __init__(self, d):
         self.dir = d
         self.n = 0
+        self.keys_seen = []  # every PKCS#8 handed out, to look for in the daemon log
 
     def _path(self, ext):
         self.n += 1
@@ -78,7 +79,8 @@ class Material:
                          '--pkcs-cipher', 'aes-128', '--outder', '--outfile', path])
         if rc != 0:
             raise RuntimeError(out)
-        return read(path)
+        self.keys_seen.append(read(path))
+        return self.keys_seen[-1]
 
     def pkcs8_plain(self, key):
         path = self._path('.p8')
@@ -86,7 +88,8 @@ class Material:
                          'DER', '-out', path])
         if rc != 0:
             raise RuntimeError(out)
-        return read(path)
+        self.keys_seen.append(read(path))
+        return self.keys_seen[-1]
 
 
 def read(path):
@@ -485,9 +488,14 @@ def generated(tap, mat):
 def main(tap):
     h.require_tools('certtool', 'openssl')
     extra = '[fanout]\nmin-interval=0\n[auth]\nfree-failures=2\nlockout-base=30\n'
+    # Sofia dumps whole messages when TPORT_LOG is set; the daemon must not let it, since
+    # credential NOTIFYs and PUBLISHes carry private keys. Debug logging is on as well.
+    os.environ['TPORT_LOG'] = '1'
+    os.environ['G_MESSAGES_DEBUG'] = 'all'
     with h.Deployment(tap, users=(ALICE, BOB), extra=extra) as dep:
         mat = Material(dep.dir)
         dep.start()
+        del os.environ['TPORT_LOG']
         for aor in (ALICE, BOB, CAROL):
             cc.add_user(dep, aor, PW[aor])
         section3_flow(tap, dep, mat)
@@ -497,6 +505,12 @@ def main(tap):
         password_change(tap, dep, mat)
         lockout(tap, dep)
         tap.ok(dep.alive(), 'the daemon survived all of it')
+        with open(dep.log, 'rb') as f:
+            log = f.read()
+        tap.ok(len(log) > 0 and b'application/pkcs8' not in log and b'PKCS' not in log and
+               not any(k[40:80] in log for k in mat.keys_seen),
+               'the daemon log (debug level, TPORT_LOG set) holds no key material (%d bytes)'
+               % len(log))
         coalescing_and_430(tap, mat)
         generated(tap, mat)
 

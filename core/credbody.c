@@ -137,6 +137,31 @@ core_credbody_der_check(const guint8 *der, gsize len)
 
 /* ---- base64 and PEM ----------------------------------------------------- */
 
+typedef struct {
+  gpointer data;
+  gsize len;
+} SecretBuf;
+
+static void
+secret_buf_free(gpointer p)
+{
+  SecretBuf *b = p;
+  explicit_bzero(b->data, b->len);
+  g_free(b->data);
+  g_free(b);
+}
+
+/* A PKCS#8 may be plain: every decoded part lives in memory that is wiped
+ * when the last reference goes. Takes @data (g_malloc'd). */
+static GBytes *
+secret_bytes_take(gpointer data, gsize len)
+{
+  SecretBuf *b = g_new(SecretBuf, 1);
+  b->data = data;
+  b->len = len;
+  return g_bytes_new_with_free_func(data, len, secret_buf_free, b);
+}
+
 static gboolean
 is_b64_space(guint8 c)
 {
@@ -173,7 +198,8 @@ base64_decode_strict(const guint8 *p, gsize len)
     g_free(out);
     return NULL;
   }
-  return g_bytes_new_take(out, out_len);
+  explicit_bzero(clean, n);
+  return secret_bytes_take(out, out_len);
 }
 
 static gboolean
@@ -281,7 +307,7 @@ content_decode(const guint8 *p, gsize len, Cte cte, PartKind kind, gboolean bare
   } else if (decoded != NULL) {
     der = g_steal_pointer(&decoded);
   } else {
-    der = g_bytes_new(p, len);
+    der = secret_bytes_take(g_memdup2(p, len), len);
   }
   gsize der_len;
   const guint8 *d = g_bytes_get_data(der, &der_len);

@@ -327,8 +327,10 @@ on_publish(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
   char const *flow = NULL;
   EdgeFlowInfo flow_info = {0};
   gboolean direct = request_flow_facts(ad, sip, &flow, &flow_info);
+  /* The body may hold a plain private key: the core reads it in place. */
   g_autoptr(GBytes) body =
-      sip->sip_payload ? g_bytes_new(sip->sip_payload->pl_data, sip->sip_payload->pl_len) : NULL;
+      sip->sip_payload ? g_bytes_new_static(sip->sip_payload->pl_data, sip->sip_payload->pl_len)
+                       : NULL;
 
   CorePublishInfo info = {
     .event = sip->sip_event ? sip_header_as_string(home, (sip_header_t const *)sip->sip_event)

@@ -59,6 +59,11 @@ class Material:
         elif validity == 'expired':
             lines += ['activation_date = "2020-01-01 00:00:00"',
                       'expiration_date = "2021-01-01 00:00:00"']
+        elif validity.startswith('+'):
+            # Expires @validity seconds from now (certtool takes UTC date and time).
+            end = time.gmtime(time.time() + int(validity[1:]))
+            lines += ['activation_date = "2024-01-01 00:00:00"',
+                      'expiration_date = "%s"' % time.strftime('%Y-%m-%d %H:%M:%S', end)]
         elif validity == 'future':
             lines += ['activation_date = "2036-01-01 00:00:00"',
                       'expiration_date = "2037-01-01 00:00:00"']
@@ -312,6 +317,39 @@ def certificate_checks(tap, dep, mat):
         tap.ok(dep.export_der(ALICE) == good, 'the store holds the published certificate')
 
 
+def expiry_and_encodings(tap, dep, mat):
+    """A certificate is withdrawn from its watchers when it expires; bodies in base64 and PEM
+    are accepted as sec-flows section 6 asks."""
+    import base64
+    key = mat.key()
+    with dep.connect() as c, dep.connect() as w:
+        pub = cc.Publisher(c, ALICE, 'alice', PW[ALICE])
+        b64 = mat.cert(key, ALICE)
+        ctype, body = cc.multipart(base64.encodebytes(b64), base64.encodebytes(
+            mat.pkcs8_encrypted(key)), cte='base64')
+        resp = pub.publish(body, ctype, expires=3600)
+        tap.ok(resp.code == 200 and dep.export_der(ALICE) == b64,
+               'a multipart with base64 parts is accepted and stored as DER (%s)' % resp.code)
+        pem = mat.cert(key, ALICE)
+        text = (b'-----BEGIN CERTIFICATE-----\n' + base64.encodebytes(pem) +
+                b'-----END CERTIFICATE-----\n')
+        resp = pub.publish(text, 'application/pkix-cert', expires=3600)
+        tap.ok(resp.code == 200 and dep.export_der(ALICE) == pem,
+               'a PEM certificate is accepted and stored as DER (%s)' % resp.code)
+
+        short = mat.cert(key, ALICE, validity='+6')
+        resp = pub.publish(short, 'application/pkix-cert', expires=3600)
+        tap.ok(resp.code == 200 and 0 < int(resp.get('expires', '0')) <= 6,
+               'a certificate valid for 6 s more is accepted with Expires <= 6 (%s)'
+               % resp.get('expires'))
+        wsub = h.Subscription(w, ALICE)
+        final, first = wsub.exchange(3600)
+        tap.ok(first is not None and first.body == short, 'a watcher gets it')
+        n = cc.wait_notify(w, wsub.call_id, timeout=15)
+        tap.ok(n is not None and n.body == b'' and state_of(n).startswith('active'),
+               'when it expires the watcher gets an empty body (%s)' % state_of(n))
+
+
 def hostile_bodies(tap, dep, mat):
     key = mat.key()
     cert = mat.cert(key, ALICE)
@@ -502,6 +540,7 @@ def main(tap):
         refusals(tap, dep, mat)
         certificate_checks(tap, dep, mat)
         hostile_bodies(tap, dep, mat)
+        expiry_and_encodings(tap, dep, mat)
         password_change(tap, dep, mat)
         lockout(tap, dep)
         tap.ok(dep.alive(), 'the daemon survived all of it')

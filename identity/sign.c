@@ -222,20 +222,22 @@ kind_name(HdrKind kind)
 static gboolean
 store_header(IdentMsg *m, HdrKind kind, const guint8 *vstart, const guint8 *vend, GError **error)
 {
-  char **slot = NULL;
+  char **const slots[] = {
+      [HDR_OTHER] = NULL,
+      [HDR_FROM] = &m->from,
+      [HDR_TO] = &m->to,
+      [HDR_CALL_ID] = &m->call_id,
+      [HDR_CSEQ] = &m->cseq,
+      [HDR_DATE] = &m->date,
+      [HDR_CONTACT] = &m->contact,
+      [HDR_CONTENT_LENGTH] = &m->content_length,
+      [HDR_IDENTITY] = &m->identity,
+      [HDR_IDENTITY_INFO] = &m->identity_info,
+  };
+  char **slot = slots[kind];
 
-  switch (kind) {
-  case HDR_FROM: slot = &m->from; break;
-  case HDR_TO: slot = &m->to; break;
-  case HDR_CALL_ID: slot = &m->call_id; break;
-  case HDR_CSEQ: slot = &m->cseq; break;
-  case HDR_DATE: slot = &m->date; break;
-  case HDR_CONTACT: slot = &m->contact; break;
-  case HDR_CONTENT_LENGTH: slot = &m->content_length; break;
-  case HDR_IDENTITY: slot = &m->identity; break;
-  case HDR_IDENTITY_INFO: slot = &m->identity_info; break;
-  case HDR_OTHER: return TRUE;
-  }
+  if (slot == NULL)
+    return TRUE;
   if (*slot != NULL) {
     /* Only the first Contact counts; every other one must be unique, or
      * signer and verifier could read different values. */
@@ -323,8 +325,7 @@ ident_msg_parse(const guint8 *msg, gsize len, IdentMsg *m, GError **error)
         name_end--;
       for (const guint8 *q = p; q < name_end; q++) {
         if (!is_token_char(*q)) {
-          g_set_error(error, IDENT_SIGN_ERROR, IDENT_SIGN_ERROR_MESSAGE,
-                      "invalid header name");
+          g_set_error(error, IDENT_SIGN_ERROR, IDENT_SIGN_ERROR_MESSAGE, "invalid header name");
           return FALSE;
         }
       }
@@ -566,7 +567,8 @@ static const IdentSignBackendOps *
 backend_ops(IdentSignerBackend backend)
 {
   switch (backend) {
-  case IDENT_SIGNER_GNUTLS: return &ident_sign_backend_gnutls;
+  case IDENT_SIGNER_GNUTLS:
+    return &ident_sign_backend_gnutls;
   case IDENT_SIGNER_OPENSSL:
 #ifdef SIPCRED_HAVE_OPENSSL
     return &ident_sign_backend_openssl;
@@ -679,8 +681,7 @@ ident_signer_get_cert_der(IdentSigner *signer)
 }
 
 GBytes *
-ident_signer_sign(IdentSigner *signer, IdentAlg alg, const guint8 *data, gsize len,
-                  GError **error)
+ident_signer_sign(IdentSigner *signer, IdentAlg alg, const guint8 *data, gsize len, GError **error)
 {
   g_return_val_if_fail(signer != NULL, NULL);
   g_return_val_if_fail(data != NULL || len == 0, NULL);
@@ -727,8 +728,8 @@ ident_sign_message(IdentSigner *signer, IdentAlg alg, const char *info_url, gint
   if (!check_info_url(info_url, error) || !ident_msg_parse(msg, len, &m, error))
     return NULL;
   if (m.identity != NULL || m.identity_info != NULL) {
-    g_set_error(error, IDENT_SIGN_ERROR, IDENT_SIGN_ERROR_MESSAGE,
-                "message already carries %s", m.identity != NULL ? "Identity" : "Identity-Info");
+    g_set_error(error, IDENT_SIGN_ERROR, IDENT_SIGN_ERROR_MESSAGE, "message already carries %s",
+                m.identity != NULL ? "Identity" : "Identity-Info");
     return NULL;
   }
   if (m.date == NULL) {
@@ -991,14 +992,12 @@ ident_verify_message(const guint8 *msg, gsize len, const guint8 *cert_der, gsize
   data.size = (unsigned int)g_bytes_get_size(digest);
   sigd.data = (unsigned char *)g_bytes_get_data(sig, NULL);
   sigd.size = (unsigned int)g_bytes_get_size(sig);
-  rc = gnutls_pubkey_verify_data2(pub, a == IDENT_ALG_RSA_SHA1 ? GNUTLS_SIGN_RSA_SHA1
-                                                                : GNUTLS_SIGN_RSA_SHA256,
-                                  a == IDENT_ALG_RSA_SHA1 ? GNUTLS_VERIFY_ALLOW_SIGN_WITH_SHA1 : 0,
-                                  &data, &sigd);
+  rc = gnutls_pubkey_verify_data2(
+      pub, a == IDENT_ALG_RSA_SHA1 ? GNUTLS_SIGN_RSA_SHA1 : GNUTLS_SIGN_RSA_SHA256,
+      a == IDENT_ALG_RSA_SHA1 ? GNUTLS_VERIFY_ALLOW_SIGN_WITH_SHA1 : 0, &data, &sigd);
   if (rc < 0) {
     g_set_error(error, IDENT_SIGN_ERROR, IDENT_SIGN_ERROR_SIGNATURE,
-                "the Identity signature (%s) does not match the message",
-                ident_alg_to_string(a));
+                "the Identity signature (%s) does not match the message", ident_alg_to_string(a));
     return FALSE;
   }
 
@@ -1194,9 +1193,9 @@ pool_worker(gpointer data, gpointer user_data)
   g_mutex_unlock(&core->lock);
 
   if (!cancelled)
-    result = ident_sign_message(job->signer, job->alg, job->url, job->now,
-                                g_bytes_get_data(job->msg, NULL), g_bytes_get_size(job->msg),
-                                &error);
+    result =
+        ident_sign_message(job->signer, job->alg, job->url, job->now,
+                           g_bytes_get_data(job->msg, NULL), g_bytes_get_size(job->msg), &error);
   /* The message and the signer are no longer needed; let them go early. */
   g_clear_pointer(&job->msg, g_bytes_unref);
   g_clear_pointer(&job->signer, ident_signer_unref);
@@ -1287,9 +1286,9 @@ ident_sign_pool_free(IdentSignPool *pool)
 }
 
 void
-ident_sign_pool_submit(IdentSignPool *pool, guint64 order_key, IdentSigner *signer,
-                       IdentAlg alg, const char *info_url, gint64 now, GBytes *msg,
-                       IdentSignDoneCb callback, void *user_data, GDestroyNotify destroy)
+ident_sign_pool_submit(IdentSignPool *pool, guint64 order_key, IdentSigner *signer, IdentAlg alg,
+                       const char *info_url, gint64 now, GBytes *msg, IdentSignDoneCb callback,
+                       void *user_data, GDestroyNotify destroy)
 {
   SignJob *job;
   KeyQueue *kq;

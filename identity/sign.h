@@ -127,9 +127,8 @@ GBytes *ident_sign_message(IdentSigner *signer, IdentAlg alg, const char *info_u
  *   CN when it has none) include the host of the From URI, which must be
  *   sip: or sips: (..._CERTIFICATE).
  * *@alg (may be NULL) receives the algorithm once it is known. */
-gboolean ident_verify_message(const guint8 *msg, gsize len, const guint8 *cert_der,
-                              gsize cert_len, gint64 now, guint window, IdentAlg *alg,
-                              GError **error);
+gboolean ident_verify_message(const guint8 *msg, gsize len, const guint8 *cert_der, gsize cert_len,
+                              gint64 now, guint window, IdentAlg *alg, GError **error);
 
 /* ---- Signing pool ----------------------------------------------------------
  * Signs on a GLib thread pool. A job is submitted from a thread running a

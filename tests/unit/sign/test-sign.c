@@ -21,7 +21,7 @@
   "Via: SIP/2.0/TLS 192.0.2.1:5061;branch=z9hG4bK776asdhds\r\n"                                   \
   "Max-Forwards: 70\r\n"                                                                          \
   "Route: <sip:proxy.example.net;lr>\r\n"                                                         \
-  "From: \"Example Credential Server\" <sip:alice@example.com;transport=tls>;tag=1928301774\r\n" \
+  "From: \"Example Credential Server\" <sip:alice@example.com;transport=tls>;tag=1928301774\r\n"  \
   "To: <sip:bob@example.org>;tag=a6c85cf\r\n"                                                     \
   "Call-ID: a84b4c76e66710@pc33.example.org\r\n"                                                  \
   "CSeq: 314159 NOTIFY\r\n"
@@ -38,22 +38,23 @@
 
 /* Written out by hand from RFC 4474 section 9, not by our code. */
 #define KAT_DIGEST                                                                                \
-  "sip:alice@example.com;transport=tls|sip:bob@example.org|a84b4c76e66710@pc33.example.org|"     \
-  "314159 NOTIFY|Mon, 23 Nov 2026 12:00:00 GMT|sips:edge.example.com:5061;transport=tls;ob|"     \
+  "sip:alice@example.com;transport=tls|sip:bob@example.org|a84b4c76e66710@pc33.example.org|"      \
+  "314159 NOTIFY|Mon, 23 Nov 2026 12:00:00 GMT|sips:edge.example.com:5061;transport=tls;ob|"      \
   "hello, signed world|body\r\n"
 
 /* The expected signatures come from OpenSSL's command-line tool, an
  * implementation independent of both backends, run in tests/unit/sign/data:
  *
- *   D='sip:alice@example.com;transport=tls|sip:bob@example.org|a84b4c76e66710@pc33.example.org|314159 NOTIFY|Mon, 23 Nov 2026 12:00:00 GMT|sips:edge.example.com:5061;transport=tls;ob|hello, signed world|body\r\n'
- *   printf "$D" | openssl dgst -sha256 -sign kat-key.pem | base64 -w0
- *   printf "$D" | openssl dgst -sha1 -sign kat-key.pem | base64 -w0
+ *   D='sip:alice@example.com;transport=tls|sip:bob@example.org|a84b4c76e66710@pc33.example.org|314159
+ * NOTIFY|Mon, 23 Nov 2026 12:00:00 GMT|sips:edge.example.com:5061;transport=tls;ob|hello, signed
+ * world|body\r\n' printf "$D" | openssl dgst -sha256 -sign kat-key.pem | base64 -w0 printf "$D" |
+ * openssl dgst -sha1 -sign kat-key.pem | base64 -w0
  *
  * (printf turns the final \r\n into CR LF; the input is 202 bytes.) */
 #define KAT_SIG_SHA256                                                                            \
   "beVmBc/+ujH1OTq45sJXxgzYMqztRrgdHVHihxLugTkY7YeYuY8fSkmnazq0zqtOwahhHwW8kL4xMPlAEB5nGQvMUfqd0" \
   "0P5HtZIZNzL03UtTjDf6rNcOPrxQOExkjmTBAomuofIdNZqSTTeR2q35e7QuMxdWhLkFCcWXQFHs2LZzszCGWmDiNVEWj" \
-  "CB+4FKhdVlcOckzSSDEL4dBeDltrYwRLkQ7XB64u8TG3r8AYJZdh5MBzSovgZRiEKJM3Nd2nXL/E84EZ6siLC0KOf/P6" \
+  "CB+4FKhdVlcOckzSSDEL4dBeDltrYwRLkQ7XB64u8TG3r8AYJZdh5MBzSovgZRiEKJM3Nd2nXL/E84EZ6siLC0KOf/P6"  \
   "kK0qCiT79M2qpGAEQZA6A9smFqUBGa+2ICunRQa324I5dvt1CvQVD2At/CfSn4bw=="
 #define KAT_SIG_SHA1                                                                              \
   "kO0CkFROVbVnldcCtsWmNr0JJxYdc74PzyVXtVGfoyqq/Pt74jd0q8VPILAmVcf3IpWAX/Qd7r9y8nR8XGE1KGN7q5I6K" \
@@ -99,8 +100,8 @@ static GBytes *
 sign_ok(IdentSigner *signer, IdentAlg alg, const char *msg, gint64 now)
 {
   g_autoptr(GError) error = NULL;
-  GBytes *out = ident_sign_message(signer, alg, INFO_URL, now, (const guint8 *)msg, strlen(msg),
-                                   &error);
+  GBytes *out =
+      ident_sign_message(signer, alg, INFO_URL, now, (const guint8 *)msg, strlen(msg), &error);
   g_assert_no_error(error);
   g_assert_nonnull(out);
   return out;
@@ -124,9 +125,9 @@ verify(const char *msg, gint64 now)
 {
   g_autoptr(GBytes) cert = kat_cert();
   GError *error = NULL;
-  gboolean ok = ident_verify_message((const guint8 *)msg, strlen(msg),
-                                     g_bytes_get_data(cert, NULL), g_bytes_get_size(cert), now,
-                                     WINDOW, NULL, &error);
+  gboolean ok =
+      ident_verify_message((const guint8 *)msg, strlen(msg), g_bytes_get_data(cert, NULL),
+                           g_bytes_get_size(cert), now, WINDOW, NULL, &error);
   g_assert_true(ok == (error == NULL));
   return error;
 }
@@ -253,7 +254,8 @@ test_digest_errors(void)
                       "Content-Length says 1");
   assert_digest_error(ERR_HEAD "From: <sip:a@example.com>\r\nContent-Length: x\r\n\r\n",
                       "not a number");
-  assert_digest_error(ERR_HEAD "From: <sip:a@example.com>\r\nf: <sip:b@example.com>\r\n" SIMPLE_TAIL,
+  assert_digest_error(ERR_HEAD
+                      "From: <sip:a@example.com>\r\nf: <sip:b@example.com>\r\n" SIMPLE_TAIL,
                       "more than one From");
   assert_digest_error(ERR_HEAD SIMPLE_TAIL, "no From");
   assert_digest_error(ERR_HEAD "From: \"Alice <sip:a@example.com>\r\n" SIMPLE_TAIL,
@@ -388,8 +390,7 @@ test_backends_identical(void)
 {
   g_autoptr(IdentSigner) g = NULL, o = NULL;
   const char *msgs[] = {
-      KAT_MSG,
-      KAT_HEAD KAT_TAIL, /* Date added */
+      KAT_MSG, KAT_HEAD KAT_TAIL, /* Date added */
   };
 
   if (!ident_signer_backend_available(IDENT_SIGNER_OPENSSL)) {
@@ -498,8 +499,8 @@ test_message_date_added(void)
 
   /* Date from the given time goes in just before Identity, and the result
    * is the fixed message with its Date moved: the same signature. */
-  g_assert_nonnull(strstr(s, "Content-Length: 26\r\n" KAT_DATE "Identity: \"" KAT_SIG_SHA256
-                             "\"\r\n"));
+  g_assert_nonnull(
+      strstr(s, "Content-Length: 26\r\n" KAT_DATE "Identity: \"" KAT_SIG_SHA256 "\"\r\n"));
   g_assert_true(g_str_has_prefix(s, KAT_HEAD "Contact: "));
   g_assert_true(g_str_has_suffix(s, "\r\n\r\nhello, signed world|body\r\n"));
   error = verify(s, KAT_NOW);
@@ -534,12 +535,12 @@ test_message_refused(void)
                              g_bytes_get_data(out, NULL), g_bytes_get_size(out), &e1);
   g_assert_null(again);
   g_assert_error(e1, IDENT_SIGN_ERROR, IDENT_SIGN_ERROR_MESSAGE);
-  nocl = ident_sign_message(signer, IDENT_ALG_RSA_SHA256, INFO_URL, KAT_NOW,
-                            (const guint8 *)no_cl, strlen(no_cl), &e2);
+  nocl = ident_sign_message(signer, IDENT_ALG_RSA_SHA256, INFO_URL, KAT_NOW, (const guint8 *)no_cl,
+                            strlen(no_cl), &e2);
   g_assert_null(nocl);
   g_assert_error(e2, IDENT_SIGN_ERROR, IDENT_SIGN_ERROR_MESSAGE);
-  badurl = ident_sign_message(signer, IDENT_ALG_RSA_SHA256, "https://x/a>;alg=rsa-sha1",
-                              KAT_NOW, (const guint8 *)KAT_MSG, strlen(KAT_MSG), &e3);
+  badurl = ident_sign_message(signer, IDENT_ALG_RSA_SHA256, "https://x/a>;alg=rsa-sha1", KAT_NOW,
+                              (const guint8 *)KAT_MSG, strlen(KAT_MSG), &e3);
   g_assert_null(badurl);
   g_assert_error(e3, IDENT_SIGN_ERROR, IDENT_SIGN_ERROR_MESSAGE);
 }
@@ -643,12 +644,12 @@ test_verify_date_form(void)
 static void
 test_verify_cert_names(void)
 {
-  g_autofree char *other_host = replace_once(
-      KAT_MSG, "<sip:alice@example.com;transport=tls>", "<sip:alice@example.org;transport=tls>");
+  g_autofree char *other_host = replace_once(KAT_MSG, "<sip:alice@example.com;transport=tls>",
+                                             "<sip:alice@example.org;transport=tls>");
   g_autofree char *sub_host = replace_once(KAT_MSG, "<sip:alice@example.com;transport=tls>",
                                            "<sip:alice@SIP.Example.COM:5061>");
-  g_autofree char *tel = replace_once(KAT_MSG, "<sip:alice@example.com;transport=tls>",
-                                      "<tel:+15551234567>");
+  g_autofree char *tel =
+      replace_once(KAT_MSG, "<sip:alice@example.com;transport=tls>", "<tel:+15551234567>");
   g_autofree char *s_other = signed_kat(IDENT_ALG_RSA_SHA256, other_host);
   g_autofree char *s_sub = signed_kat(IDENT_ALG_RSA_SHA256, sub_host);
   g_autofree char *s_tel = signed_kat(IDENT_ALG_RSA_SHA256, tel);

@@ -29,6 +29,8 @@ static const char *const store_keys[] = {"map-size", "master-key", NULL};
 static const char *const auth_keys[] = {"nonce-lifetime", "free-failures", "lockout-base",
                                         "lockout-max", "forget-after", NULL};
 static const char *const credential_keys[] = {"generate", "key-bits", "days", NULL};
+static const char *const identity_keys[] = {"enabled", "algorithm", "backend", "threads",
+                                            "info-url", "https-listen", "public-host", NULL};
 
 static const struct {
   const char *group;
@@ -36,7 +38,7 @@ static const struct {
 } known_groups[] = {
   {"server", server_keys},           {"tls", tls_keys},       {"certificate", certificate_keys},
   {"fanout", fanout_keys},           {"store", store_keys},   {"auth", auth_keys},
-  {"credential", credential_keys},
+  {"credential", credential_keys},   {"identity", identity_keys},
 };
 
 #define DOMAIN_GROUP_PREFIX "domain "
@@ -454,6 +456,69 @@ loader_read_store(const Loader *ld, SrvConfig *cfg, GError **error)
   return TRUE;
 }
 
+static gboolean
+loader_read_identity(const Loader *ld, SrvConfig *cfg, GError **error)
+{
+  if (!loader_get_bool(ld, "identity", "enabled", TRUE, &cfg->identity_enabled, error))
+    return FALSE;
+  g_autofree char *alg = g_key_file_get_value(ld->kf, "identity", "algorithm", NULL);
+  cfg->identity_algorithm = g_strdup(alg != NULL ? g_strstrip(alg) : "rsa-sha256");
+  if (!g_str_equal(cfg->identity_algorithm, "rsa-sha256") &&
+      !g_str_equal(cfg->identity_algorithm, "rsa-sha1"))
+    return loader_fail(ld, error, "identity", "algorithm",
+                       "\"%s\" is neither rsa-sha256 nor rsa-sha1", cfg->identity_algorithm);
+  g_autofree char *backend = g_key_file_get_value(ld->kf, "identity", "backend", NULL);
+  cfg->identity_backend = g_strdup(backend != NULL ? g_strstrip(backend) : "auto");
+  if (!g_str_equal(cfg->identity_backend, "auto") &&
+      !g_str_equal(cfg->identity_backend, "gnutls") &&
+      !g_str_equal(cfg->identity_backend, "openssl"))
+    return loader_fail(ld, error, "identity", "backend",
+                       "\"%s\" is not auto, gnutls or openssl", cfg->identity_backend);
+  guint64 v;
+  if (!loader_get_uint(ld, "identity", "threads", 0, 256, 0, &v, error))
+    return FALSE;
+  cfg->identity_threads = v;
+
+  g_autofree char *url = g_key_file_get_value(ld->kf, "identity", "info-url", NULL);
+  if (url != NULL && *g_strstrip(url) != '\0') {
+    if (!g_str_has_prefix(url, "https://") && !g_str_has_prefix(url, "http://"))
+      return loader_fail(ld, error, "identity", "info-url", "\"%s\" is not an http(s) URL",
+                         url);
+    if (strpbrk(url, " \t<>\"") != NULL)
+      return loader_fail(ld, error, "identity", "info-url",
+                         "may not contain blanks, quotes or angle brackets");
+    cfg->identity_info_url = g_steal_pointer(&url);
+  }
+  cfg->identity_https_listen = loader_get_list(ld, "identity", "https-listen");
+  if (cfg->identity_https_listen == NULL || cfg->identity_https_listen[0] == NULL) {
+    /* Zero configuration: the host of the first SIP listener, any free port.
+     * An operator sets a fixed one so that the URL stays the same. */
+    g_strfreev(cfg->identity_https_listen);
+    const char *first = cfg->listen[0];
+    const char *colon = strrchr(first, ':');
+    g_autofree char *host = g_strndup(first, colon - first);
+    cfg->identity_https_listen = g_new0(char *, 2);
+    cfg->identity_https_listen[0] = g_strdup_printf("%s:0", host);
+  }
+  for (guint i = 0; cfg->identity_https_listen[i] != NULL; i++) {
+    const char *a = cfg->identity_https_listen[i];
+    const char *colon = strrchr(a, ':');
+    guint64 port;
+    if (colon == NULL || colon == a ||
+        !g_ascii_string_to_unsigned(colon + 1, 10, 0, 65535, &port, NULL))
+      return loader_fail(ld, error, "identity", "https-listen",
+                         "\"%s\" is not ADDRESS:PORT ([ADDRESS]:PORT for IPv6)", a);
+  }
+  g_autofree char *host = g_key_file_get_value(ld->kf, "identity", "public-host", NULL);
+  if (host != NULL && *g_strstrip(host) != '\0') {
+    if (strpbrk(host, " \t<>\"/") != NULL)
+      return loader_fail(ld, error, "identity", "public-host", "\"%s\" is not a host name",
+                         host);
+    cfg->identity_public_host = g_steal_pointer(&host);
+  }
+  return TRUE;
+}
+
 SrvConfig *
 srv_config_load(const char *path, GError **error)
 {
@@ -482,7 +547,8 @@ srv_config_load(const char *path, GError **error)
   cfg->path = g_strdup(abs);
   gboolean ok = loader_check_known(&ld, error) && loader_read_server(&ld, cfg, error) &&
                 loader_read_tls(&ld, cfg, error) && loader_read_domains(&ld, cfg, error) &&
-                loader_read_core(&ld, cfg, error) && loader_read_store(&ld, cfg, error);
+                loader_read_core(&ld, cfg, error) && loader_read_store(&ld, cfg, error) &&
+                loader_read_identity(&ld, cfg, error);
   loader_clear(&ld);
   return ok ? g_steal_pointer(&cfg) : NULL;
 }
@@ -498,6 +564,11 @@ srv_config_free(SrvConfig *cfg)
   g_free(cfg->state_dir);
   g_free(cfg->tls_priority);
   g_free(cfg->master_key);
+  g_free(cfg->identity_algorithm);
+  g_free(cfg->identity_backend);
+  g_free(cfg->identity_info_url);
+  g_strfreev(cfg->identity_https_listen);
+  g_free(cfg->identity_public_host);
   g_clear_pointer(&cfg->domain_certs, g_ptr_array_unref);
   g_free(cfg);
 }

@@ -47,6 +47,15 @@ typedef struct {
   /* [certificate] and [fanout] */
   CoreConfig core;       /* core.domains points at domains */
 
+  /* [identity]: RFC 4474 signing of every NOTIFY */
+  gboolean identity_enabled;
+  char *identity_algorithm; /* "rsa-sha256" or "rsa-sha1" */
+  char *identity_backend;   /* "auto", "gnutls" or "openssl" */
+  guint identity_threads;   /* 0: one per core */
+  char *identity_info_url;  /* operator's URL, "{domain}" replaced; NULL: built-in */
+  GStrv identity_https_listen; /* built-in endpoint, "ADDR:PORT" */
+  char *identity_public_host;  /* host of the built-in URL; NULL: the listen address */
+
   /* [store] */
   guint64 map_size;
   char *master_key;      /* absolute path of the master key file; NULL when not set */

@@ -2,6 +2,7 @@
  * nua and the TLS edge together on one GLib main loop. */
 #define G_LOG_DOMAIN "sipcred-daemon"
 
+#include <gio/gio.h>
 #include <glib-unix.h>
 #include <glib.h>
 #include <locale.h>
@@ -26,6 +27,25 @@ typedef struct {
 } Daemon;
 
 static gboolean log_verbose;
+
+/* domain -> the Identity-Info URL of its certificate: the operator's, with
+ * "{domain}" replaced. */
+static GHashTable *
+daemon_identity_urls(const SrvConfig *cfg, GError **error)
+{
+  g_autoptr(GHashTable) urls = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  for (guint i = 0; cfg->domains[i] != NULL; i++) {
+    const char *domain = cfg->domains[i];
+    if (cfg->identity_info_url == NULL) {
+      g_set_error(error, G_IO_ERROR, G_IO_ERROR_NOT_SUPPORTED,
+                  "no info-url set, and the built-in endpoint is not available");
+      return NULL;
+    }
+    g_auto(GStrv) parts = g_strsplit(cfg->identity_info_url, "{domain}", -1);
+    g_hash_table_insert(urls, g_strdup(domain), g_strjoinv(domain, parts));
+  }
+  return g_steal_pointer(&urls);
+}
 
 /* Service output goes to stderr (journald adds its own timestamps); info
  * only with --verbose, debug through G_MESSAGES_DEBUG as usual in GLib. */
@@ -107,6 +127,13 @@ run(Daemon *d)
   if (edge == NULL) {
     g_printerr("sipcredd: %s\n", error->message);
     return 1;
+  }
+  if (cfg->identity_enabled) {
+    g_autoptr(GHashTable) urls = daemon_identity_urls(cfg, &error);
+    if (urls == NULL || !edge_enable_identity(edge, cfg, urls, &error)) {
+      g_printerr("sipcredd: [identity]: %s\n", error->message);
+      return 1;
+    }
   }
   g_autoptr(NuaAdapter) nua = nua_adapter_new(cfg, &error);
   if (nua == NULL) {

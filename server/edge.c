@@ -2,6 +2,8 @@
 
 #include "server/edge.h"
 
+#include "identity/sign.h"
+
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -98,8 +100,9 @@ struct _EdgeConn {
   char *cipher_suite;
   GBytes *peer_cert;
   gint64 last_rx; /* monotonic time of the last received bytes */
-  GQueue send_fifo;   /* GBytes* on their way to the client, in order */
+  GQueue send_fifo;   /* EdgeOut* on their way to the client, in order */
   gboolean send_busy; /* the head of send_fifo is in an asynchronous stage */
+  guint64 serial;     /* the flow's order key in the signing pool */
   GQueue txns;        /* EdgeTxn* from nua awaiting this client (EdgeTxn.flow_link) */
   /* Requests relayed to nua (ACK aside) minus final answers sent back. Only
    * an estimate (a retransmission counts twice): it lets a draining flow
@@ -167,7 +170,34 @@ struct _Edge {
   GHashTable *txns; /* key -> EdgeTxn* (owned) */
   GQueue txn_order; /* by expiry, links embedded in EdgeTxn */
   GSource *txn_sweep;
+
+  /* The identity stage (RFC 4474), NULL pool when off. */
+  IdentSignPool *sign_pool;
+  GHashTable *signers;   /* domain -> IdentSigner* (ref) */
+  GHashTable *info_urls; /* domain -> Identity-Info URL */
+  IdentAlg sign_alg;
+  IdentSignerBackend sign_backend;
+  guint64 next_serial;
+  guint64 n_signed, n_sign_failed;
 };
+
+/* One message on its way to a client. */
+typedef struct {
+  GBytes *msg;      /* NULL while the identity stage signs it */
+  EdgeConn *flow;   /* borrowed: the flow cancels its jobs before it closes */
+  GBytes *on_error; /* for nua when signing fails (500), may be NULL */
+  char *txn_key;    /* the nua transaction of a request, may be NULL */
+} EdgeOut;
+
+static void
+edge_out_free(gpointer data)
+{
+  EdgeOut *out = data;
+  g_clear_pointer(&out->msg, g_bytes_unref);
+  g_clear_pointer(&out->on_error, g_bytes_unref);
+  g_free(out->txn_key);
+  g_free(out);
+}
 
 static void conn_close_now(EdgeConn *c);
 static gboolean conn_flush(EdgeConn *c);
@@ -436,7 +466,7 @@ edge_conn_unref(EdgeConn *c)
   edge_creds_unref(c->creds);
   g_clear_pointer(&c->framer, sipwire_framer_free);
   g_byte_array_unref(c->outbuf);
-  g_queue_clear_full(&c->send_fifo, (GDestroyNotify) g_bytes_unref);
+  g_queue_clear_full(&c->send_fifo, edge_out_free);
   g_clear_object(&c->sock);
   g_free(c->peer);
   g_free(c->peer_ip);
@@ -486,6 +516,7 @@ edge_conn_new(Edge *edge, EdgeConnKind kind, GSocket *sock)
                                      : MAX(edge->max_message_size, EDGE_INTERNAL_MAX_MESSAGE));
   g_queue_init(&c->send_fifo);
   g_queue_init(&c->txns);
+  c->serial = ++edge->next_serial;
   g_socket_set_blocking(sock, FALSE);
   g_hash_table_add(edge->conns, c); /* takes the initial ref */
   return c;
@@ -531,7 +562,10 @@ conn_close_now(EdgeConn *c)
   edge_source_clear(&c->linger);
   edge_source_clear(&c->drain);
   g_socket_close(c->sock, NULL);
-  g_queue_clear_full(&c->send_fifo, (GDestroyNotify) g_bytes_unref);
+  /* Signing jobs of this flow must not call back into freed entries. */
+  if (edge->sign_pool != NULL)
+    ident_sign_pool_cancel(edge->sign_pool, c->serial);
+  g_queue_clear_full(&c->send_fifo, edge_out_free);
   g_queue_init(&c->send_fifo);
 
   switch (c->kind) {
@@ -613,6 +647,7 @@ client_drain_check(EdgeConn *c)
 {
   if (!c->draining || c->closing || c->awaiting > 0 || c->send_fifo.length > 0 || c->send_busy)
     return;
+  /* (A message being signed sits in send_fifo, so it is waited for too.) */
   g_debug("flow %s (%s): every relayed request answered; closing", c->token, c->peer);
   edge_conn_ref(c);
   conn_shutdown(c);
@@ -869,13 +904,14 @@ edge_flow_send_pump(EdgeConn *flow)
 {
   edge_conn_ref(flow);
   while (!flow->closed && !flow->closing && !flow->send_busy) {
-    GBytes *msg = g_queue_pop_head(&flow->send_fifo);
-    if (msg == NULL)
-      break;
+    EdgeOut *out = g_queue_peek_head(&flow->send_fifo);
+    if (out == NULL || out->msg == NULL)
+      break; /* empty, or the head is still being signed */
+    g_queue_pop_head(&flow->send_fifo);
     gsize len = 0;
-    const guint8 *data = g_bytes_get_data(msg, &len);
+    const guint8 *data = g_bytes_get_data(out->msg, &len);
     flow_tls_write(flow, data, len);
-    g_bytes_unref(msg);
+    edge_out_free(out);
   }
   edge_conn_unref(flow);
 }
@@ -885,8 +921,66 @@ edge_flow_send_message(EdgeConn *flow, GBytes *msg)
 {
   if (flow->closed || flow->closing)
     return;
-  g_queue_push_tail(&flow->send_fifo, g_bytes_ref(msg));
+  EdgeOut *out = g_new0(EdgeOut, 1);
+  out->msg = g_bytes_ref(msg);
+  out->flow = flow;
+  g_queue_push_tail(&flow->send_fifo, out);
   edge_flow_send_pump(flow);
+}
+
+static void edge_txn_fail_signing(Edge *edge, EdgeOut *out);
+
+/* The pool calls back on the edge's context, in order per flow. */
+static void
+edge_sign_done(GBytes *signed_msg, const GError *error, void *user_data)
+{
+  EdgeOut *out = user_data;
+  EdgeConn *flow = out->flow;
+  Edge *edge = flow->edge;
+
+  if (signed_msg == NULL) {
+    /* Never send it unsigned: the subscriber could not trust it. nua hears
+     * 500 and, for a NOTIFY, ends the subscription. */
+    edge->n_sign_failed++;
+    g_warning("flow %s: signing a message failed, not sent: %s", flow->token,
+              error != NULL ? error->message : "?");
+    g_queue_remove(&flow->send_fifo, out);
+    edge_txn_fail_signing(edge, out);
+    edge_out_free(out);
+  } else {
+    edge->n_signed++;
+    out->msg = g_bytes_ref(signed_msg);
+  }
+  edge_flow_send_pump(flow);
+  client_drain_check(flow);
+}
+
+/* Sends @msg signed for @domain when the identity stage is on and has that
+ * domain's key; otherwise as it is. */
+static void
+edge_flow_send_signed(EdgeConn *flow, GBytes *msg, const char *domain, GBytes *on_error,
+                      const char *txn_key)
+{
+  Edge *edge = flow->edge;
+  IdentSigner *signer =
+      edge->sign_pool != NULL && domain != NULL ? g_hash_table_lookup(edge->signers, domain) : NULL;
+  if (signer == NULL) {
+    if (edge->sign_pool != NULL)
+      g_warning("flow %s: no signing key for %s; message sent without Identity", flow->token,
+                domain != NULL ? domain : "(no From host)");
+    edge_flow_send_message(flow, msg);
+    return;
+  }
+  if (flow->closed || flow->closing)
+    return;
+  EdgeOut *out = g_new0(EdgeOut, 1);
+  out->flow = flow;
+  out->on_error = on_error != NULL ? g_bytes_ref(on_error) : NULL;
+  out->txn_key = g_strdup(txn_key);
+  g_queue_push_tail(&flow->send_fifo, out);
+  ident_sign_pool_submit(edge->sign_pool, flow->serial, signer, edge->sign_alg,
+                         g_hash_table_lookup(edge->info_urls, domain),
+                         g_get_real_time() / G_USEC_PER_SEC, msg, edge_sign_done, out, NULL);
 }
 
 /* ---- Responses the edge builds itself ---------------------------------- */
@@ -1137,6 +1231,23 @@ edge_txn_clear_all(Edge *edge)
   edge_source_clear(&edge->txn_sweep);
   g_queue_init(&edge->txn_order);
   g_hash_table_remove_all(edge->txns);
+}
+
+static void edge_txn_send_to_nua(Edge *edge, EdgeConn *conn, GBytes *wire);
+
+/* The identity stage could not sign @out: nua gets its 500 and the edge
+ * forgets the transaction. */
+static void
+edge_txn_fail_signing(Edge *edge, EdgeOut *out)
+{
+  if (out->txn_key == NULL)
+    return;
+  EdgeTxn *t = g_hash_table_lookup(edge->txns, out->txn_key);
+  if (t == NULL)
+    return;
+  if (out->on_error != NULL)
+    edge_txn_send_to_nua(edge, t->conn, out->on_error);
+  edge_txn_remove(edge, t);
 }
 
 /* Hands a response for nua back on @conn, the connection its request came
@@ -1456,6 +1567,21 @@ nua_handle_request(EdgeConn *c, SipwireMsg *msg, GBytes *frame)
     return;
   }
   g_autoptr(GBytes) wire = sipwire_msg_serialize(msg);
+  /* RFC 6072 sections 6.7 and 7.7, RFC 4474: every NOTIFY leaves signed by
+   * the domain of its From, which is the AOR it reports on. */
+  if (g_strcmp0(method, "NOTIFY") == 0) {
+    g_autofree char *from_user = NULL;
+    g_autofree char *from_host = NULL;
+    guint16 from_port = 0;
+    const char *from = sipwire_msg_get_first(msg, "From");
+    if (from != NULL)
+      sipwire_nameaddr_get_host_port(from, &from_user, &from_host, &from_port);
+    g_autofree char *domain = from_host != NULL ? g_ascii_strdown(from_host, -1) : NULL;
+    g_autoptr(GBytes) on_error = edge_build_reply_from_bytes(frame, 500, "Identity Signing Failed");
+    g_autofree char *key = edge_txn_key(branch != NULL ? branch : "", method);
+    edge_flow_send_signed(flow, wire, domain, on_error, key);
+    return;
+  }
   edge_flow_send_message(flow, wire);
 }
 
@@ -2101,6 +2227,9 @@ edge_get_public_port(Edge *edge)
   return ((EdgeListener *) g_ptr_array_index(edge->listeners, 0))->port;
 }
 
+static GHashTable *edge_signers_load(const SrvConfig *cfg, IdentSignerBackend backend,
+                                     GError **error);
+
 gboolean
 edge_reload_credentials(Edge *edge, const SrvConfig *cfg, GError **error)
 {
@@ -2109,10 +2238,99 @@ edge_reload_credentials(Edge *edge, const SrvConfig *cfg, GError **error)
   EdgeCreds *creds = edge_creds_load(cfg, (const char *const *) edge->domains, error);
   if (creds == NULL)
     return FALSE;
+  GHashTable *signers = NULL;
+  if (edge->sign_pool != NULL) {
+    signers = edge_signers_load(cfg, edge->sign_backend, error);
+    if (signers == NULL) {
+      edge_creds_unref(creds);
+      return FALSE;
+    }
+  }
   edge_creds_unref(edge->creds);
   edge->creds = creds;
-  g_info("TLS credentials reloaded; new handshakes use them");
+  if (signers != NULL) {
+    /* Jobs already queued keep the signer they were given. */
+    g_hash_table_unref(edge->signers);
+    edge->signers = signers;
+  }
+  g_info("TLS credentials%s reloaded; new handshakes use them",
+         signers != NULL ? " and signing keys" : "");
   return TRUE;
+}
+
+/* domain -> IdentSigner from the key and certificate of each [domain]. */
+static GHashTable *
+edge_signers_load(const SrvConfig *cfg, IdentSignerBackend backend, GError **error)
+{
+  g_autoptr(GHashTable) signers =
+      g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify) ident_signer_unref);
+  for (guint i = 0; i < cfg->domain_certs->len; i++) {
+    const SrvDomain *d = g_ptr_array_index(cfg->domain_certs, i);
+    g_autofree char *cert = NULL, *key = NULL;
+    gsize cert_len = 0, key_len = 0;
+    if (!g_file_get_contents(d->cert_file, &cert, &cert_len, error) ||
+        !g_file_get_contents(d->key_file, &key, &key_len, error))
+      return NULL;
+    IdentSigner *signer = ident_signer_new(backend, (const guint8 *) key, key_len,
+                                           (const guint8 *) cert, cert_len, error);
+    explicit_bzero(key, key_len);
+    if (signer == NULL) {
+      g_prefix_error(error, "identity key of %s (%s): ", d->name, d->key_file);
+      return NULL;
+    }
+    g_hash_table_insert(signers, g_strdup(d->name), signer);
+  }
+  return g_steal_pointer(&signers);
+}
+
+gboolean
+edge_enable_identity(Edge *edge, const SrvConfig *cfg, GHashTable *info_urls, GError **error)
+{
+  g_return_val_if_fail(edge != NULL && cfg != NULL && info_urls != NULL, FALSE);
+  g_return_val_if_fail(edge->sign_pool == NULL, FALSE);
+
+  IdentSignerBackend backend = IDENT_SIGNER_GNUTLS;
+  if (g_str_equal(cfg->identity_backend, "auto"))
+    backend = ident_signer_backend_available(IDENT_SIGNER_OPENSSL) ? IDENT_SIGNER_OPENSSL
+                                                                    : IDENT_SIGNER_GNUTLS;
+  else if (!ident_signer_backend_from_string(cfg->identity_backend, &backend)) {
+    g_set_error(error, EDGE_ERROR, EDGE_ERROR_TLS, "unknown signing backend %s",
+                cfg->identity_backend);
+    return FALSE;
+  }
+  if (!ident_alg_from_string(cfg->identity_algorithm, &edge->sign_alg)) {
+    g_set_error(error, EDGE_ERROR, EDGE_ERROR_TLS, "unknown Identity algorithm %s",
+                cfg->identity_algorithm);
+    return FALSE;
+  }
+  GHashTable *signers = edge_signers_load(cfg, backend, error);
+  if (signers == NULL)
+    return FALSE;
+  IdentSignPool *pool = ident_sign_pool_new(cfg->identity_threads, error);
+  if (pool == NULL) {
+    g_hash_table_unref(signers);
+    return FALSE;
+  }
+  edge->sign_backend = backend;
+  edge->signers = signers;
+  edge->sign_pool = pool;
+  edge->info_urls = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  GHashTableIter iter;
+  gpointer k, v;
+  g_hash_table_iter_init(&iter, info_urls);
+  while (g_hash_table_iter_next(&iter, &k, &v))
+    g_hash_table_insert(edge->info_urls, g_strdup(k), g_strdup(v));
+  g_message("identity: every NOTIFY signed with %s by the %s backend on %u threads",
+            ident_alg_to_string(edge->sign_alg), ident_signer_backend_to_string(backend),
+            ident_sign_pool_get_threads(pool));
+  return TRUE;
+}
+
+guint
+edge_get_sign_pending(Edge *edge)
+{
+  g_return_val_if_fail(edge != NULL, 0);
+  return edge->sign_pool != NULL ? ident_sign_pool_get_pending(edge->sign_pool) : 0;
 }
 
 gboolean
@@ -2167,6 +2385,9 @@ edge_free(Edge *edge)
   if (edge == NULL)
     return;
   edge_stop(edge);
+  g_clear_pointer(&edge->sign_pool, ident_sign_pool_free);
+  g_clear_pointer(&edge->signers, g_hash_table_unref);
+  g_clear_pointer(&edge->info_urls, g_hash_table_unref);
   g_ptr_array_unref(edge->listeners);
   g_hash_table_unref(edge->conns);
   g_hash_table_unref(edge->flows);

@@ -58,6 +58,20 @@ guint16 edge_get_public_port(Edge *edge);
  * changes. */
 gboolean edge_reload_credentials(Edge *edge, const SrvConfig *cfg, GError **error);
 
+/* The identity stage (RFC 4474, RFC 6072 section 8): from now on every
+ * NOTIFY to a client leaves signed, after every header rewrite, by the key
+ * and certificate of the [domain] group that its From host names, with
+ * `Identity-Info: <@info_urls[domain]>;alg=...` (@info_urls: domain -> URL,
+ * copied). Signing runs on a thread pool ([identity] threads); messages keep
+ * their order within a flow. A NOTIFY that cannot be signed is not sent:
+ * nua gets 500. SIGHUP reloads the keys with the TLS ones. */
+gboolean edge_enable_identity(Edge *edge, const SrvConfig *cfg, GHashTable *info_urls,
+                              GError **error);
+
+/* Messages queued in or being signed by the identity stage. The core's
+ * fan-out window bounds it: a NOTIFY counts in flight until answered. */
+guint edge_get_sign_pending(Edge *edge);
+
 /* Facts of the flow named by @flow_token. FALSE when it is gone. */
 gboolean edge_flow_lookup(Edge *edge, const char *flow_token, EdgeFlowInfo *out);
 

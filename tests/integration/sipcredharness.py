@@ -90,8 +90,36 @@ def run_tap(main):
         tap.diag(traceback.format_exc())
     finally:
         stop_all()
+    if IDENTITY.n_checked > 0:
+        tap.ok(not IDENTITY.failures,
+               'every NOTIFY received (%d) carried an Identity that sipcred identity verify '
+               'accepts%s' % (IDENTITY.n_checked, '; failures: %s' % IDENTITY.failures[:3]
+                              if IDENTITY.failures else ''))
     tap.done()
     sys.exit(0)
+
+
+class IdentityCheck:
+    """Checks the RFC 4474 Identity of every NOTIFY a SipConn reads, with our own verifier
+    (sipcred identity verify) against the certificate of the From domain."""
+
+    def __init__(self):
+        self.n_checked = 0
+        self.failures = []
+
+    def check(self, msg, cert_dir):
+        host = uri_of(msg.get('from', '')).split('@')[-1].split(';')[0].split(':')[0].lower()
+        pem = os.path.join(cert_dir, host + '.pem')
+        if not os.path.exists(pem):
+            return
+        self.n_checked += 1
+        rc, out = run([binary('sipcred'), 'identity', 'verify', '-', '--cert', pem],
+                      input_bytes=msg.raw)
+        if rc != 0:
+            self.failures.append(out.strip()[-200:])
+
+
+IDENTITY = IdentityCheck()
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,6 +270,7 @@ class Deployment:
         lines += ['%s=%s' % kv for kv in tls.items()]
         for d in self.domains:
             lines += ['', '[domain %s]' % d, 'certificate=%s.pem' % d, 'key=%s.key' % d]
+        lines += ['', '[identity]', 'info-url=https://%s/{domain}.der' % HOST]
         if certificate:
             lines += ['', '[certificate]'] + ['%s=%s' % kv for kv in certificate.items()]
         with open(self.conf, 'w') as f:
@@ -305,7 +334,9 @@ class Deployment:
     # -- clients --
 
     def connect(self, sni=None, timeout=5.0):
-        return SipConn(self.port, sni or self.domain, self.ca, timeout)
+        conn = SipConn(self.port, sni or self.domain, self.ca, timeout)
+        conn.cert_dir = self.dir  # DOMAIN.pem: the Identity of its NOTIFYs is checked
+        return conn
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,8 +422,9 @@ def split_message(buf):
     body_start = end + 4
     if len(buf) < body_start + length:
         return None, buf
-    return (SipMessage(start, headers, buf[body_start:body_start + length]),
-            buf[body_start + length:])
+    msg = SipMessage(start, headers, buf[body_start:body_start + length])
+    msg.raw = buf[:body_start + length]
+    return msg, buf[body_start + length:]
 
 
 def parse_stream(data):
@@ -425,6 +457,7 @@ class SipConn:
         self.buf = b''
         self.local_port = self.sock.getsockname()[1]
         self.sni = sni
+        self.cert_dir = None
 
     def close(self):
         try:
@@ -465,6 +498,8 @@ class SipConn:
         while True:
             msg, self.buf = split_message(self.buf)
             if msg is not None:
+                if msg.is_request and msg.method == 'NOTIFY' and self.cert_dir:
+                    IDENTITY.check(msg, self.cert_dir)
                 return msg
             self._fill(deadline)
 

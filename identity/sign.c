@@ -1057,8 +1057,12 @@ typedef struct {
   GDestroyNotify destroy;
 } SignJob;
 
+/* GLib threads of our own with one queue, rather than a GThreadPool: its
+ * threads cannot be joined, so a freed pool would leave threads still
+ * exiting (and valgrind reporting their TLS). */
 struct _IdentSignPool {
-  GThreadPool *threads;
+  GAsyncQueue *queue; /* SignJob, or the pool itself to stop a thread */
+  GPtrArray *threads; /* GThread */
   guint n_threads;
   PoolCore *core;
 };
@@ -1179,9 +1183,8 @@ schedule_delivery(SignJob *job)
 }
 
 static void
-pool_worker(gpointer data, gpointer user_data)
+pool_sign(SignJob *job)
 {
-  SignJob *job = data;
   PoolCore *core = job->core;
   GBytes *result = NULL;
   GError *error = NULL;
@@ -1213,6 +1216,19 @@ pool_worker(gpointer data, gpointer user_data)
   sign_job_unref(job);
 }
 
+static gpointer
+pool_thread(gpointer data)
+{
+  IdentSignPool *pool = data;
+
+  for (;;) {
+    gpointer item = g_async_queue_pop(pool->queue);
+    if (item == pool)
+      return NULL;
+    pool_sign(item);
+  }
+}
+
 IdentSignPool *
 ident_sign_pool_new(guint threads, GError **error)
 {
@@ -1225,10 +1241,17 @@ ident_sign_pool_new(guint threads, GError **error)
   g_atomic_ref_count_init(&pool->core->ref);
   g_mutex_init(&pool->core->lock);
   pool->core->keys = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, key_queue_free);
-  /* Exclusive: the threads are started now and serve only this pool. */
-  pool->threads = g_thread_pool_new(pool_worker, NULL, (gint)pool->n_threads, TRUE, error);
-  if (pool->threads == NULL)
-    return NULL;
+  pool->queue = g_async_queue_new();
+  pool->threads = g_ptr_array_new();
+  for (guint i = 0; i < pool->n_threads; i++) {
+    g_autofree char *name = g_strdup_printf("ident-sign-%u", i);
+    GThread *t = g_thread_try_new(name, pool_thread, pool, error);
+    if (t == NULL) {
+      g_prefix_error(error, "signing pool: ");
+      return NULL;
+    }
+    g_ptr_array_add(pool->threads, t);
+  }
   return g_steal_pointer(&pool);
 }
 
@@ -1276,10 +1299,18 @@ ident_sign_pool_free(IdentSignPool *pool)
     g_mutex_unlock(&pool->core->lock);
     g_list_free_full(jobs, (GDestroyNotify)sign_job_drop);
   }
-  /* Queued jobs are all cancelled now and finish at once; wait for those
-   * being signed, which still point at the core. */
-  if (pool->threads != NULL)
-    g_thread_pool_free(pool->threads, FALSE, TRUE);
+  /* Queued jobs are all cancelled now and finish at once; the stop marks
+   * queue up behind them. Joining waits for the jobs being signed, which
+   * still point at the core. */
+  if (pool->threads != NULL) {
+    for (guint i = 0; i < pool->threads->len; i++)
+      g_async_queue_push(pool->queue, pool);
+    for (guint i = 0; i < pool->threads->len; i++)
+      g_thread_join(pool->threads->pdata[i]);
+    g_ptr_array_free(pool->threads, TRUE);
+  }
+  if (pool->queue != NULL)
+    g_async_queue_unref(pool->queue);
   if (pool->core != NULL)
     pool_core_unref(pool->core);
   g_free(pool);
@@ -1324,9 +1355,8 @@ ident_sign_pool_submit(IdentSignPool *pool, guint64 order_key, IdentSigner *sign
   pool->core->pending++;
   g_mutex_unlock(&pool->core->lock);
 
-  /* The thread pool's reference. g_thread_pool_push() fails only when it
-   * must start a thread, which an exclusive pool did at creation. */
-  g_thread_pool_push(pool->threads, sign_job_ref(job), NULL);
+  /* The threads' reference. */
+  g_async_queue_push(pool->queue, sign_job_ref(job));
 }
 
 guint

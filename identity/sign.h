@@ -131,13 +131,15 @@ gboolean ident_verify_message(const guint8 *msg, gsize len, const guint8 *cert_d
                               gint64 now, guint window, IdentAlg *alg, GError **error);
 
 /* ---- Signing pool ----------------------------------------------------------
- * Signs on a GLib thread pool. A job is submitted from a thread running a
- * GMainContext (the thread-default one is captured) with an order key, for
- * example the flow's id. Its callback runs on that context, and the
- * callbacks of one order key run in submission order, whatever order the
- * threads finish in. Submit, cancel, the pending count and free belong to
- * that thread; only the signing itself runs elsewhere. All jobs of one order
- * key must be submitted from the same context. */
+ * Signs on a pool of GLib threads, joined when the pool is freed. A job is
+ * submitted from a thread running a GMainContext (the thread-default one is
+ * captured) with an order key, for example the flow's id. Its callback runs
+ * on that context, and the callbacks of one order key run in submission
+ * order, whatever order the threads finish in. Submit, cancel, the pending
+ * count and free belong to that thread; only the signing itself runs
+ * elsewhere. All jobs of one order key must be submitted from the same
+ * context. The pool does not bound its queue: the caller keeps
+ * ident_sign_pool_get_pending() within its fan-out window. */
 
 typedef struct _IdentSignPool IdentSignPool;
 

@@ -286,7 +286,7 @@ ident_msg_parse(const guint8 *msg, gsize len, IdentMsg *m, GError **error)
     /* One line: everything up to CRLF, with no other CR, LF or NUL in it. */
     for (eol = p; eol < end && *eol != '\r' && *eol != '\n' && *eol != '\0'; eol++)
       ;
-    if (eol + 1 >= end || eol[0] != '\r' || eol[1] != '\n') {
+    if (end - eol < 2 || eol[0] != '\r' || eol[1] != '\n') {
       g_set_error(error, IDENT_SIGN_ERROR, IDENT_SIGN_ERROR_MESSAGE,
                   eol >= end ? "header section does not end with an empty line"
                              : "stray CR, LF or NUL in the header section");
@@ -1293,7 +1293,7 @@ ident_sign_pool_free(IdentSignPool *pool)
     pool->core->dead = TRUE;
     g_hash_table_iter_init(&it, pool->core->keys);
     while (g_hash_table_iter_next(&it, NULL, &value)) {
-      jobs = g_list_concat(jobs, take_jobs(pool->core, value));
+      jobs = g_list_concat(take_jobs(pool->core, value), jobs);
       g_hash_table_iter_remove(&it);
     }
     g_mutex_unlock(&pool->core->lock);

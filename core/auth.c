@@ -79,6 +79,23 @@ core_auth_challenge(CoreService *svc, gpointer txn, CoreDigest *digest, gboolean
   core_respond(svc, txn, &resp);
 }
 
+/* The address part of "IP:PORT" or "[IPv6]:PORT": failures count per host,
+ * not per connection (every new connection has a new port). */
+static char *
+core_auth_source_ip(const char *peer_addr)
+{
+  if (peer_addr == NULL)
+    return NULL;
+  if (peer_addr[0] == '[') {
+    const char *end = strchr(peer_addr, ']');
+    return end != NULL ? g_strndup(peer_addr + 1, end - peer_addr - 1) : g_strdup(peer_addr);
+  }
+  const char *colon = strrchr(peer_addr, ':');
+  if (colon != NULL && strchr(peer_addr, ':') == colon)
+    return g_strndup(peer_addr, colon - peer_addr);
+  return g_strdup(peer_addr);
+}
+
 /* "sip:" user "@" realm: the AOR a digest username stands for. NULL when the
  * username cannot be a user part. */
 static char *
@@ -133,7 +150,8 @@ core_auth_authorize(CoreService *svc, gpointer txn, const char *method, const ch
   const char *username = core_digest_credentials_get_username(creds);
   gint64 now = svc->port.now(svc->port_data);
   guint retry_after = 0;
-  if (!core_digest_may_try(digest, peer_addr, username, now, &retry_after)) {
+  g_autofree char *source = core_auth_source_ip(peer_addr);
+  if (!core_digest_may_try(digest, source, username, now, &retry_after)) {
     CoreResponse resp = {
         .status = 403,
         .phrase = "Too many failed attempts; try again later",
@@ -180,7 +198,7 @@ core_auth_authorize(CoreService *svc, gpointer txn, const char *method, const ch
      * from a wrong password. */
     g_message("%s for %s from %s: authentication failed: %s", method, aor,
               peer_addr ? peer_addr : "?", error ? error->message : "?");
-    core_digest_note_failure(digest, peer_addr, username, now);
+    core_digest_note_failure(digest, source, username, now);
     core_auth_challenge(svc, txn, digest, FALSE, "Authentication failed");
     return FALSE;
   }

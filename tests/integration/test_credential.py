@@ -416,6 +416,13 @@ def lockout(tap, dep):
         tap.ok(final is not None and final.code == 403,
                'even the right password is refused during the lockout (%s)' %
                (final.code if final else None))
+    # The failures also count against the address, whichever connection (port) they came on.
+    with dep.connect() as c:
+        s = cc.CredSubscription(c, ALICE, 'alice', 'a-new-secret')
+        final, _ = s.subscribe(expires=600)
+        tap.ok(final is not None and final.code == 403 and final.get('retry-after'),
+               'another user from the same address is held off too (%s)' %
+               (final.code if final else None))
 
 
 def password_change(tap, dep, mat):

@@ -14,6 +14,7 @@
 #include "server/changes.h"
 #include "server/config.h"
 #include "server/edge.h"
+#include "server/infoserver.h"
 #include "server/nua-adapter.h"
 #include "sipcred-config.h"
 #include "storage/store.h"
@@ -23,24 +24,27 @@ typedef struct {
   SrvConfig *cfg;
   GMainLoop *loop;
   Edge *edge;
+  InfoServer *info; /* the built-in Identity-Info endpoint, or NULL */
   gboolean verbose;
 } Daemon;
 
 static gboolean log_verbose;
 
 /* domain -> the Identity-Info URL of its certificate: the operator's, with
- * "{domain}" replaced. */
+ * "{domain}" replaced, or else the built-in endpoint's, which this starts. */
 static GHashTable *
-daemon_identity_urls(const SrvConfig *cfg, GError **error)
+daemon_identity_urls(Daemon *d, const SrvConfig *cfg, GError **error)
 {
+  if (cfg->identity_info_url == NULL) {
+    g_autoptr(InfoServer) info = info_server_new(cfg, error);
+    if (info == NULL || !info_server_start(info, error))
+      return NULL;
+    d->info = g_steal_pointer(&info);
+    return info_server_dup_urls(d->info);
+  }
   g_autoptr(GHashTable) urls = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   for (guint i = 0; cfg->domains[i] != NULL; i++) {
     const char *domain = cfg->domains[i];
-    if (cfg->identity_info_url == NULL) {
-      g_set_error(error, G_IO_ERROR, G_IO_ERROR_NOT_SUPPORTED,
-                  "no info-url set, and the built-in endpoint is not available");
-      return NULL;
-    }
     g_auto(GStrv) parts = g_strsplit(cfg->identity_info_url, "{domain}", -1);
     g_hash_table_insert(urls, g_strdup(domain), g_strjoinv(domain, parts));
   }
@@ -97,7 +101,8 @@ on_reload(gpointer user_data)
   Daemon *d = user_data;
   g_autoptr(GError) error = NULL;
   g_autoptr(SrvConfig) fresh = srv_config_load(d->config_path, &error);
-  if (fresh == NULL || !edge_reload_credentials(d->edge, fresh, &error)) {
+  if (fresh == NULL || !edge_reload_credentials(d->edge, fresh, &error) ||
+      (d->info != NULL && !info_server_reload(d->info, fresh, &error))) {
     g_warning("reload failed, keeping the running configuration: %s", error->message);
     return G_SOURCE_CONTINUE;
   }
@@ -129,7 +134,7 @@ run(Daemon *d)
     return 1;
   }
   if (cfg->identity_enabled) {
-    g_autoptr(GHashTable) urls = daemon_identity_urls(cfg, &error);
+    g_autoptr(GHashTable) urls = daemon_identity_urls(d, cfg, &error);
     if (urls == NULL || !edge_enable_identity(edge, cfg, urls, &error)) {
       g_printerr("sipcredd: [identity]: %s\n", error->message);
       return 1;
@@ -172,6 +177,7 @@ run(Daemon *d)
   g_source_remove(sig_int);
   g_source_remove(sig_hup);
   d->edge = NULL;
+  g_clear_pointer(&d->info, info_server_free);
   g_clear_pointer(&d->loop, g_main_loop_unref);
   g_message("stopped");
   return 0;

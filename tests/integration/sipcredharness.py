@@ -270,7 +270,6 @@ class Deployment:
         lines += ['%s=%s' % kv for kv in tls.items()]
         for d in self.domains:
             lines += ['', '[domain %s]' % d, 'certificate=%s.pem' % d, 'key=%s.key' % d]
-        lines += ['', '[identity]', 'info-url=https://%s/{domain}.der' % HOST]
         if certificate:
             lines += ['', '[certificate]'] + ['%s=%s' % kv for kv in certificate.items()]
         with open(self.conf, 'w') as f:

@@ -109,6 +109,92 @@ def one_algorithm(tap, alg):
         return dep
 
 
+def http_get(dep, port, path, method='GET', sni=DOMAIN):
+    """(status, headers, body) of one HTTPS request to the built-in endpoint, verifying its
+    certificate as @sni against the test CA."""
+    import socket
+    import ssl
+    ctx = ssl.create_default_context(cafile=dep.ca)
+    raw = socket.create_connection((h.HOST, port), timeout=5)
+    with ctx.wrap_socket(raw, server_hostname=sni) as s:
+        s.sendall(('%s %s HTTP/1.1\r\nHost: %s\r\n\r\n' % (method, path, sni)).encode())
+        data = b''
+        while len(data) < 1 << 20:
+            try:
+                chunk = s.recv(65536)
+            except (ssl.SSLError, OSError):
+                break
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b'\r\n\r\n')
+    lines = head.decode('latin-1').split('\r\n')
+    status = int(lines[0].split()[1]) if lines and len(lines[0].split()) > 1 else None
+    hdrs = dict((k.strip().lower(), v.strip()) for k, _, v in
+                (line.partition(':') for line in lines[1:]))
+    return status, hdrs, body
+
+
+def info_endpoint(tap):
+    """The built-in endpoint behind Identity-Info: it serves the domain certificate as DER."""
+    with h.Deployment(tap, users=(ALICE,)) as dep:
+        dep.import_certs()
+        dep.start()
+        with dep.connect() as c:
+            sub = h.Subscription(c, ALICE)
+            final, notify = sub.exchange(600)
+        info = notify.get('identity-info') if notify else ''
+        m = re.match(r'<https://([^:/>]+):(\d+)(/[^>]*)>', info or '')
+        tap.ok(m is not None, 'Identity-Info points at the built-in HTTPS endpoint: %s' % info)
+        if m is None:
+            return
+        port, path = int(m.group(2)), m.group(3)
+        der_path = os.path.join(dep.dir, 'domain.der')
+        h.run(['openssl', 'x509', '-in', os.path.join(dep.dir, DOMAIN + '.pem'), '-outform',
+               'DER', '-out', der_path])
+        with open(der_path, 'rb') as f:
+            der = f.read()
+        status, hdrs, body = http_get(dep, port, path)
+        tap.ok(status == 200 and body == der and
+               hdrs.get('content-type') == 'application/pkix-cert',
+               'GET %s returns the domain certificate as DER, application/pkix-cert (%s)'
+               % (path, status))
+        status, hdrs, body = http_get(dep, port, path, method='HEAD')
+        tap.ok(status == 200 and body == b'' and hdrs.get('content-length') == str(len(der)),
+               'HEAD gives the length without the body')
+        status, _, _ = http_get(dep, port, '/other.example.der')
+        tap.ok(status == 404, 'an unknown path gets 404 (%s)' % status)
+        status, hdrs, _ = http_get(dep, port, path, method='POST')
+        tap.ok(status == 405 and 'GET' in hdrs.get('allow', ''), 'POST gets 405 with Allow')
+        if h.shutil.which('curl'):
+            out_path = os.path.join(dep.dir, 'curl.der')
+            rc, out = h.run(['curl', '-sS', '--max-time', '10', '--cacert', dep.ca, '--resolve',
+                             '%s:%d:%s' % (DOMAIN, port, h.HOST), '-o', out_path,
+                             'https://%s:%d%s' % (DOMAIN, port, path)])
+            got = open(out_path, 'rb').read() if os.path.exists(out_path) else b''
+            tap.ok(rc == 0 and got == der, 'curl fetches the same DER over verified TLS (%s)'
+                   % out.strip()[-200:])
+        else:
+            tap.skip('curl fetches the certificate', 'curl is not installed')
+        # Idle and garbage connections hold nothing up: each is served on its own.
+        import socket
+        idle = [socket.create_connection((h.HOST, port), timeout=5) for _ in range(5)]
+        junk = socket.create_connection((h.HOST, port), timeout=5)
+        junk.sendall(b'GET / HTTP/1.0\r\n\r\n' * 10)
+        status, _, body = http_get(dep, port, path)
+        tap.ok(status == 200 and body == der, 'served while idle and plain-text clients wait')
+        junk.settimeout(5)
+        try:
+            closed = junk.recv(4096) is not None
+        except OSError:
+            closed = True
+        tap.ok(closed, 'a plain-text client is refused by the TLS layer')
+        for s in idle + [junk]:
+            s.close()
+        tap.ok(h.options_ok(dep), 'SIP is still served')
+        tap.ok(dep.alive(), 'the daemon still runs')
+
+
 def reload_keys(tap):
     extra = '[fanout]\nmin-interval=0\n'
     with h.Deployment(tap, users=(ALICE,), extra=extra) as dep:
@@ -144,6 +230,7 @@ def main(tap):
     h.require_tools('certtool', 'openssl')
     one_algorithm(tap, 'rsa-sha256')
     one_algorithm(tap, 'rsa-sha1')
+    info_endpoint(tap)
     reload_keys(tap)
 
 

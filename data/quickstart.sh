@@ -113,7 +113,7 @@ request+="Content-Length: 0$crlf$crlf"
 { printf '%s' "$request"; sleep 2; } |
     gnutls-cli --x509cafile="$CA" --sni-hostname="$DOMAIN" --verify-hostname="$DOMAIN" \
         -p "$PORT" 127.0.0.1 2>/dev/null |
-    grep -a -E '^(SIP/2.0 |NOTIFY |Event|Subscription-State|Content-Type|Content-Length)'
+    grep -a -E '^(SIP/2.0 |NOTIFY |Event|Subscription-State|Content-Type|Content-Length|Date|Identity)'
 EOF
     chmod 0755 "$1"
 }

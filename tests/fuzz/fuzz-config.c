@@ -138,6 +138,8 @@ static gboolean
 names_special_files(const uint8_t *data, size_t size)
 {
   static const char *const dirs[] = {"dev/", "proc/", "sys/", "run/"};
+  if (size == 0)
+    return FALSE; /* memmem() must not see the NULL of an empty input */
   for (gsize i = 0; i < G_N_ELEMENTS(dirs); i++)
     if (memmem(data, size, dirs[i], strlen(dirs[i])) != NULL)
       return TRUE;

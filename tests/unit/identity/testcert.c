@@ -35,7 +35,7 @@ test_cert_new(const TestCertSpec *spec)
   check(gnutls_x509_crt_set_version(cert->crt, 3), "set_version");
   test_cert_serial++;
   for (guint i = 0; i < sizeof serial; i++)
-    serial[i] = (guint8)(test_cert_serial >> (8 * (sizeof serial - 1 - i)));
+    serial[i] = (guint8)((guint64)test_cert_serial >> (8 * (sizeof serial - 1 - i)));
   serial[0] = 0x01;
   check(gnutls_x509_crt_set_serial(cert->crt, serial, sizeof serial), "set_serial");
   check(gnutls_x509_crt_set_activation_time(cert->crt, (time_t)nb), "set_activation_time");

@@ -628,7 +628,7 @@ ident_ca_open(const char *dir, GError **error)
   p_pem = ca_path(ca, "ca.pem");
   p_key = ca_path(ca, "ca.key");
   if (!ca_read(p_pem, &pem, &pem_len, error)) {
-    g_prefix_error(error, "%s is not a CA directory ('sipcred ca init' makes one): ", dir);
+    g_prefix_error(error, "not a CA directory ('sipcred ca init DIR' makes one): ");
     return NULL;
   }
   rc = gnutls_x509_crt_init(&ca->crt);

@@ -20,6 +20,7 @@
 #include <gnutls/gnutls.h>
 
 #include "core/core.h"
+#include "identity/ca.h"
 #include "identity/cert.h"
 #include "identity/sign.h"
 #include "server/config.h"
@@ -1131,6 +1132,206 @@ cli_db_rekey(Cli *cli, char **args, guint n_args)
   return CLI_EXIT_OK;
 }
 
+/* ---- ca ---- */
+
+/* The test CA (sec-flows Appendix A). Its options live apart from opt so
+ * that the defaults of the other commands stay as they are. */
+static struct {
+  char *ca_dir;
+  char *out_dir;
+  char *cn;
+  int days; /* G_MININT: the command's default */
+  gboolean no_eku;
+  gboolean force;
+} cli_ca_opt = {.days = G_MININT};
+
+static void
+cli_ca_opt_clear(void)
+{
+  g_clear_pointer(&cli_ca_opt.ca_dir, g_free);
+  g_clear_pointer(&cli_ca_opt.out_dir, g_free);
+  g_clear_pointer(&cli_ca_opt.cn, g_free);
+}
+
+static gboolean
+cli_ca_days(guint default_days, guint *days)
+{
+  if (cli_ca_opt.days == G_MININT) {
+    *days = default_days;
+    return TRUE;
+  }
+  if (cli_ca_opt.days < 0 || cli_ca_opt.days > IDENT_CA_MAX_DAYS)
+    return FALSE;
+  *days = (guint)cli_ca_opt.days;
+  return TRUE;
+}
+
+static int
+cli_ca_usage_days(void)
+{
+  g_autofree char *why =
+      g_strdup_printf("--days must be 0 (already expired) to %d", IDENT_CA_MAX_DAYS);
+  return cli_usage(why);
+}
+
+static IdentCaFlags
+cli_ca_flags(void)
+{
+  return (cli_ca_opt.force ? IDENT_CA_FLAG_FORCE : 0) |
+         (cli_ca_opt.no_eku ? IDENT_CA_FLAG_NO_EKU : 0);
+}
+
+static IdentCa *
+cli_ca_open(void)
+{
+  g_autoptr(GError) error = NULL;
+  IdentCa *ca = ident_ca_open(cli_ca_opt.ca_dir, &error);
+
+  if (ca == NULL)
+    cli_fail(cli_ca_opt.ca_dir, error->message);
+  return ca;
+}
+
+static int
+cli_ca_init_run(char **args)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(IdentCa) ca = NULL;
+  guint days;
+
+  if (!cli_ca_days(IDENT_CA_DEFAULT_CA_DAYS, &days))
+    return cli_ca_usage_days();
+  ca = ident_ca_create(args[0], cli_ca_opt.cn, days, g_get_real_time() / G_USEC_PER_SEC,
+                       cli_ca_flags(), &error);
+  if (ca == NULL)
+    return cli_fail("ca init", error->message);
+  g_print("created a test CA in %s: ca.pem, ca.der, ca.key (mode 0600), valid %u days\n", args[0],
+          days);
+  g_print("for tests only: anyone who trusts ca.pem trusts whoever can read ca.key\n");
+  return CLI_EXIT_OK;
+}
+
+static int
+cli_ca_init(Cli *cli, char **args, guint n_args)
+{
+  int status = cli_ca_init_run(args);
+
+  cli_ca_opt_clear();
+  return status;
+}
+
+static int
+cli_ca_issue_run(char **args)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(IdentCa) ca = NULL;
+  g_autoptr(CliSecret) password = NULL;
+  g_autofree char *name = NULL;
+  IdentCaKind kind;
+  guint days;
+
+  if (g_str_equal(args[0], "host"))
+    kind = IDENT_CA_HOST;
+  else if (g_str_equal(args[0], "user"))
+    kind = IDENT_CA_USER;
+  else
+    return cli_usage("usage: sipcred ca issue host DOMAIN | user AOR");
+  if (cli_ca_opt.ca_dir == NULL)
+    return cli_usage("ca issue needs --ca DIR (made by 'sipcred ca init DIR')");
+  if (!cli_ca_days(IDENT_CA_DEFAULT_DAYS, &days))
+    return cli_ca_usage_days();
+  if (opt.password_file != NULL) {
+    password = cli_get_password(opt.password_file, args[1], &error);
+    if (password == NULL)
+      return cli_fail(opt.password_file, error->message);
+  }
+  ca = cli_ca_open();
+  if (ca == NULL)
+    return CLI_EXIT_FAIL;
+  name = ident_ca_issue(ca, kind, args[1], days, g_get_real_time() / G_USEC_PER_SEC, password,
+                        cli_ca_opt.out_dir, cli_ca_flags(), &error);
+  if (name == NULL)
+    return cli_fail(args[1], error->message);
+  g_print("issued %s certificate %s%s%s: %s/%s.{pem,der,key,p8,p12}\n", args[0], name,
+          days == 0 ? " (already expired)" : "", cli_ca_opt.no_eku ? " without EKU" : "",
+          cli_ca_opt.out_dir != NULL ? cli_ca_opt.out_dir : cli_ca_opt.ca_dir, name);
+  if (password == NULL)
+    g_print("the .p8 and .p12 files use the draft's password \"%s\"\n", IDENT_CA_DEFAULT_PASSWORD);
+  return CLI_EXIT_OK;
+}
+
+static int
+cli_ca_issue(Cli *cli, char **args, guint n_args)
+{
+  int status = cli_ca_issue_run(args);
+
+  cli_ca_opt_clear();
+  return status;
+}
+
+static int
+cli_ca_revoke_run(char **args)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(IdentCa) ca = NULL;
+  g_autofree char *serial = NULL;
+  gboolean already = FALSE;
+
+  if (cli_ca_opt.ca_dir == NULL)
+    return cli_usage("ca revoke needs --ca DIR");
+  ca = cli_ca_open();
+  if (ca == NULL)
+    return CLI_EXIT_FAIL;
+  serial = ident_ca_revoke(ca, args[0], g_get_real_time() / G_USEC_PER_SEC, &already, &error);
+  if (serial == NULL)
+    return cli_fail(args[0], error->message);
+  if (already)
+    g_print("%s (serial %s) was already revoked\n", args[0], serial);
+  else
+    g_print("revoked %s (serial %s); 'sipcred ca crl --ca %s' publishes it\n", args[0], serial,
+            cli_ca_opt.ca_dir);
+  return CLI_EXIT_OK;
+}
+
+static int
+cli_ca_revoke(Cli *cli, char **args, guint n_args)
+{
+  int status = cli_ca_revoke_run(args);
+
+  cli_ca_opt_clear();
+  return status;
+}
+
+static int
+cli_ca_crl_run(void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(IdentCa) ca = NULL;
+  guint days, n = 0;
+
+  if (cli_ca_opt.ca_dir == NULL)
+    return cli_usage("ca crl needs --ca DIR");
+  if (!cli_ca_days(IDENT_CA_DEFAULT_CRL_DAYS, &days))
+    return cli_ca_usage_days();
+  ca = cli_ca_open();
+  if (ca == NULL)
+    return CLI_EXIT_FAIL;
+  if (!ident_ca_write_crl(ca, days, g_get_real_time() / G_USEC_PER_SEC, &n, &error))
+    return cli_fail(cli_ca_opt.ca_dir, error->message);
+  g_print("wrote %s/ca.crl and ca.crl.der: %u revoked, next update in %u days\n",
+          cli_ca_opt.ca_dir, n, days);
+  return CLI_EXIT_OK;
+}
+
+static int
+cli_ca_crl(Cli *cli, char **args, guint n_args)
+{
+  int status = cli_ca_crl_run();
+
+  cli_ca_opt_clear();
+  return status;
+}
+
 /* ---- commands ---- */
 
 static const GOptionEntry cli_user_add_entries[] = {
@@ -1175,6 +1376,42 @@ static const GOptionEntry cli_identity_verify_entries[] = {
      "FILE"},
     {"window", 0, 0, G_OPTION_ARG_INT, &opt.window,
      "Seconds the Date may differ from now (default 600)", "N"},
+    {NULL},
+};
+
+static const GOptionEntry cli_ca_init_entries[] = {
+    {"cn", 0, 0, G_OPTION_ARG_STRING, &cli_ca_opt.cn,
+     "Common name of the CA (default \"" IDENT_CA_DEFAULT_CN "\")", "NAME"},
+    {"days", 0, 0, G_OPTION_ARG_INT, &cli_ca_opt.days,
+     "Validity in days (default 3650; 0: already expired)", "N"},
+    {"force", 0, 0, G_OPTION_ARG_NONE, &cli_ca_opt.force,
+     "Replace an existing CA (and forget what it issued)", NULL},
+    {NULL},
+};
+
+static const GOptionEntry cli_ca_issue_entries[] = {
+    {"ca", 0, 0, G_OPTION_ARG_FILENAME, &cli_ca_opt.ca_dir, "The CA directory", "DIR"},
+    {"days", 0, 0, G_OPTION_ARG_INT, &cli_ca_opt.days,
+     "Validity in days (default 365; 0: already expired)", "N"},
+    {"no-eku", 0, 0, G_OPTION_ARG_NONE, &cli_ca_opt.no_eku,
+     "Leave out the extendedKeyUsage (sec-flows Appendix B.2)", NULL},
+    {"out", 0, 0, G_OPTION_ARG_FILENAME, &cli_ca_opt.out_dir,
+     "Write the files to DIR (default: the CA directory)", "DIR"},
+    {"password-file", 0, 0, G_OPTION_ARG_FILENAME, &opt.password_file,
+     "Protect the .p8 and .p12 with the first line of FILE (default: \"password\")", "FILE"},
+    {"force", 0, 0, G_OPTION_ARG_NONE, &cli_ca_opt.force, "Replace existing files", NULL},
+    {NULL},
+};
+
+static const GOptionEntry cli_ca_revoke_entries[] = {
+    {"ca", 0, 0, G_OPTION_ARG_FILENAME, &cli_ca_opt.ca_dir, "The CA directory", "DIR"},
+    {NULL},
+};
+
+static const GOptionEntry cli_ca_crl_entries[] = {
+    {"ca", 0, 0, G_OPTION_ARG_FILENAME, &cli_ca_opt.ca_dir, "The CA directory", "DIR"},
+    {"days", 0, 0, G_OPTION_ARG_INT, &cli_ca_opt.days,
+     "Days until nextUpdate (default 30; 0: already stale)", "N"},
     {NULL},
 };
 
@@ -1225,6 +1462,17 @@ static const CliCommand cli_commands[] = {
     {"db", "stats", "", 0, 0, "", "Print sizes and record counts", NULL, cli_db_stats},
     {"db", "rekey", "NEW_KEY_FILE", 1, 1, "NEW_KEY_FILE",
      "Re-wrap every server-held key under a new master key", NULL, cli_db_rekey},
+    {"ca", "init", "DIR", 1, 1, "DIR [--cn NAME] [--days N] [--force]",
+     "Create a test CA (RSA 2048, self-signed) in DIR", cli_ca_init_entries, cli_ca_init},
+    {"ca", "issue", "host DOMAIN | user AOR", 2, 2,
+     "host DOMAIN|user AOR --ca DIR [--days N] [--no-eku] [--out DIR] [--password-file FILE] "
+     "[--force]",
+     "Issue a test certificate as PEM, DER, PKCS#8 and PKCS#12", cli_ca_issue_entries,
+     cli_ca_issue},
+    {"ca", "revoke", "NAME|FILE", 1, 1, "NAME|FILE --ca DIR",
+     "Record a certificate of the test CA as revoked", cli_ca_revoke_entries, cli_ca_revoke},
+    {"ca", "crl", "", 0, 0, "--ca DIR [--days N]", "Write the test CA's CRL (ca.crl, ca.crl.der)",
+     cli_ca_crl_entries, cli_ca_crl},
 };
 
 static char *

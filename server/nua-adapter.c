@@ -204,6 +204,29 @@ tags_get_substate(tagi_t const *tags)
   return t ? (enum nua_substate)t->t_value : nua_substate_embryonic;
 }
 
+/* @first followed by each of @params after @sep, as the header carried them.
+ * Header values are rebuilt from Sofia's parsed fields rather than with
+ * sip_header_as_string(): in the Sofia-SIP that Debian ships, that drops the
+ * last parameter of a value of 127 bytes or more. */
+static void
+append_with_params(GString *s, char const *first, msg_param_t const *params, char const *sep)
+{
+  g_string_append(s, first ? first : "");
+  for (guint i = 0; params && params[i]; i++) {
+    g_string_append(s, sep);
+    g_string_append(s, params[i]);
+  }
+}
+
+/* "type;param;..." of a header with a main token and parameters. */
+static char *
+token_with_params(char const *first, msg_param_t const *params)
+{
+  GString *s = g_string_new(NULL);
+  append_with_params(s, first, params, ";");
+  return g_string_free(s, FALSE);
+}
+
 /* All Accept values of @sip joined by ", ", NULL when there is no Accept. */
 static char *
 accept_join(su_home_t *home, sip_t const *sip)
@@ -212,12 +235,11 @@ accept_join(su_home_t *home, sip_t const *sip)
     return NULL;
   GString *s = g_string_new(NULL);
   for (sip_accept_t const *ac = sip->sip_accept; ac; ac = ac->ac_next) {
-    char *one = sip_header_as_string(home, (sip_header_t const *)ac);
-    if (one && *one) {
-      if (s->len)
-        g_string_append(s, ", ");
-      g_string_append(s, one);
-    }
+    if (!ac->ac_type || !*ac->ac_type)
+      continue;
+    if (s->len)
+      g_string_append(s, ", ");
+    append_with_params(s, ac->ac_type, ac->ac_params, ";");
   }
   return g_string_free(s, FALSE);
 }
@@ -230,9 +252,14 @@ authorization_list(su_home_t *home, sip_t const *sip)
     return NULL;
   GPtrArray *out = g_ptr_array_new();
   for (sip_authorization_t const *au = sip->sip_authorization; au; au = au->au_next) {
-    char *one = sip_header_as_string(home, (sip_header_t const *)au);
-    if (one)
-      g_ptr_array_add(out, g_strdup(one));
+    GString *one = g_string_new(au->au_scheme ? au->au_scheme : "");
+    g_string_append_c(one, ' ');
+    for (guint i = 0; au->au_params && au->au_params[i]; i++) {
+      if (i > 0)
+        g_string_append(one, ", ");
+      g_string_append(one, au->au_params[i]);
+    }
+    g_ptr_array_add(out, g_string_free(one, FALSE));
   }
   g_ptr_array_add(out, NULL);
   return (char **)g_ptr_array_free(out, FALSE);
@@ -332,23 +359,27 @@ on_publish(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
       sip->sip_payload ? g_bytes_new_static(sip->sip_payload->pl_data, sip->sip_payload->pl_len)
                        : NULL;
 
+  g_autofree char *event =
+      sip->sip_event ? token_with_params(sip->sip_event->o_type, sip->sip_event->o_params) : NULL;
+  g_autofree char *content_type =
+      sip->sip_content_type
+          ? token_with_params(sip->sip_content_type->c_type, sip->sip_content_type->c_params)
+          : NULL;
+  g_autofree char *disposition =
+      sip->sip_content_disposition ? token_with_params(sip->sip_content_disposition->cd_type,
+                                                       sip->sip_content_disposition->cd_params)
+                                   : NULL;
   CorePublishInfo info = {
-    .event = sip->sip_event ? sip_header_as_string(home, (sip_header_t const *)sip->sip_event)
-                            : NULL,
+    .event = event,
     .request_uri = sip->sip_request ? url_as_string(home, sip->sip_request->rq_url) : NULL,
     .to_uri = sip->sip_to ? url_as_string(home, sip->sip_to->a_url) : NULL,
     .from_uri = sip->sip_from ? url_as_string(home, sip->sip_from->a_url) : NULL,
     .has_expires = sip->sip_expires != NULL,
     .expires = sip->sip_expires ? sip->sip_expires->ex_delta : 0,
     .if_match = sip->sip_if_match ? sip->sip_if_match->g_string : NULL,
-    .content_type = sip->sip_content_type
-                        ? sip_header_as_string(home, (sip_header_t const *)sip->sip_content_type)
-                        : NULL,
+    .content_type = content_type,
     .content_transfer_encoding = unknown_header(sip, "Content-Transfer-Encoding"),
-    .content_disposition =
-        sip->sip_content_disposition
-            ? sip_header_as_string(home, (sip_header_t const *)sip->sip_content_disposition)
-            : NULL,
+    .content_disposition = disposition,
     .body = body,
     .authorization = (const char *const *)authorization,
     .direct = direct,

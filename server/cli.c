@@ -1205,8 +1205,12 @@ cli_ca_init_run(char **args)
                        cli_ca_flags(), &error);
   if (ca == NULL)
     return cli_fail("ca init", error->message);
-  g_print("created a test CA in %s: ca.pem, ca.der, ca.key (mode 0600), valid %u days\n", args[0],
-          days);
+  if (days == 0)
+    g_print("created an already expired test CA in %s: ca.pem, ca.der, ca.key (mode 0600)\n",
+            args[0]);
+  else
+    g_print("created a test CA in %s: ca.pem, ca.der, ca.key (mode 0600), valid %u days\n",
+            args[0], days);
   g_print("for tests only: anyone who trusts ca.pem trusts whoever can read ca.key\n");
   return CLI_EXIT_OK;
 }

@@ -8,13 +8,15 @@
 #include <locale.h>
 #include <signal.h>
 #include <stdio.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "core/core.h"
+#include "identity/cert.h"
 #include "server/changes.h"
 #include "server/config.h"
 #include "server/edge.h"
-#include "server/infoserver.h"
+#include "server/certserver.h"
 #include "server/nua-adapter.h"
 #include "sipcred-config.h"
 #include "storage/store.h"
@@ -24,31 +26,100 @@ typedef struct {
   SrvConfig *cfg;
   GMainLoop *loop;
   Edge *edge;
-  InfoServer *info; /* the built-in Identity-Info endpoint, or NULL */
+  CertServer *certs; /* the built-in Identity-Info endpoint, or NULL */
   gboolean verbose;
 } Daemon;
 
 static gboolean log_verbose;
+
+/* The DER of each [domain] certificate, as the endpoint serves it, in the
+ * form cert_server_reload() takes. Frees with g_array_unref(). */
+static void
+daemon_cert_domain_clear(gpointer data)
+{
+  g_bytes_unref(((CertServerDomain *) data)->served_cert_der);
+}
+
+static GArray *
+daemon_cert_domains(const SrvConfig *cfg, GError **error)
+{
+  g_autoptr(GArray) out = g_array_new(FALSE, TRUE, sizeof(CertServerDomain));
+  g_array_set_clear_func(out, daemon_cert_domain_clear);
+  for (guint i = 0; i < cfg->domain_certs->len; i++) {
+    const SrvDomain *d = g_ptr_array_index(cfg->domain_certs, i);
+    g_autofree char *pem = NULL;
+    gsize len = 0;
+    if (!g_file_get_contents(d->cert_file, &pem, &len, error))
+      return NULL;
+    g_autoptr(IdentCert) cert = ident_cert_new_from_data((const guint8 *) pem, len, error);
+    if (cert == NULL)
+      return NULL;
+    CertServerDomain cd = {d->name, d->cert_file, d->key_file,
+                           g_bytes_ref(ident_cert_get_der(cert))};
+    g_array_append_val(out, cd);
+  }
+  return g_steal_pointer(&out);
+}
+
+/* The host of an "ADDR:PORT" / "[ADDR]:PORT" listen address. */
+static char *
+daemon_listen_host(const char *addr)
+{
+  const char *colon = strrchr(addr, ':');
+  if (addr[0] == '[' && colon != NULL && colon > addr + 1 && colon[-1] == ']')
+    return g_strndup(addr + 1, colon - addr - 2);
+  return colon != NULL ? g_strndup(addr, colon - addr) : g_strdup(addr);
+}
 
 /* domain -> the Identity-Info URL of its certificate: the operator's, with
  * "{domain}" replaced, or else the built-in endpoint's, which this starts. */
 static GHashTable *
 daemon_identity_urls(Daemon *d, const SrvConfig *cfg, GError **error)
 {
-  if (cfg->identity_info_url == NULL) {
-    g_autoptr(InfoServer) info = info_server_new(cfg, error);
-    if (info == NULL || !info_server_start(info, error))
-      return NULL;
-    d->info = g_steal_pointer(&info);
-    return info_server_dup_urls(d->info);
-  }
   g_autoptr(GHashTable) urls = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-  for (guint i = 0; cfg->domains[i] != NULL; i++) {
-    const char *domain = cfg->domains[i];
-    g_auto(GStrv) parts = g_strsplit(cfg->identity_info_url, "{domain}", -1);
-    g_hash_table_insert(urls, g_strdup(domain), g_strjoinv(domain, parts));
+  if (cfg->identity_info_url != NULL) {
+    for (guint i = 0; cfg->domains[i] != NULL; i++) {
+      g_auto(GStrv) parts = g_strsplit(cfg->identity_info_url, "{domain}", -1);
+      g_hash_table_insert(urls, g_strdup(cfg->domains[i]), g_strjoinv(cfg->domains[i], parts));
+    }
+    return g_steal_pointer(&urls);
   }
+  g_autoptr(GArray) domains = daemon_cert_domains(cfg, error);
+  g_autoptr(CertServer) srv = domains != NULL ? cert_server_new(error) : NULL;
+  if (srv == NULL ||
+      !cert_server_reload(srv, (CertServerDomain *) domains->data, domains->len, error))
+    return NULL;
+  for (guint i = 0; cfg->identity_https_listen[i] != NULL; i++)
+    if (!cert_server_listen(srv, cfg->identity_https_listen[i], error))
+      return NULL;
+  /* Without public-host the URL names the listen address, which works
+   * without DNS (the demo); production sets the domain's public name. */
+  g_autofree char *host = cfg->identity_public_host != NULL
+                              ? g_strdup(cfg->identity_public_host)
+                              : daemon_listen_host(cfg->identity_https_listen[0]);
+  for (guint i = 0; cfg->domains[i] != NULL; i++) {
+    char *url = cert_server_url_for(srv, host, cfg->domains[i]);
+    if (url == NULL) {
+      g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "no Identity-Info URL for %s",
+                  cfg->domains[i]);
+      return NULL;
+    }
+    g_hash_table_insert(urls, g_strdup(cfg->domains[i]), url);
+  }
+  g_message("Identity-Info endpoint: %s", (char *) g_hash_table_lookup(urls, cfg->domains[0]));
+  d->certs = g_steal_pointer(&srv);
   return g_steal_pointer(&urls);
+}
+
+/* SIGHUP for the built-in endpoint. */
+static gboolean
+daemon_certs_reload(Daemon *d, const SrvConfig *cfg, GError **error)
+{
+  if (d->certs == NULL)
+    return TRUE;
+  g_autoptr(GArray) domains = daemon_cert_domains(cfg, error);
+  return domains != NULL &&
+         cert_server_reload(d->certs, (CertServerDomain *) domains->data, domains->len, error);
 }
 
 /* Service output goes to stderr (journald adds its own timestamps); info
@@ -102,7 +173,7 @@ on_reload(gpointer user_data)
   g_autoptr(GError) error = NULL;
   g_autoptr(SrvConfig) fresh = srv_config_load(d->config_path, &error);
   if (fresh == NULL || !edge_reload_credentials(d->edge, fresh, &error) ||
-      (d->info != NULL && !info_server_reload(d->info, fresh, &error))) {
+      !daemon_certs_reload(d, fresh, &error)) {
     g_warning("reload failed, keeping the running configuration: %s", error->message);
     return G_SOURCE_CONTINUE;
   }
@@ -177,7 +248,7 @@ run(Daemon *d)
   g_source_remove(sig_int);
   g_source_remove(sig_hup);
   d->edge = NULL;
-  g_clear_pointer(&d->info, info_server_free);
+  g_clear_pointer(&d->certs, cert_server_free);
   g_clear_pointer(&d->loop, g_main_loop_unref);
   g_message("stopped");
   return 0;

@@ -5,9 +5,11 @@
 #include <math.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <glib.h>
+#include <glib-unix.h>
 #include <glib/gstdio.h>
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
@@ -2287,6 +2289,472 @@ test_cred_decode_damaged(Fixture *fx, gconstpointer data)
   g_assert_cmpuint(n_read, >, 0);
 }
 
+/* ---- conditional writes (RFC 3903) ---- */
+
+#define ALICE "sip:alice@example.com"
+#define NO_SUCH_ETAG "00000000000000000000000000000000"
+
+/* store_cred_put_if() that must succeed; returns the new ETag. */
+static char *
+put_if_ok(StoreDb *db, const char *aor, const char *if_etag, GBytes *der, StoreKeyKind kind,
+          GBytes *pkcs8)
+{
+  g_autoptr(GError) error = NULL;
+  char *etag = NULL;
+
+  g_assert_true(store_cred_put_if(db, aor, if_etag, der, 1, 2, kind, pkcs8, &etag, &error));
+  g_assert_no_error(error);
+  g_assert_nonnull(etag);
+  return etag;
+}
+
+/* The last change-log entry must be (@seq, @aor, @kind). */
+static void
+assert_last_change(StoreDb *db, guint64 seq, const char *aor, StoreChangeKind kind)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GPtrArray) list = NULL;
+  StoreChange *c;
+
+  g_assert_cmpuint(store_change_get_last_seq(db, &error), ==, seq);
+  g_assert_no_error(error);
+  list = store_change_list_since(db, seq - 1, 10, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(list->len, ==, 1);
+  c = g_ptr_array_index(list, 0);
+  g_assert_cmpstr(c->aor, ==, aor);
+  g_assert_cmpint(c->kind, ==, kind);
+}
+
+static GBytes *
+raw_cred(const char *dir, const char *aor)
+{
+  GBytes *value = raw_get(dir, STORE_DBI_CREDENTIALS, aor, strlen(aor), NULL);
+
+  g_assert_nonnull(value);
+  return value;
+}
+
+static void
+test_cred_put_if(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(StoreDb) db = open_db(fx->state, 0);
+  g_autoptr(GBytes) der1 = fake_der(11, 300);
+  g_autoptr(GBytes) der2 = fake_der(12, 310);
+  g_autoptr(GBytes) der3 = fake_der(13, 320);
+  g_autoptr(GError) error = NULL;
+  g_autoptr(StoreCred) cred = NULL;
+  g_autofree char *e1 = NULL;
+  g_autofree char *e2 = NULL;
+  g_autofree char *bob_etag = NULL;
+  char *out = NULL;
+
+  /* A publication that does not exist cannot be modified: nothing is created. */
+  g_assert_false(
+      store_cred_put_if(db, ALICE, NO_SUCH_ETAG, der1, 1, 2, STORE_KEY_NONE, NULL, &out, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_PRECONDITION);
+  g_assert_nonnull(strstr(error->message, "no credential"));
+  g_assert_nonnull(strstr(error->message, ALICE));
+  g_clear_error(&error);
+  g_assert_null(out);
+  g_assert_null(store_cred_get(db, ALICE, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_NOT_FOUND);
+  g_clear_error(&error);
+  g_assert_cmpuint(store_change_get_last_seq(db, NULL), ==, 0);
+
+  /* Unconditional: creates, and hands out the ETag that get reports. */
+  e1 = put_if_ok(db, ALICE, NULL, der1, STORE_KEY_NONE, NULL);
+  cred = get_cred(db, ALICE);
+  g_assert_cmpstr(cred->etag, ==, e1);
+  g_assert_cmpuint(cred->version, ==, 1);
+  assert_last_change(db, 1, ALICE, STORE_CHANGE_CREDENTIAL);
+
+  /* The right ETag: replaced, new ETag, next version, logged. */
+  e2 = put_if_ok(db, ALICE, e1, der2, STORE_KEY_NONE, NULL);
+  g_assert_cmpstr(e2, !=, e1);
+  g_clear_pointer(&cred, store_cred_free);
+  cred = get_cred(db, ALICE);
+  g_assert_cmpstr(cred->etag, ==, e2);
+  g_assert_cmpuint(cred->version, ==, 2);
+  g_assert_true(g_bytes_equal(cred->cert_der, der2));
+  assert_last_change(db, 2, ALICE, STORE_CHANGE_CREDENTIAL);
+
+  /* A stale ETag, and the current ETag of another AOR, are both refused. */
+  bob_etag = put_if_ok(db, "sip:bob@example.com", NULL, der1, STORE_KEY_NONE, NULL);
+  g_assert_false(store_cred_put_if(db, ALICE, e1, der3, 1, 2, STORE_KEY_NONE, NULL, &out, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_PRECONDITION);
+  g_assert_nonnull(strstr(error->message, "another ETag"));
+  g_assert_nonnull(strstr(error->message, ALICE));
+  g_clear_error(&error);
+  g_assert_null(out);
+  g_assert_false(
+      store_cred_put_if(db, ALICE, bob_etag, der3, 1, 2, STORE_KEY_NONE, NULL, NULL, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_PRECONDITION);
+  g_clear_error(&error);
+  g_clear_pointer(&cred, store_cred_free);
+  cred = get_cred(db, ALICE);
+  g_assert_cmpstr(cred->etag, ==, e2);
+  g_assert_cmpuint(cred->version, ==, 2);
+  g_assert_true(g_bytes_equal(cred->cert_der, der2));
+  assert_last_change(db, 3, "sip:bob@example.com", STORE_CHANGE_CREDENTIAL);
+
+  /* Invalid input is refused before the condition matters. */
+  g_assert_false(store_cred_put_if(db, ALICE, e2, der3, 5, 4, STORE_KEY_NONE, NULL, NULL, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_INVALID);
+  g_clear_error(&error);
+
+  /* etag_out is optional. */
+  g_assert_true(store_cred_put_if(db, ALICE, e2, der3, 1, 2, STORE_KEY_NONE, NULL, NULL, &error));
+  g_assert_no_error(error);
+  g_clear_pointer(&cred, store_cred_free);
+  cred = get_cred(db, ALICE);
+  g_assert_cmpuint(cred->version, ==, 3);
+  g_assert_true(g_bytes_equal(cred->cert_der, der3));
+}
+
+static void
+test_cred_put_if_server_held(Fixture *fx, gconstpointer data)
+{
+  const TestRsaKey *rsa = test_rsa_key();
+  g_autofree char *path = make_key_file(fx, "master.key");
+  g_autoptr(StoreMasterKey) key = load_key(path);
+  g_autoptr(StoreDb) db = open_db(fx->state, 0);
+  g_autoptr(GBytes) der = fake_der(14, 400);
+  g_autoptr(StoreCred) cred = NULL;
+  g_autofree char *e1 = NULL;
+  g_autofree char *e2 = NULL;
+
+  /* The condition sits in front of the wrap: the key of version 2 opens. */
+  set_key(db, key);
+  e1 = put_if_ok(db, ALICE, NULL, der, STORE_KEY_SERVER_HELD, rsa->pkcs8_der);
+  e2 = put_if_ok(db, ALICE, e1, der, STORE_KEY_SERVER_HELD, rsa->pkcs8_der);
+  cred = get_cred(db, ALICE);
+  g_assert_cmpstr(cred->etag, ==, e2);
+  g_assert_cmpuint(cred->version, ==, 2);
+  g_assert_cmpint(cred->key_kind, ==, STORE_KEY_SERVER_HELD);
+  g_assert_true(g_bytes_equal(cred->pkcs8, rsa->pkcs8_der));
+}
+
+/* Rewrites the stored record of @aor with @updated as its update time. */
+static void
+raw_set_updated(const char *dir, const char *aor, gint64 updated)
+{
+  g_autoptr(GBytes) value = raw_cred(dir, aor);
+  g_autoptr(StoreCred) c = g_new0(StoreCred, 1);
+  g_autoptr(GBytes) blob = NULL;
+  g_autofree char *key_id = NULL;
+  g_autoptr(GVariant) rec = NULL;
+  MDB_env *env;
+
+  g_assert_true(gvariant_decode(value, TRUE, c, &blob, &key_id));
+  rec = cred_record_v2(c->cert_der, c->not_before, c->not_after, updated, c->version, c->etag,
+                       (guint8)c->key_kind, blob, key_id);
+  env = raw_env_open(dir);
+  raw_put_in(env, STORE_DBI_CREDENTIALS, FALSE, aor, g_variant_get_data(rec),
+             g_variant_get_size(rec));
+  mdb_env_close(env);
+}
+
+static void
+test_cred_refresh(Fixture *fx, gconstpointer data)
+{
+  const TestRsaKey *rsa = test_rsa_key();
+  g_autofree char *path = make_key_file(fx, "master.key");
+  g_autoptr(StoreMasterKey) key = load_key(path);
+  g_autoptr(GBytes) der = fake_der(15, 500);
+  g_autoptr(GBytes) before = NULL;
+  g_autoptr(GBytes) after = NULL;
+  g_autoptr(GBytes) blob_before = NULL;
+  g_autoptr(GBytes) blob_after = NULL;
+  g_autofree char *id_before = NULL;
+  g_autofree char *id_after = NULL;
+  g_autoptr(StoreCred) rb = g_new0(StoreCred, 1);
+  g_autoptr(StoreCred) ra = g_new0(StoreCred, 1);
+  g_autoptr(StoreCred) cred = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autofree char *e1 = NULL;
+  g_autofree char *e2 = NULL;
+  g_autofree char *e3 = NULL;
+  char *out = NULL;
+  guint64 seq;
+  StoreDb *db;
+
+  db = open_db(fx->state, 0);
+  set_key(db, key);
+  e1 = put_if_ok(db, ALICE, NULL, der, STORE_KEY_SERVER_HELD, rsa->pkcs8_der);
+  store_db_free(db);
+  /* An update time long past: a refresh that touched it would show. */
+  raw_set_updated(fx->state, ALICE, 12345);
+  before = raw_cred(fx->state, ALICE);
+
+  db = open_db(fx->state, 0);
+  set_key(db, key);
+  seq = store_change_get_last_seq(db, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(seq, ==, 1);
+  g_assert_true(store_cred_refresh(db, ALICE, e1, &e2, &error));
+  g_assert_no_error(error);
+  g_assert_nonnull(e2);
+  g_assert_cmpstr(e2, !=, e1);
+  /* Subscribers hear nothing of a refresh. */
+  g_assert_cmpuint(store_change_get_last_seq(db, NULL), ==, seq);
+  cred = get_cred(db, ALICE);
+  g_assert_cmpstr(cred->etag, ==, e2);
+  g_assert_cmpuint(cred->version, ==, 1);
+  g_assert_cmpint(cred->updated, ==, 12345);
+  g_assert_true(g_bytes_equal(cred->cert_der, der));
+  g_assert_cmpint(cred->not_before, ==, 1);
+  g_assert_cmpint(cred->not_after, ==, 2);
+  g_assert_cmpint(cred->key_kind, ==, STORE_KEY_SERVER_HELD);
+  g_assert_true(g_bytes_equal(cred->pkcs8, rsa->pkcs8_der));
+
+  /* The old ETag is spent. */
+  g_assert_false(store_cred_refresh(db, ALICE, e1, &out, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_PRECONDITION);
+  g_assert_nonnull(strstr(error->message, "another ETag"));
+  g_clear_error(&error);
+  g_assert_null(out);
+  /* A publication that is not there. */
+  g_assert_false(store_cred_refresh(db, "sip:nobody@example.com", e2, &out, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_PRECONDITION);
+  g_assert_nonnull(strstr(error->message, "no credential"));
+  g_assert_nonnull(strstr(error->message, "sip:nobody@example.com"));
+  g_clear_error(&error);
+  g_assert_null(out);
+  g_assert_cmpuint(store_change_get_last_seq(db, NULL), ==, seq);
+  store_db_free(db);
+
+  /* On disk only the ETag differs: same wrapped blob (no re-wrap, which
+   * would draw a new nonce), key id, version and times. Durable: read
+   * after closing. */
+  after = raw_cred(fx->state, ALICE);
+  g_assert_true(gvariant_decode(before, TRUE, rb, &blob_before, &id_before));
+  g_assert_true(gvariant_decode(after, TRUE, ra, &blob_after, &id_after));
+  g_assert_cmpstr(rb->etag, ==, e1);
+  g_assert_cmpstr(ra->etag, ==, e2);
+  g_assert_true(g_bytes_equal(ra->cert_der, rb->cert_der));
+  g_assert_cmpint(ra->not_before, ==, rb->not_before);
+  g_assert_cmpint(ra->not_after, ==, rb->not_after);
+  g_assert_cmpint(ra->updated, ==, rb->updated);
+  g_assert_cmpuint(ra->version, ==, rb->version);
+  g_assert_cmpint(ra->key_kind, ==, rb->key_kind);
+  g_assert_true(g_bytes_equal(blob_after, blob_before));
+  g_assert_cmpstr(id_after, ==, id_before);
+
+  /* A refresh needs no master key: nothing is unwrapped. The key still
+   * opens afterwards. */
+  db = open_db(fx->state, 0);
+  g_assert_true(store_cred_refresh(db, ALICE, e2, &e3, &error));
+  g_assert_no_error(error);
+  g_clear_pointer(&cred, store_cred_free);
+  cred = get_cred(db, ALICE);
+  g_assert_cmpstr(cred->etag, ==, e3);
+  g_assert_null(cred->pkcs8);
+  set_key(db, key);
+  g_clear_pointer(&cred, store_cred_free);
+  cred = get_cred(db, ALICE);
+  g_assert_cmpstr(cred->etag, ==, e3);
+  g_assert_true(g_bytes_equal(cred->pkcs8, rsa->pkcs8_der));
+  g_assert_cmpuint(cred->version, ==, 1);
+  g_assert_cmpuint(store_change_get_last_seq(db, NULL), ==, seq);
+
+  /* A later modification still counts on from the version refresh kept. */
+  g_free(e1);
+  e1 = put_if_ok(db, ALICE, e3, der, STORE_KEY_SERVER_HELD, rsa->pkcs8_der);
+  g_clear_pointer(&cred, store_cred_free);
+  cred = get_cred(db, ALICE);
+  g_assert_cmpuint(cred->version, ==, 2);
+  g_assert_true(g_bytes_equal(cred->pkcs8, rsa->pkcs8_der));
+  assert_last_change(db, seq + 1, ALICE, STORE_CHANGE_CREDENTIAL);
+  store_db_free(db);
+}
+
+static void
+test_cred_delete_if(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(StoreDb) db = open_db(fx->state, 0);
+  g_autoptr(GBytes) der = fake_der(16, 200);
+  g_autoptr(StoreCred) cred = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autofree char *e1 = NULL;
+  g_autofree char *bob_etag = NULL;
+
+  e1 = put_if_ok(db, ALICE, NULL, der, STORE_KEY_NONE, NULL);
+  bob_etag = put_if_ok(db, "sip:bob@example.com", NULL, der, STORE_KEY_NONE, NULL);
+
+  /* Wrong ETag: refused, kept, not logged. */
+  g_assert_false(store_cred_delete_if(db, ALICE, bob_etag, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_PRECONDITION);
+  g_assert_nonnull(strstr(error->message, "another ETag"));
+  g_clear_error(&error);
+  cred = get_cred(db, ALICE);
+  g_assert_cmpstr(cred->etag, ==, e1);
+  g_assert_cmpuint(store_change_get_last_seq(db, NULL), ==, 2);
+
+  /* Right ETag: gone, logged as a revocation. */
+  g_assert_true(store_cred_delete_if(db, ALICE, e1, &error));
+  g_assert_no_error(error);
+  g_assert_null(store_cred_get(db, ALICE, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_NOT_FOUND);
+  g_clear_error(&error);
+  assert_last_change(db, 3, ALICE, STORE_CHANGE_REVOKED);
+
+  /* Nothing left: with an ETag the publication is unknown (PRECONDITION),
+   * without one there was simply nothing (NOT_FOUND). Neither is logged. */
+  g_assert_false(store_cred_delete_if(db, ALICE, e1, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_PRECONDITION);
+  g_assert_nonnull(strstr(error->message, "no credential"));
+  g_clear_error(&error);
+  g_assert_false(store_cred_delete_if(db, ALICE, NULL, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_NOT_FOUND);
+  g_clear_error(&error);
+  g_assert_cmpuint(store_change_get_last_seq(db, NULL), ==, 3);
+
+  /* Unconditional, like store_cred_delete(). */
+  g_assert_true(store_cred_delete_if(db, "sip:bob@example.com", NULL, &error));
+  g_assert_no_error(error);
+  assert_last_change(db, 4, "sip:bob@example.com", STORE_CHANGE_REVOKED);
+}
+
+/* Every conditional call with a wrong ETag leaves the record as it was, to
+ * the byte, and logs nothing. */
+static void
+test_cred_if_mismatch_untouched(Fixture *fx, gconstpointer data)
+{
+  const TestRsaKey *rsa = test_rsa_key();
+  g_autofree char *path = make_key_file(fx, "master.key");
+  g_autoptr(StoreMasterKey) key = load_key(path);
+  g_autoptr(GBytes) der = fake_der(17, 600);
+  g_autoptr(GBytes) der2 = fake_der(18, 600);
+  g_autoptr(GBytes) before = NULL;
+  g_autoptr(GBytes) after = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autofree char *e1 = NULL;
+  g_autofree char *stale = NULL;
+  char *out = NULL;
+  StoreDb *db;
+
+  db = open_db(fx->state, 0);
+  set_key(db, key);
+  stale = put_if_ok(db, ALICE, NULL, der, STORE_KEY_SERVER_HELD, rsa->pkcs8_der);
+  e1 = put_if_ok(db, ALICE, stale, der, STORE_KEY_SERVER_HELD, rsa->pkcs8_der);
+  store_db_free(db);
+  before = raw_cred(fx->state, ALICE);
+
+  db = open_db(fx->state, 0);
+  set_key(db, key);
+  g_assert_false(store_cred_put_if(db, ALICE, stale, der2, 1, 2, STORE_KEY_SERVER_HELD,
+                                   rsa->pkcs8_der, &out, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_PRECONDITION);
+  g_clear_error(&error);
+  g_assert_false(store_cred_put_if(db, ALICE, "", der2, 1, 2, STORE_KEY_NONE, NULL, &out, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_PRECONDITION);
+  g_clear_error(&error);
+  g_assert_false(store_cred_refresh(db, ALICE, stale, &out, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_PRECONDITION);
+  g_clear_error(&error);
+  g_assert_false(store_cred_delete_if(db, ALICE, stale, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_PRECONDITION);
+  g_clear_error(&error);
+  g_assert_null(out);
+  g_assert_cmpuint(store_change_get_last_seq(db, NULL), ==, 2);
+  store_db_free(db);
+
+  after = raw_cred(fx->state, ALICE);
+  g_assert_true(g_bytes_equal(after, before));
+}
+
+#define RACE_CHILDREN 8
+#define RACE_EXIT_WON 0
+#define RACE_EXIT_PRECONDITION 10
+/* Where a racing child finds the read end of the starting pipe. */
+#define RACE_GO_FD 3
+
+/* The child half of /storage/cred/put-if-race: opens its own environment,
+ * waits until the parent closes the starting pipe (all children wake on the
+ * same EOF), then tries put_if with @etag. */
+static int
+put_if_race_child(const char *dir, const char *etag, const char *index)
+{
+  g_autoptr(StoreDb) db = NULL;
+  g_autoptr(GError) error = NULL;
+  guint seed = (guint)g_ascii_strtoull(index, NULL, 10);
+  g_autoptr(GBytes) der = fake_der(100 + seed, 300);
+  char c;
+  ssize_t n;
+
+  db = store_db_open(dir, 0, &error);
+  if (db == NULL) {
+    g_printerr("child %s: %s\n", index, error->message);
+    return 1;
+  }
+  /* EOF also comes if the parent dies, so this cannot hang. */
+  do
+    n = read(RACE_GO_FD, &c, 1);
+  while (n < 0 && errno == EINTR);
+  close(RACE_GO_FD);
+  if (store_cred_put_if(db, ALICE, etag, der, 1, 2, STORE_KEY_NONE, NULL, NULL, &error))
+    return RACE_EXIT_WON;
+  if (g_error_matches(error, STORE_ERROR, STORE_ERROR_PRECONDITION))
+    return RACE_EXIT_PRECONDITION;
+  g_printerr("child %s: %s\n", index, error->message);
+  return 1;
+}
+
+/* Processes (as the CLI is) that all hold the same ETag: the check and the
+ * write share one transaction, so exactly one of them wins. A check in a
+ * transaction of its own lets several win, though not in every run. */
+static void
+test_cred_put_if_race(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(StoreDb) db = open_db(fx->state, 0);
+  g_autoptr(GBytes) der = fake_der(19, 300);
+  g_autoptr(GBytes) won = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(StoreCred) cred = NULL;
+  g_autofree char *e1 = NULL;
+  GPid pids[RACE_CHILDREN];
+  const int target_fd = RACE_GO_FD;
+  int go[2];
+  int winner = -1;
+
+  e1 = put_if_ok(db, ALICE, NULL, der, STORE_KEY_NONE, NULL);
+  /* Close-on-exec: only the read end, mapped to RACE_GO_FD, reaches a child. */
+  g_assert_true(g_unix_open_pipe(go, FD_CLOEXEC, &error));
+  g_assert_no_error(error);
+  for (int i = 0; i < RACE_CHILDREN; i++) {
+    g_autofree char *index = g_strdup_printf("%d", i);
+    const char *argv[] = {test_argv0, "--put-if-race-child", fx->state, e1, index, NULL};
+
+    g_assert_true(g_spawn_async_with_pipes_and_fds(
+        NULL, argv, NULL, G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, -1,
+        -1, -1, &go[0], &target_fd, 1, &pids[i], NULL, NULL, NULL, &error));
+    g_assert_no_error(error);
+  }
+  close(go[0]);
+  close(go[1]);
+  for (int i = 0; i < RACE_CHILDREN; i++) {
+    int status;
+
+    g_assert_cmpint(waitpid(pids[i], &status, 0), ==, pids[i]);
+    g_spawn_close_pid(pids[i]);
+    g_assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) == RACE_EXIT_WON) {
+      g_assert_cmpint(winner, ==, -1);
+      winner = i;
+    } else {
+      g_assert_cmpint(WEXITSTATUS(status), ==, RACE_EXIT_PRECONDITION);
+    }
+  }
+  g_assert_cmpint(winner, >=, 0);
+
+  cred = get_cred(db, ALICE);
+  g_assert_cmpuint(cred->version, ==, 2);
+  won = fake_der(100 + winner, 300);
+  g_assert_true(g_bytes_equal(cred->cert_der, won));
+  assert_last_change(db, 2, ALICE, STORE_CHANGE_CREDENTIAL);
+}
+
 /* ---- registrations ---- */
 
 static StoreBinding *
@@ -2722,6 +3190,8 @@ main(int argc, char **argv)
 {
   if (argc == 3 && strcmp(argv[1], "--two-processes-child") == 0)
     return two_processes_child(argv[2]);
+  if (argc == 5 && strcmp(argv[1], "--put-if-race-child") == 0)
+    return put_if_race_child(argv[2], argv[3], argv[4]);
   test_argv0 = argv[0];
   g_test_init(&argc, &argv, NULL);
 
@@ -2756,6 +3226,12 @@ main(int argc, char **argv)
   ADD("/storage/cred/no-key-bytes", test_cred_no_key_bytes);
   ADD("/storage/cred/decode-matches-gvariant", test_cred_decode_matches);
   ADD("/storage/cred/decode-damaged", test_cred_decode_damaged);
+  ADD("/storage/cred/put-if", test_cred_put_if);
+  ADD("/storage/cred/put-if-server-held", test_cred_put_if_server_held);
+  ADD("/storage/cred/put-if-race", test_cred_put_if_race);
+  ADD("/storage/cred/refresh", test_cred_refresh);
+  ADD("/storage/cred/delete-if", test_cred_delete_if);
+  ADD("/storage/cred/if-mismatch-untouched", test_cred_if_mismatch_untouched);
   ADD("/storage/db/rekey", test_db_rekey);
   ADD("/storage/db/rekey-atomic", test_db_rekey_atomic);
   ADD("/storage/db/rekey-other-handle", test_db_rekey_other_handle);

@@ -46,6 +46,9 @@ StoreCred *core_cred_read(CoreService *svc, const char *aor, GError **error);
 /* Answers @txn. */
 void core_respond(CoreService *svc, gpointer txn, const CoreResponse *resp);
 void core_respond_error(CoreService *svc, gpointer txn, guint status, const char *phrase);
+/* A non-zero @expires below min-expires: answers 423 with Min-Expires and
+ * returns TRUE. */
+gboolean core_refuse_brief_expires(CoreService *svc, gpointer txn, guint32 expires);
 
 /* The credential state of @aor changed in the store (written by this
  * process or found in the change log): bring every subscriber of both

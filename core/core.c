@@ -586,6 +586,20 @@ core_respond_error(CoreService *svc, gpointer txn, guint status, const char *phr
   core_respond(svc, txn, &resp);
 }
 
+gboolean
+core_refuse_brief_expires(CoreService *svc, gpointer txn, guint32 expires)
+{
+  if (expires == 0 || expires >= svc->cfg.min_expires)
+    return FALSE;
+  CoreResponse resp = {
+      .status = 423,
+      .phrase = "Interval Too Brief",
+      .min_expires = svc->cfg.min_expires,
+  };
+  core_respond(svc, txn, &resp);
+  return TRUE;
+}
+
 static void
 core_send_notify(CoreService *svc, gpointer sub, const CorePackage *pkg, CoreSubstate state,
                  guint32 expires, const char *reason, const CoreBody *body)
@@ -992,13 +1006,7 @@ core_subscribe(CoreService *svc, gpointer txn, gpointer sub, const CoreSubscribe
     granted = MIN(svc->cfg.default_expires, svc->cfg.max_expires);
   } else if (info->expires == 0) {
     granted = 0; /* a fetch (RFC 6665 4.4.3) */
-  } else if (info->expires < svc->cfg.min_expires) {
-    CoreResponse resp = {
-        .status = 423,
-        .phrase = "Interval Too Brief",
-        .min_expires = svc->cfg.min_expires,
-    };
-    core_respond(svc, txn, &resp);
+  } else if (core_refuse_brief_expires(svc, txn, info->expires)) {
     return;
   } else {
     granted = MIN(info->expires, svc->cfg.max_expires);

@@ -116,12 +116,8 @@ core_publish_bodyless(CoreService *svc, gpointer txn, const CorePublishInfo *inf
     core_respond_error(svc, txn, 400, "PUBLISH without a body needs SIP-If-Match");
     return;
   }
-  if (info->has_expires && info->expires < svc->cfg.min_expires) {
-    CoreResponse resp = {
-        .status = 423, .phrase = "Interval Too Brief", .min_expires = svc->cfg.min_expires};
-    core_respond(svc, txn, &resp);
+  if (info->has_expires && core_refuse_brief_expires(svc, txn, info->expires))
     return;
-  }
   g_autofree char *etag = NULL;
   if (!store_cred_refresh(svc->store, aor, info->if_match, &etag, &error)) {
     core_publish_store_failed(svc, txn, aor, error);
@@ -180,12 +176,8 @@ core_publish(CoreService *svc, gpointer txn, const CorePublishInfo *info)
     core_respond_error(svc, txn, 400, "Expires 0 removes a publication and takes no body");
     return;
   }
-  if (info->has_expires && info->expires < svc->cfg.min_expires) {
-    CoreResponse resp = {
-        .status = 423, .phrase = "Interval Too Brief", .min_expires = svc->cfg.min_expires};
-    core_respond(svc, txn, &resp);
+  if (info->has_expires && core_refuse_brief_expires(svc, txn, info->expires))
     return;
-  }
   if (!core_publish_disposition_ok(info->content_disposition)) {
     core_respond_error(svc, txn, 415, "Unsupported Content-Disposition");
     return;

@@ -24,6 +24,9 @@
 #include "identity/cert.h"
 #include "identity/sign.h"
 #include "server/config.h"
+#include "server/sipclient.h"
+#include "core/credbody.h"
+#include <gnutls/x509.h>
 #include "sipcred-config.h"
 #include "storage/store.h"
 
@@ -1336,6 +1339,920 @@ cli_ca_crl(Cli *cli, char **args, guint n_args)
   return status;
 }
 
+/* ---- client: fetch, publish, revoke, retrieve (RFC 6072 sections 4, 5, 10.3) ---- */
+
+/* Exit statuses of the client commands beyond 0-2 (sipcred(1) EXIT STATUS). */
+#define CLI_EXIT_NETWORK 3    /* cannot connect, TLS failed, timed out, protocol */
+#define CLI_EXIT_TLS_NAME 4   /* server certificate does not name the server (sec-flows 7 test 8) */
+#define CLI_EXIT_TLS_TRUST 5  /* chain does not end at a --ca anchor (test 9) */
+#define CLI_EXIT_TLS_TIME 6   /* server certificate outside its validity (test 10) */
+#define CLI_EXIT_TLS_REVOKED 7 /* server certificate revoked under --crl (test 11) */
+#define CLI_EXIT_NOTIFY 8     /* a NOTIFY failed RFC 6072 10.3 (From, Identity, certificate) */
+#define CLI_EXIT_REFUSED 9    /* the server refused the request (digest, 4xx, 5xx) */
+#define CLI_EXIT_PASSPHRASE 10 /* the PKCS#8 does not decrypt with the passphrase */
+#define CLI_EXIT_NONE 11      /* the AOR has no certificate (empty NOTIFY) */
+
+#define CLI_CLIENT_MAX_DER (64 * 1024)
+#define CLI_CLIENT_IDENTITY_WINDOW 600
+
+static struct {
+  char *server;
+  char *tls_name;
+  char *ca;
+  char **crls;
+  char *der;
+  gboolean watch;
+  int timeout;
+  char *user;
+  char *password_file;
+  char *passphrase_file;
+  char *cert;
+  char *key;
+  gboolean cert_only;
+  char *etag_file;
+  char *key_out;
+  int expires;
+} cli_client_opt = {.timeout = 30, .expires = -1};
+
+static void
+cli_client_opt_clear(void)
+{
+  g_clear_pointer(&cli_client_opt.server, g_free);
+  g_clear_pointer(&cli_client_opt.tls_name, g_free);
+  g_clear_pointer(&cli_client_opt.ca, g_free);
+  g_clear_pointer(&cli_client_opt.crls, g_strfreev);
+  g_clear_pointer(&cli_client_opt.der, g_free);
+  g_clear_pointer(&cli_client_opt.user, g_free);
+  g_clear_pointer(&cli_client_opt.password_file, g_free);
+  g_clear_pointer(&cli_client_opt.passphrase_file, g_free);
+  g_clear_pointer(&cli_client_opt.cert, g_free);
+  g_clear_pointer(&cli_client_opt.key, g_free);
+  g_clear_pointer(&cli_client_opt.etag_file, g_free);
+  g_clear_pointer(&cli_client_opt.key_out, g_free);
+}
+
+/* One client run: the AOR, the connection and what the checks need. */
+typedef struct {
+  char *aor;
+  char *domain;
+  char *tls_name;
+  SipclientTrust *trust;
+  SipclientConn *conn;
+  gint64 deadline;
+  char *call_id;
+  char *from_tag;
+  char *to_tag;
+  guint32 cseq;
+  char *info_url; /* the Identity-Info certificate last fetched, kept for --watch */
+  GBytes *info_der;
+} CliClient;
+
+static void
+cli_client_clear(CliClient *c)
+{
+  g_clear_pointer(&c->aor, g_free);
+  g_clear_pointer(&c->domain, g_free);
+  g_clear_pointer(&c->tls_name, g_free);
+  g_clear_pointer(&c->conn, sipclient_conn_free);
+  g_clear_pointer(&c->trust, sipclient_trust_free);
+  g_clear_pointer(&c->call_id, g_free);
+  g_clear_pointer(&c->from_tag, g_free);
+  g_clear_pointer(&c->to_tag, g_free);
+  g_clear_pointer(&c->info_url, g_free);
+  g_clear_pointer(&c->info_der, g_bytes_unref);
+}
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(CliClient, cli_client_clear)
+
+/* Prints a sipclient error and gives its exit status. */
+static int
+cli_client_fail(const char *what, const GError *error)
+{
+  int status = CLI_EXIT_FAIL;
+
+  if (error->domain == SIPCLIENT_ERROR) {
+    switch ((SipclientError)error->code) {
+    case SIPCLIENT_ERROR_FILE:
+      status = CLI_EXIT_FAIL;
+      break;
+    case SIPCLIENT_ERROR_NAME:
+      status = CLI_EXIT_TLS_NAME;
+      break;
+    case SIPCLIENT_ERROR_UNTRUSTED:
+      status = CLI_EXIT_TLS_TRUST;
+      break;
+    case SIPCLIENT_ERROR_VALIDITY:
+      status = CLI_EXIT_TLS_TIME;
+      break;
+    case SIPCLIENT_ERROR_REVOKED:
+      status = CLI_EXIT_TLS_REVOKED;
+      break;
+    case SIPCLIENT_ERROR_AUTH:
+      status = CLI_EXIT_REFUSED;
+      break;
+    default:
+      status = CLI_EXIT_NETWORK;
+      break;
+    }
+  }
+  g_printerr("sipcred: %s: %s\n", what, error->message);
+  return status;
+}
+
+/* A secret from the first line of @file, else one prompt on a terminal,
+ * else the first line of standard input. Never from argv. */
+static char *
+cli_client_secret(const char *file, const char *prompt, GError **error)
+{
+  if (file != NULL)
+    return cli_get_password(file, prompt, error);
+  if (isatty(STDIN_FILENO))
+    return cli_prompt_password(prompt, error);
+  return cli_read_line(stdin, "standard input", error);
+}
+
+/* HOST[:PORT], [V6]:PORT. */
+static gboolean
+cli_client_parse_server(const char *arg, char **host, guint16 *port)
+{
+  const char *colon;
+  guint64 v = 5061;
+
+  if (arg[0] == '[') {
+    const char *end = strchr(arg, ']');
+    if (end == NULL)
+      return FALSE;
+    *host = g_strndup(arg + 1, end - arg - 1);
+    colon = end[1] == ':' ? end + 1 : NULL;
+  } else {
+    colon = strrchr(arg, ':');
+    *host = colon != NULL ? g_strndup(arg, colon - arg) : g_strdup(arg);
+  }
+  if (colon != NULL && !g_ascii_string_to_unsigned(colon + 1, 10, 1, 65535, &v, NULL)) {
+    g_clear_pointer(host, g_free);
+    return FALSE;
+  }
+  *port = (guint16)v;
+  return **host != '\0';
+}
+
+/* RFC 3263 for a sips: AOR reduced to what a TLS-only service needs: the
+ * _sips._tcp SRV records of the domain, else the domain itself on 5061.
+ * (NAPTR is not looked up: GResolver has no NAPTR query.) */
+static void
+cli_client_locate(const char *domain, char **host, guint16 *port)
+{
+  g_autoptr(GResolver) resolver = g_resolver_get_default();
+  GList *targets = g_resolver_lookup_service(resolver, "sips", "tcp", domain, NULL, NULL);
+
+  if (targets != NULL) {
+    GSrvTarget *t = targets->data;
+    *host = g_strdup(g_srv_target_get_hostname(t));
+    *port = g_srv_target_get_port(t);
+    g_resolver_free_targets(targets);
+    return;
+  }
+  *host = g_strdup(domain);
+  *port = 5061;
+}
+
+/* Canonical AOR, trust anchors and a verified TLS connection. Returns an
+ * exit status (CLI_EXIT_OK to go on). */
+static int
+cli_client_start(CliClient *c, const char *arg)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *host = NULL;
+  guint16 port = 5061;
+  const char *at;
+
+  if (cli_client_opt.ca == NULL)
+    return cli_usage("the client commands need --ca FILE (the trust anchors, PEM)");
+  if (cli_client_opt.timeout < 1 || cli_client_opt.timeout > 86400)
+    return cli_usage("--timeout must be 1 to 86400 seconds");
+  c->aor = core_aor_canonicalize(arg, &error);
+  if (c->aor == NULL)
+    return cli_fail(arg, error->message);
+  at = strrchr(c->aor, '@');
+  c->domain = g_strdup(at != NULL ? at + 1 : c->aor + 4);
+  c->deadline = g_get_monotonic_time() + (gint64)cli_client_opt.timeout * G_USEC_PER_SEC;
+  c->trust = sipclient_trust_new(cli_client_opt.ca, (const char *const *)cli_client_opt.crls,
+                                 &error);
+  if (c->trust == NULL)
+    return cli_client_fail("trust anchors", error);
+  if (cli_client_opt.server != NULL) {
+    if (!cli_client_parse_server(cli_client_opt.server, &host, &port))
+      return cli_usage("--server must be HOST[:PORT]");
+  } else {
+    cli_client_locate(c->domain, &host, &port);
+  }
+  /* The name the server must prove is the AOR's domain (RFC 3263 4, RFC
+   * 5922): what the user asked for, not where DNS or --server led. */
+  c->tls_name = g_strdup(cli_client_opt.tls_name != NULL ? cli_client_opt.tls_name : c->domain);
+  c->conn = sipclient_conn_open(host, port, c->tls_name, c->trust, c->deadline, &error);
+  if (c->conn == NULL) {
+    g_autofree char *what = g_strdup_printf("%s:%u", host, port);
+    return cli_client_fail(what, error);
+  }
+  c->call_id = sipclient_token();
+  c->from_tag = sipclient_token();
+  c->cseq = 1;
+  return CLI_EXIT_OK;
+}
+
+/* The status of a non-2xx final response. */
+static int
+cli_client_refused(const char *what, SipwireMsg *resp)
+{
+  guint status = sipwire_msg_get_status(resp);
+
+  g_printerr("sipcred: %s: the server answered %u%s\n", what, status,
+             status == 401 || status == 407 ? " (digest credentials refused)"
+             : status == 403                ? " (forbidden)"
+                                            : "");
+  return status == 404 ? CLI_EXIT_NONE : CLI_EXIT_REFUSED;
+}
+
+/* The URI of a From/To value: inside <>, else up to ';'. */
+static char *
+cli_client_uri_of(const char *value)
+{
+  const char *lt = strchr(value, '<');
+
+  if (lt != NULL) {
+    const char *gt = strchr(lt, '>');
+    return gt != NULL ? g_strndup(lt + 1, gt - lt - 1) : NULL;
+  }
+  return g_strstrip(g_strndup(value, strcspn(value, ";")));
+}
+
+typedef struct {
+  GBytes *cert_der; /* NULL: no certificate (revoked or never published) */
+  GBytes *pkcs8;
+  gboolean terminated;
+} CliNotify;
+
+static void
+cli_notify_clear(CliNotify *n)
+{
+  g_clear_pointer(&n->cert_der, g_bytes_unref);
+  g_clear_pointer(&n->pkcs8, g_bytes_unref);
+}
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(CliNotify, cli_notify_clear)
+
+/* RFC 6072 10.3 on one NOTIFY. Returns an exit status. */
+static int
+cli_client_check_notify(CliClient *c, GBytes *raw, gboolean want_key, CliNotify *out)
+{
+  g_autoptr(GError) error = NULL;
+  gsize len = 0;
+  const guint8 *data = g_bytes_get_data(raw, &len);
+  g_autoptr(SipwireMsg) msg = sipwire_msg_parse(data, len, &error);
+  g_autofree char *from_uri = NULL;
+  g_autofree char *from_aor = NULL;
+  g_autofree char *url = NULL;
+  const char *from, *info, *state, *ctype, *cte;
+  const char *from_host;
+  gint64 now = g_get_real_time() / G_USEC_PER_SEC;
+  IdentAlg alg = IDENT_ALG_RSA_SHA256;
+  g_autoptr(GBytes) body = NULL;
+
+  if (msg == NULL)
+    return cli_failf("NOTIFY", "unreadable: %s", error->message);
+  state = sipwire_msg_get_first(msg, "Subscription-State");
+  out->terminated = state != NULL && g_ascii_strncasecmp(state, "terminated", 10) == 0;
+  /* 1. From is the AOR asked for. */
+  from = sipwire_msg_get_first(msg, "From");
+  from_uri = from != NULL ? cli_client_uri_of(from) : NULL;
+  from_aor = from_uri != NULL ? core_aor_canonicalize(from_uri, NULL) : NULL;
+  if (from_aor == NULL || !g_str_equal(from_aor, c->aor)) {
+    g_printerr("sipcred: NOTIFY rejected: its From (%s) is not %s\n",
+               from_uri != NULL ? from_uri : "missing", c->aor);
+    return CLI_EXIT_NOTIFY;
+  }
+  from_host = strrchr(from_aor, '@') + 1;
+  /* 2. Identity, against the certificate behind Identity-Info, which must
+   * chain to an anchor and name the From domain. */
+  info = sipwire_msg_get_first(msg, "Identity-Info");
+  url = info != NULL ? cli_client_uri_of(info) : NULL;
+  if (url == NULL || sipwire_msg_get_first(msg, "Identity") == NULL) {
+    g_printerr("sipcred: NOTIFY rejected: it carries no Identity and Identity-Info\n");
+    return CLI_EXIT_NOTIFY;
+  }
+  if (c->info_url == NULL || !g_str_equal(c->info_url, url)) {
+    g_autoptr(GBytes) der = sipclient_https_get(url, from_host, c->trust, CLI_CLIENT_MAX_DER,
+                                                c->deadline, &error);
+    if (der == NULL)
+      return cli_client_fail("Identity-Info", error);
+    GBytes *chain[1] = {der};
+    if (!sipclient_trust_verify(c->trust, chain, 1, from_host, now, &error)) {
+      g_printerr("sipcred: NOTIFY rejected: the Identity-Info certificate at %s: %s\n", url,
+                 error->message);
+      return CLI_EXIT_NOTIFY;
+    }
+    g_free(c->info_url);
+    c->info_url = g_strdup(url);
+    g_clear_pointer(&c->info_der, g_bytes_unref);
+    c->info_der = g_steal_pointer(&der);
+  }
+  if (!ident_verify_message(data, len, g_bytes_get_data(c->info_der, NULL),
+                            g_bytes_get_size(c->info_der), now, CLI_CLIENT_IDENTITY_WINDOW, &alg,
+                            &error)) {
+    g_printerr("sipcred: NOTIFY rejected: Identity: %s\n", error->message);
+    return CLI_EXIT_NOTIFY;
+  }
+  g_info("Identity verified (%s) against %s", ident_alg_to_string(alg), c->info_url);
+  /* 3. The certificate in the body. */
+  body = sipwire_msg_get_body(msg);
+  if (body == NULL || g_bytes_get_size(body) == 0)
+    return CLI_EXIT_OK;
+  ctype = sipwire_msg_get_first(msg, "Content-Type");
+  cte = sipwire_msg_get_first(msg, "Content-Transfer-Encoding");
+  if (!core_credbody_parse(ctype != NULL ? ctype : "", cte, g_bytes_get_data(body, NULL),
+                           g_bytes_get_size(body),
+                           want_key ? CORE_CREDBODY_PARSE_NONE : CORE_CREDBODY_PARSE_CERT_ONLY,
+                           &out->cert_der, want_key ? &out->pkcs8 : NULL, &error)) {
+    g_printerr("sipcred: NOTIFY rejected: body: %s\n", error->message);
+    return CLI_EXIT_NOTIFY;
+  }
+  g_autoptr(IdentCert) cert = ident_cert_new_from_data(g_bytes_get_data(out->cert_der, NULL),
+                                                       g_bytes_get_size(out->cert_der), &error);
+  if (cert == NULL ||
+      !ident_cert_check_user_profile(cert, c->aor, now, &error)) {
+    g_printerr("sipcred: NOTIFY rejected: the certificate of %s: %s\n", c->aor, error->message);
+    cli_notify_clear(out);
+    return CLI_EXIT_NOTIFY;
+  }
+  return CLI_EXIT_OK;
+}
+
+/* SUBSCRIBE to @event and the first NOTIFY of the dialog. */
+static int
+cli_client_subscribe(CliClient *c, const char *event, const char *accept, guint expires,
+                     const char *user, const char *password, GBytes **notify)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GPtrArray) notifies = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
+  g_autofree char *ev = g_strdup_printf("Event: %s", event);
+  g_autofree char *acc = g_strdup_printf("Accept: %s", accept);
+  g_autofree char *exp = g_strdup_printf("Expires: %u", expires);
+  g_autofree char *from = NULL;
+  const char *headers[] = {ev, acc, exp, NULL};
+  SipclientRequest req = {.method = "SUBSCRIBE", .uri = c->aor, .call_id = c->call_id,
+                          .from_tag = c->from_tag, .headers = headers, .user = user,
+                          .password = password};
+  g_autoptr(SipwireMsg) resp = NULL;
+
+  from = g_strdup(cli_client_opt.user != NULL ? cli_client_opt.user
+                                              : "sip:anonymous@anonymous.invalid");
+  req.from = from;
+  resp = sipclient_request(c->conn, &req, &c->cseq, notifies, c->deadline, &error);
+  if (resp == NULL)
+    return cli_client_fail("SUBSCRIBE", error);
+  if (sipwire_msg_get_status(resp) >= 300)
+    return cli_client_refused("SUBSCRIBE", resp);
+  {
+    const char *to = sipwire_msg_get_first(resp, "To");
+    g_autofree char *tag = to != NULL ? sipwire_param_get(to, "tag") : NULL;
+    c->to_tag = g_steal_pointer(&tag);
+  }
+  /* The NOTIFY may come before or after the 200. */
+  for (guint guard = 0; notifies->len == 0 && guard < 1000; guard++) {
+    g_autoptr(GBytes) raw = NULL;
+    g_autoptr(SipwireMsg) in = sipclient_conn_read(c->conn, c->deadline, &raw, &error);
+    if (in == NULL)
+      return cli_client_fail("waiting for the NOTIFY", error);
+    if (!sipwire_msg_is_request(in))
+      continue;
+    gboolean is_notify = g_strcmp0(sipwire_msg_get_method(in), "NOTIFY") == 0;
+    if (!sipclient_conn_answer(c->conn, in, is_notify ? 200 : 481, is_notify ? "OK" : "No",
+                               c->deadline, &error))
+      return cli_client_fail("NOTIFY", error);
+    if (is_notify && g_strcmp0(sipwire_msg_get_first(in, "Call-ID"), c->call_id) == 0)
+      g_ptr_array_add(notifies, g_steal_pointer(&raw));
+  }
+  if (notifies->len == 0)
+    return cli_failf("SUBSCRIBE", "no NOTIFY arrived");
+  *notify = g_bytes_ref(g_ptr_array_index(notifies, 0));
+  return CLI_EXIT_OK;
+}
+
+static gboolean
+cli_client_print_cert(GBytes *der, const char *der_file)
+{
+  gnutls_datum_t in = {(unsigned char *)g_bytes_get_data(der, NULL),
+                       (unsigned int)g_bytes_get_size(der)};
+  gnutls_datum_t pem = {NULL, 0};
+  gboolean ok;
+
+  if (der_file != NULL)
+    return cli_write_output(der_file, in.data, in.size);
+  if (gnutls_pem_base64_encode2("CERTIFICATE", &in, &pem) < 0) {
+    cli_fail("certificate", "cannot encode as PEM");
+    return FALSE;
+  }
+  ok = cli_write_output(NULL, pem.data, pem.size);
+  gnutls_free(pem.data);
+  return ok;
+}
+
+static int
+cli_client_fetch_run(char **args)
+{
+  g_auto(CliClient) c = {0};
+  g_autoptr(GBytes) raw = NULL;
+  g_auto(CliNotify) n = {0};
+  g_autoptr(GError) error = NULL;
+  int status;
+
+  status = cli_client_start(&c, args[0]);
+  if (status != CLI_EXIT_OK)
+    return status;
+  /* A one-shot fetch is an Expires: 0 SUBSCRIBE (RFC 6665 4.4.3); --watch
+   * asks for the whole --timeout so that no refresh is needed. */
+  status = cli_client_subscribe(&c, "certificate", "application/pkix-cert",
+                                cli_client_opt.watch ? (guint)cli_client_opt.timeout + 60 : 0,
+                                NULL, NULL, &raw);
+  if (status != CLI_EXIT_OK)
+    return status;
+  status = cli_client_check_notify(&c, raw, FALSE, &n);
+  if (status != CLI_EXIT_OK)
+    return status;
+  if (n.cert_der == NULL && !cli_client_opt.watch) {
+    g_printerr("sipcred: %s has no certificate\n", c.aor);
+    return CLI_EXIT_NONE;
+  }
+  if (n.cert_der != NULL && !cli_client_print_cert(n.cert_der, cli_client_opt.der))
+    return CLI_EXIT_FAIL;
+  if (n.cert_der != NULL)
+    g_printerr("sipcred: accepted the certificate of %s (Identity verified)\n", c.aor);
+  else
+    g_print("# %s has no certificate\n", c.aor);
+  fflush(stdout);
+  if (!cli_client_opt.watch)
+    return CLI_EXIT_OK;
+  /* --watch: every NOTIFY of the dialog until it ends or --timeout. */
+  for (guint guard = 0; !n.terminated && guard < 100000; guard++) {
+    g_autoptr(GBytes) next = NULL;
+    g_autoptr(SipwireMsg) in = sipclient_conn_read(c.conn, c.deadline, &next, &error);
+
+    if (in == NULL) {
+      if (g_error_matches(error, SIPCLIENT_ERROR, SIPCLIENT_ERROR_TIMEOUT))
+        return CLI_EXIT_OK;
+      return cli_client_fail("watching", error);
+    }
+    if (!sipwire_msg_is_request(in))
+      continue;
+    gboolean is_notify = g_strcmp0(sipwire_msg_get_method(in), "NOTIFY") == 0 &&
+                         g_strcmp0(sipwire_msg_get_first(in, "Call-ID"), c.call_id) == 0;
+    if (!sipclient_conn_answer(c.conn, in, is_notify ? 200 : 481, is_notify ? "OK" : "No",
+                               c.deadline, &error))
+      return cli_client_fail("NOTIFY", error);
+    if (!is_notify)
+      continue;
+    cli_notify_clear(&n);
+    status = cli_client_check_notify(&c, next, FALSE, &n);
+    if (status != CLI_EXIT_OK)
+      return status;
+    if (n.cert_der == NULL) {
+      g_print("# revoked: %s has no certificate\n", c.aor);
+    } else {
+      g_print("# changed: a new certificate of %s\n", c.aor);
+      if (!cli_client_print_cert(n.cert_der, cli_client_opt.der))
+        return CLI_EXIT_FAIL;
+    }
+    fflush(stdout);
+  }
+  return CLI_EXIT_OK;
+}
+
+static int
+cli_client_fetch(Cli *cli, char **args, guint n_args)
+{
+  int status = cli_client_fetch_run(args);
+
+  cli_client_opt_clear();
+  return status;
+}
+
+/* The digest username: the user part of the --user AOR. */
+static char *
+cli_client_username(const char *user_aor, GError **error)
+{
+  g_autofree char *canon = core_aor_canonicalize(user_aor, error);
+  return canon != NULL ? cli_aor_user(canon) : NULL;
+}
+
+/* Where the ETag of @aor's publication is kept. */
+static char *
+cli_client_etag_path(const char *aor)
+{
+  g_autofree char *name = NULL;
+
+  if (cli_client_opt.etag_file != NULL)
+    return g_strdup(cli_client_opt.etag_file);
+  name = g_strdup(aor);
+  g_strcanon(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_@", '_');
+  return g_build_filename(g_get_user_state_dir(), "sipcred", "etags", name, NULL);
+}
+
+static char *
+cli_client_etag_load(const char *path)
+{
+  g_autofree char *text = NULL;
+
+  if (!g_file_get_contents(path, &text, NULL, NULL))
+    return NULL;
+  g_strstrip(text);
+  return *text != '\0' ? g_steal_pointer(&text) : NULL;
+}
+
+static void
+cli_client_etag_save(const char *path, const char *etag)
+{
+  g_autofree char *dir = g_path_get_dirname(path);
+  g_autoptr(GError) error = NULL;
+  g_autofree char *line = g_strdup_printf("%s\n", etag);
+
+  if (g_mkdir_with_parents(dir, 0700) != 0 || !g_file_set_contents(path, line, -1, &error))
+    g_printerr("sipcred: warning: cannot keep the ETag in %s: %s\n", path,
+               error != NULL ? error->message : g_strerror(errno));
+}
+
+/* Encrypts an unencrypted PKCS#8 DER under @passphrase: PBES2 with
+ * PBKDF2-HMAC-SHA256 and AES-256-CBC. RFC 6072 10.5 names
+ * id-aes128-wrap-pad, which GnuTLS cannot write (nor read); CBC under PBES2
+ * is what GnuTLS, OpenSSL and NSS all read. */
+static GBytes *
+cli_client_encrypt_pkcs8(GBytes *plain, const char *passphrase, GError **error)
+{
+  gnutls_x509_privkey_t key = NULL;
+  gnutls_datum_t in = {(unsigned char *)g_bytes_get_data(plain, NULL),
+                       (unsigned int)g_bytes_get_size(plain)};
+  gnutls_datum_t out = {NULL, 0};
+  GBytes *result = NULL;
+  int rc;
+
+  if ((rc = gnutls_x509_privkey_init(&key)) < 0 ||
+      (rc = gnutls_x509_privkey_import_pkcs8(key, &in, GNUTLS_X509_FMT_DER, NULL,
+                                             GNUTLS_PKCS_PLAIN)) < 0 ||
+      (rc = gnutls_x509_privkey_export2_pkcs8(key, GNUTLS_X509_FMT_DER, passphrase,
+                                              GNUTLS_PKCS_PBES2_AES_256, &out)) < 0) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "cannot encrypt the key: %s",
+                gnutls_strerror(rc));
+  } else {
+    result = g_bytes_new(out.data, out.size);
+    gnutls_free(out.data);
+  }
+  if (key != NULL)
+    gnutls_x509_privkey_deinit(key);
+  return result;
+}
+
+/* PUBLISH on the connection with digest; revocation when @body is NULL. */
+static int
+cli_client_publish_send(CliClient *c, GBytes *body, const char *ctype, const char *password,
+                        const char *username)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *etag_path = cli_client_etag_path(c->aor);
+  g_autofree char *etag = cli_client_etag_load(etag_path);
+
+  for (guint attempt = 0; attempt < 2; attempt++) {
+    g_autofree char *if_match = etag != NULL ? g_strdup_printf("SIP-If-Match: %s", etag) : NULL;
+    g_autofree char *exp = NULL;
+    const char *headers[4] = {"Event: credential"};
+    guint nh = 1;
+    g_autoptr(SipwireMsg) resp = NULL;
+    g_autofree char *call_id = sipclient_token();
+    g_autofree char *from_tag = sipclient_token();
+    SipclientRequest req = {.method = "PUBLISH", .uri = c->aor, .from = c->aor,
+                            .call_id = call_id, .from_tag = from_tag, .headers = headers,
+                            .content_type = ctype, .body = body, .user = username,
+                            .password = password};
+
+    if (body == NULL)
+      exp = g_strdup("Expires: 0");
+    else if (cli_client_opt.expires >= 0)
+      exp = g_strdup_printf("Expires: %d", cli_client_opt.expires);
+    if (exp != NULL)
+      headers[nh++] = exp;
+    if (if_match != NULL)
+      headers[nh++] = if_match;
+    resp = sipclient_request(c->conn, &req, &c->cseq, NULL, c->deadline, &error);
+    if (resp == NULL)
+      return cli_client_fail("PUBLISH", error);
+    if (sipwire_msg_get_status(resp) == 412 && etag != NULL) {
+      /* Our ETag is stale (someone else published): start afresh. */
+      g_clear_pointer(&etag, g_free);
+      g_unlink(etag_path);
+      continue;
+    }
+    if (sipwire_msg_get_status(resp) >= 300)
+      return cli_client_refused("PUBLISH", resp);
+    if (body == NULL) {
+      g_unlink(etag_path);
+      g_print("revoked the credential of %s\n", c->aor);
+      return CLI_EXIT_OK;
+    }
+    const char *new_etag = sipwire_msg_get_first(resp, "SIP-ETag");
+    const char *granted = sipwire_msg_get_first(resp, "Expires");
+    if (new_etag != NULL)
+      cli_client_etag_save(etag_path, new_etag);
+    g_print("published the %s of %s (etag %s, expires %s)\n",
+            cli_client_opt.cert_only ? "certificate" : "credential", c->aor,
+            new_etag != NULL ? new_etag : "none", granted != NULL ? granted : "?");
+    return CLI_EXIT_OK;
+  }
+  return cli_failf("PUBLISH", "the server refused our ETag twice");
+}
+
+/* The digest credentials of --user and --password-file (or a prompt). */
+static int
+cli_client_credentials(CliClient *c, char **username, char **password)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *prompt = NULL;
+
+  if (cli_client_opt.user == NULL)
+    cli_client_opt.user = g_strdup(c->aor);
+  *username = cli_client_username(cli_client_opt.user, &error);
+  if (*username == NULL)
+    return cli_fail(cli_client_opt.user, error->message);
+  prompt = g_strdup_printf("Password for %s: ", cli_client_opt.user);
+  *password = cli_client_secret(cli_client_opt.password_file, prompt, &error);
+  if (*password == NULL)
+    return cli_fail("password", error->message);
+  return CLI_EXIT_OK;
+}
+
+static int
+cli_client_publish_run(char **args, gboolean revoke)
+{
+  g_auto(CliClient) c = {0};
+  g_autoptr(GError) error = NULL;
+  g_autoptr(CliSecret) password = NULL;
+  g_autofree char *username = NULL;
+  g_autoptr(IdentCert) cert = NULL;
+  g_autoptr(GBytes) pkcs8 = NULL;
+  g_autoptr(GBytes) encrypted = NULL;
+  g_autoptr(GBytes) body = NULL;
+  g_autofree char *ctype = NULL;
+  gint64 now = g_get_real_time() / G_USEC_PER_SEC;
+  int status;
+
+  if (!revoke && (cli_client_opt.cert == NULL) != (cli_client_opt.key == NULL) &&
+      !(cli_client_opt.cert != NULL && cli_client_opt.cert_only))
+    return cli_usage("publish: give --cert and --key together (or --cert with --cert-only)");
+  status = cli_client_start(&c, args[0]);
+  if (status != CLI_EXIT_OK)
+    return status;
+  status = cli_client_credentials(&c, &username, &password);
+  if (status != CLI_EXIT_OK)
+    return status;
+  if (revoke)
+    return cli_client_publish_send(&c, NULL, NULL, password, username);
+
+  if (cli_client_opt.cert != NULL) {
+    g_autoptr(GBytes) data = cli_read_file(cli_client_opt.cert, CLI_CERT_FILE_MAX, "certificate");
+    if (data == NULL)
+      return CLI_EXIT_FAIL;
+    cert = ident_cert_new_from_data(g_bytes_get_data(data, NULL), g_bytes_get_size(data), &error);
+    if (cert == NULL || !ident_cert_check_user_profile(cert, c.aor, now, &error))
+      return cli_fail(cli_client_opt.cert, error->message);
+    if (cli_client_opt.key != NULL) {
+      g_autoptr(GBytes) kd = cli_read_file(cli_client_opt.key, CLI_KEY_FILE_MAX, "private key");
+      if (kd == NULL)
+        return CLI_EXIT_FAIL;
+      pkcs8 = ident_cert_match_private_key(cert, g_bytes_get_data(kd, NULL),
+                                           g_bytes_get_size(kd), &error);
+      if (pkcs8 == NULL)
+        return cli_fail(cli_client_opt.key, error->message);
+    }
+  } else {
+    /* RFC 6072 10.6: our own key and self-signed certificate. */
+    cert = ident_cert_generate(c.aor, CLI_DEFAULT_BITS, CLI_DEFAULT_DAYS, now, &pkcs8, &error);
+    if (cert == NULL)
+      return cli_fail(c.aor, error->message);
+  }
+  if (!cli_client_opt.cert_only) {
+    g_autoptr(CliSecret) pass = NULL;
+    g_autofree char *scheme = NULL;
+
+    pass = cli_client_secret(cli_client_opt.passphrase_file, "Passphrase for the key: ", &error);
+    if (pass == NULL)
+      return cli_fail("passphrase", error->message);
+    if (*pass == '\0')
+      return cli_fail("passphrase", "empty: the key would be encrypted under nothing");
+    encrypted = cli_client_encrypt_pkcs8(pkcs8, pass, &error);
+    if (encrypted == NULL)
+      return cli_fail(c.aor, error->message);
+    g_autoptr(GBytes) checked = ident_pkcs8_check_encrypted(
+        g_bytes_get_data(encrypted, NULL), g_bytes_get_size(encrypted), &scheme, &error);
+    if (checked == NULL)
+      return cli_fail(c.aor, error->message);
+    g_info("key encrypted with %s", scheme);
+  }
+  body = core_credbody_build(ident_cert_get_der(cert), encrypted, &ctype);
+  return cli_client_publish_send(&c, body, ctype, password, username);
+}
+
+static int
+cli_client_publish(Cli *cli, char **args, guint n_args)
+{
+  int status = cli_client_publish_run(args, FALSE);
+
+  cli_client_opt_clear();
+  return status;
+}
+
+static int
+cli_client_revoke(Cli *cli, char **args, guint n_args)
+{
+  int status = cli_client_publish_run(args, TRUE);
+
+  cli_client_opt_clear();
+  return status;
+}
+
+/* Decrypts @enc and checks it is @cert's key; the unencrypted PKCS#8 DER. */
+static int
+cli_client_decrypt(GBytes *enc, const char *passphrase, GBytes *cert_der, GBytes **plain)
+{
+  g_autoptr(GError) error = NULL;
+  gnutls_x509_privkey_t key = NULL;
+  gnutls_datum_t in = {(unsigned char *)g_bytes_get_data(enc, NULL),
+                       (unsigned int)g_bytes_get_size(enc)};
+  gnutls_datum_t out = {NULL, 0};
+  int rc;
+
+  if (gnutls_x509_privkey_init(&key) < 0)
+    return cli_fail("private key", "GnuTLS");
+  rc = gnutls_x509_privkey_import_pkcs8(key, &in, GNUTLS_X509_FMT_DER, passphrase, 0);
+  if (rc == GNUTLS_E_DECRYPTION_FAILED) {
+    gnutls_x509_privkey_deinit(key);
+    g_printerr("sipcred: private key: wrong passphrase: the PKCS#8 does not decrypt with it "
+               "(the condition RFC 6072 7.10 answers with 437)\n");
+    return CLI_EXIT_PASSPHRASE;
+  }
+  if (rc < 0 || (rc = gnutls_x509_privkey_export2_pkcs8(key, GNUTLS_X509_FMT_DER, NULL,
+                                                        GNUTLS_PKCS_PLAIN, &out)) < 0) {
+    gnutls_x509_privkey_deinit(key);
+    return cli_failf("private key", "cannot read the PKCS#8: %s", gnutls_strerror(rc));
+  }
+  gnutls_x509_privkey_deinit(key);
+  g_autoptr(GBytes) dec = g_bytes_new(out.data, out.size);
+  explicit_bzero(out.data, out.size);
+  gnutls_free(out.data);
+  g_autoptr(IdentCert) cert = ident_cert_new_from_data(g_bytes_get_data(cert_der, NULL),
+                                                       g_bytes_get_size(cert_der), &error);
+  if (cert == NULL)
+    return cli_fail("certificate", error->message);
+  *plain = ident_cert_match_private_key(cert, g_bytes_get_data(dec, NULL), g_bytes_get_size(dec),
+                                        &error);
+  if (*plain == NULL)
+    return cli_failf("private key", "decrypted, but %s", error->message);
+  return CLI_EXIT_OK;
+}
+
+static int
+cli_client_retrieve_run(char **args)
+{
+  g_auto(CliClient) c = {0};
+  g_autoptr(GError) error = NULL;
+  g_autoptr(CliSecret) password = NULL;
+  g_autoptr(CliSecret) pass = NULL;
+  g_autofree char *username = NULL;
+  g_autoptr(GBytes) raw = NULL;
+  g_autoptr(GBytes) plain = NULL;
+  g_auto(CliNotify) n = {0};
+  int status;
+
+  status = cli_client_start(&c, args[0]);
+  if (status != CLI_EXIT_OK)
+    return status;
+  status = cli_client_credentials(&c, &username, &password);
+  if (status != CLI_EXIT_OK)
+    return status;
+  pass = cli_client_secret(cli_client_opt.passphrase_file, "Passphrase for the key: ", &error);
+  if (pass == NULL)
+    return cli_fail("passphrase", error->message);
+  status = cli_client_subscribe(&c, "credential",
+                                "multipart/mixed, application/pkix-cert, application/pkcs8", 0,
+                                username, password, &raw);
+  if (status != CLI_EXIT_OK)
+    return status;
+  status = cli_client_check_notify(&c, raw, TRUE, &n);
+  if (status != CLI_EXIT_OK)
+    return status;
+  if (n.cert_der == NULL) {
+    g_printerr("sipcred: %s has no credential\n", c.aor);
+    return CLI_EXIT_NONE;
+  }
+  if (n.pkcs8 == NULL) {
+    g_printerr("sipcred: %s: the server holds only the certificate, no private key\n", c.aor);
+    return CLI_EXIT_NONE;
+  }
+  status = cli_client_decrypt(n.pkcs8, pass, n.cert_der, &plain);
+  if (status != CLI_EXIT_OK)
+    return status;
+  if (cli_client_opt.key_out != NULL) {
+    gnutls_datum_t in = {(unsigned char *)g_bytes_get_data(plain, NULL),
+                         (unsigned int)g_bytes_get_size(plain)};
+    gnutls_datum_t pem = {NULL, 0};
+    int fd;
+
+    if (gnutls_pem_base64_encode2("PRIVATE KEY", &in, &pem) < 0)
+      return cli_fail("private key", "cannot encode as PEM");
+    fd = open(cli_client_opt.key_out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0 || write(fd, pem.data, pem.size) != (ssize_t)pem.size || close(fd) != 0) {
+      int saved = errno;
+      explicit_bzero(pem.data, pem.size);
+      gnutls_free(pem.data);
+      return cli_failf(cli_client_opt.key_out, "cannot write the key: %s", g_strerror(saved));
+    }
+    explicit_bzero(pem.data, pem.size);
+    gnutls_free(pem.data);
+  }
+  if (!cli_client_print_cert(n.cert_der, cli_client_opt.der))
+    return CLI_EXIT_FAIL;
+  g_printerr("sipcred: retrieved the credential of %s: Identity verified, private key "
+             "decrypted%s%s\n",
+             c.aor, cli_client_opt.key_out != NULL ? " and written to " : "",
+             cli_client_opt.key_out != NULL ? cli_client_opt.key_out : "");
+  return CLI_EXIT_OK;
+}
+
+static int
+cli_client_retrieve(Cli *cli, char **args, guint n_args)
+{
+  int status = cli_client_retrieve_run(args);
+
+  cli_client_opt_clear();
+  return status;
+}
+
+#define CLI_CLIENT_COMMON_ENTRIES                                                                  \
+  {"server", 0, 0, G_OPTION_ARG_STRING, &cli_client_opt.server,                                  \
+   "The server, HOST[:PORT] (default: _sips._tcp SRV of the AOR's domain, else the domain:5061)", \
+   "HOST[:PORT]"},                                                                                 \
+      {"ca", 0, 0, G_OPTION_ARG_FILENAME, &cli_client_opt.ca, "Trust anchors (PEM)", "FILE"},      \
+      {"crl", 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &cli_client_opt.crls,                            \
+       "A CRL (PEM or DER) signed by a trust anchor; repeatable", "FILE"},                        \
+      {"tls-name", 0, 0, G_OPTION_ARG_STRING, &cli_client_opt.tls_name,                           \
+       "The name the server certificate must carry (default: the AOR's domain)", "NAME"},         \
+      {"timeout", 0, 0, G_OPTION_ARG_INT, &cli_client_opt.timeout,                                 \
+       "Give up (with --watch: stop) after N seconds (default 30)", "N"},                          \
+      {"user", 0, 0, G_OPTION_ARG_STRING, &cli_client_opt.user,                                    \
+       "Digest user, as an AOR (default: the AOR)", "AOR"},                                        \
+  {                                                                                                \
+    "password-file", 0, 0, G_OPTION_ARG_FILENAME, &cli_client_opt.password_file,                   \
+        "Read the digest password from the first line of FILE (default: prompt)", "FILE"           \
+  }
+
+static const GOptionEntry cli_client_fetch_entries[] = {
+    CLI_CLIENT_COMMON_ENTRIES,
+    {"der", 0, 0, G_OPTION_ARG_FILENAME, &cli_client_opt.der,
+     "Write the certificate as DER to FILE (default: PEM on standard output)", "FILE"},
+    {"watch", 0, 0, G_OPTION_ARG_NONE, &cli_client_opt.watch,
+     "Stay subscribed and print every change, revocation included, until --timeout", NULL},
+    {NULL},
+};
+
+static const GOptionEntry cli_client_publish_entries[] = {
+    CLI_CLIENT_COMMON_ENTRIES,
+    {"cert", 0, 0, G_OPTION_ARG_FILENAME, &cli_client_opt.cert,
+     "Publish this certificate (default: generate a key and a self-signed one)", "FILE"},
+    {"key", 0, 0, G_OPTION_ARG_FILENAME, &cli_client_opt.key, "Its unencrypted private key",
+     "FILE"},
+    {"cert-only", 0, 0, G_OPTION_ARG_NONE, &cli_client_opt.cert_only,
+     "Publish the certificate without the encrypted key", NULL},
+    {"passphrase-file", 0, 0, G_OPTION_ARG_FILENAME, &cli_client_opt.passphrase_file,
+     "Encrypt the key with the first line of FILE (default: prompt)", "FILE"},
+    {"expires", 0, 0, G_OPTION_ARG_INT, &cli_client_opt.expires,
+     "Ask for this lifetime in seconds (default: the certificate's)", "N"},
+    {"etag-file", 0, 0, G_OPTION_ARG_FILENAME, &cli_client_opt.etag_file,
+     "Keep the SIP-ETag here (default: $XDG_STATE_HOME/sipcred/etags/AOR)", "FILE"},
+    {NULL},
+};
+
+static const GOptionEntry cli_client_revoke_entries[] = {
+    CLI_CLIENT_COMMON_ENTRIES,
+    {"etag-file", 0, 0, G_OPTION_ARG_FILENAME, &cli_client_opt.etag_file,
+     "The SIP-ETag of the publication (default: $XDG_STATE_HOME/sipcred/etags/AOR)", "FILE"},
+    {NULL},
+};
+
+static const GOptionEntry cli_client_retrieve_entries[] = {
+    CLI_CLIENT_COMMON_ENTRIES,
+    {"passphrase-file", 0, 0, G_OPTION_ARG_FILENAME, &cli_client_opt.passphrase_file,
+     "Decrypt the key with the first line of FILE (default: prompt)", "FILE"},
+    {"key-out", 0, 0, G_OPTION_ARG_FILENAME, &cli_client_opt.key_out,
+     "Write the decrypted key (PKCS#8 PEM, mode 0600) to FILE", "FILE"},
+    {"der", 0, 0, G_OPTION_ARG_FILENAME, &cli_client_opt.der,
+     "Write the certificate as DER to FILE (default: PEM on standard output)", "FILE"},
+    {NULL},
+};
+
 /* ---- commands ---- */
 
 static const GOptionEntry cli_user_add_entries[] = {
@@ -1477,6 +2394,24 @@ static const CliCommand cli_commands[] = {
      "Record a certificate of the test CA as revoked", cli_ca_revoke_entries, cli_ca_revoke},
     {"ca", "crl", "", 0, 0, "--ca DIR [--days N]", "Write the test CA's CRL (ca.crl, ca.crl.der)",
      cli_ca_crl_entries, cli_ca_crl},
+    {NULL, "fetch", "AOR", 1, 1,
+     "AOR --ca FILE [--server HOST[:PORT]] [--crl FILE] [--der FILE] [--watch] [--timeout N]",
+     "Subscribe to AOR's certificate; accept it after RFC 6072 10.3 (From, Identity, validity)",
+     cli_client_fetch_entries, cli_client_fetch},
+    {NULL, "publish", "AOR", 1, 1,
+     "AOR --ca FILE [--server HOST[:PORT]] [--user AOR] [--password-file FILE] [--cert FILE "
+     "--key FILE] [--cert-only] [--passphrase-file FILE]",
+     "PUBLISH AOR's certificate and passphrase-encrypted key (generated unless given)",
+     cli_client_publish_entries, cli_client_publish},
+    {NULL, "revoke", "AOR", 1, 1,
+     "AOR --ca FILE [--server HOST[:PORT]] [--user AOR] [--password-file FILE]",
+     "Remove AOR's published credential (PUBLISH with Expires: 0)", cli_client_revoke_entries,
+     cli_client_revoke},
+    {NULL, "retrieve", "AOR", 1, 1,
+     "AOR --ca FILE [--server HOST[:PORT]] [--user AOR] [--password-file FILE] "
+     "[--passphrase-file FILE] [--key-out FILE]",
+     "Subscribe to AOR's credential and decrypt its private key with the passphrase",
+     cli_client_retrieve_entries, cli_client_retrieve},
 };
 
 static char *

@@ -6,7 +6,8 @@ second device retrieves and decrypts the key (a wrong passphrase is refused with
 status), and a revocation reaches `fetch --watch`. A relay that terminates TLS with the
 domain certificate (so the server check passes) changes one byte of the certificate in the
 NOTIFY, and fetch refuses it. Server verification failures: a wrong --tls-name and an
-unrelated CA each give their own exit status."""
+unrelated CA each give their own exit status; a host certificate from `sipcred ca` passes, and
+fails with its own status once the CA's CRL revokes it."""
 
 import os
 import select
@@ -26,7 +27,8 @@ BOB = 'sip:bob@example.com'
 BOB_PW = 'bob-client-secret'
 PASSPHRASE = 'correct horse battery staple'
 
-EXIT_TLS_NAME, EXIT_TLS_TRUST, EXIT_NOTIFY, EXIT_PASSPHRASE = 4, 5, 8, 10
+EXIT_TLS_NAME, EXIT_TLS_TRUST, EXIT_TLS_REVOKED = 4, 5, 7
+EXIT_NOTIFY, EXIT_PASSPHRASE = 8, 10
 
 
 def write(dep, name, text):
@@ -244,5 +246,41 @@ def main(tap):
                'fetch after the revocation: no certificate, status 11 (%s)' % rc)
 
 
+def revoked_server(tap):
+    """sec-flows 7 tests 6 and 11 with a host certificate from `sipcred ca`: accepted
+    without the CRL, refused with its own status once the CA's CRL lists it."""
+    with h.Deployment(tap, users=(ALICE,)) as dep:
+        cadir = os.path.join(dep.dir, 'testca')
+        sipcred = h.binary('sipcred')
+        for args in (['ca', 'init', cadir],
+                     ['ca', 'issue', 'host', dep.domain, '--ca', cadir, '--out', dep.dir,
+                      '--force']):
+            rc, out = h.run([sipcred] + args, timeout=120)
+            if rc != 0:
+                raise RuntimeError('sipcred %s failed:\n%s' % (' '.join(args), out))
+        dep.import_certs()
+        dep.start()
+        argv = [sipcred, 'fetch', ALICE, '--server', '%s:%d' % (h.HOST, dep.port), '--ca',
+                os.path.join(cadir, 'ca.pem')]
+        rc, out = h.run(argv)
+        tap.ok(rc == 0, 'a host certificate from sipcred ca passes server verification (%s)'
+               % rc)
+        if rc != 0:
+            tap.diag(out)
+        h.run([sipcred, 'ca', 'revoke', dep.domain, '--ca', cadir])
+        h.run([sipcred, 'ca', 'crl', '--ca', cadir])
+        rc, out = h.run(argv + ['--crl', os.path.join(cadir, 'ca.crl')])
+        tap.ok(rc == EXIT_TLS_REVOKED and 'revoked' in out,
+               'once the CA revokes it, --crl makes the server fail: status %d (%s)'
+               % (EXIT_TLS_REVOKED, rc))
+        if rc != EXIT_TLS_REVOKED:
+            tap.diag(out)
+
+
+def all_parts(tap):
+    main(tap)
+    revoked_server(tap)
+
+
 if __name__ == '__main__':
-    h.run_tap(main)
+    h.run_tap(all_parts)

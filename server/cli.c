@@ -1342,15 +1342,15 @@ cli_ca_crl(Cli *cli, char **args, guint n_args)
 /* ---- client: fetch, publish, revoke, retrieve (RFC 6072 sections 4, 5, 10.3) ---- */
 
 /* Exit statuses of the client commands beyond 0-2 (sipcred(1) EXIT STATUS). */
-#define CLI_EXIT_NETWORK 3    /* cannot connect, TLS failed, timed out, protocol */
-#define CLI_EXIT_TLS_NAME 4   /* server certificate does not name the server (sec-flows 7 test 8) */
-#define CLI_EXIT_TLS_TRUST 5  /* chain does not end at a --ca anchor (test 9) */
-#define CLI_EXIT_TLS_TIME 6   /* server certificate outside its validity (test 10) */
+#define CLI_EXIT_NETWORK 3     /* cannot connect, TLS failed, timed out, protocol */
+#define CLI_EXIT_TLS_NAME 4    /* server certificate does not name the server (test 8) */
+#define CLI_EXIT_TLS_TRUST 5   /* chain does not end at a --ca anchor (test 9) */
+#define CLI_EXIT_TLS_TIME 6    /* server certificate outside its validity (test 10) */
 #define CLI_EXIT_TLS_REVOKED 7 /* server certificate revoked under --crl (test 11) */
-#define CLI_EXIT_NOTIFY 8     /* a NOTIFY failed RFC 6072 10.3 (From, Identity, certificate) */
-#define CLI_EXIT_REFUSED 9    /* the server refused the request (digest, 4xx, 5xx) */
+#define CLI_EXIT_NOTIFY 8      /* a NOTIFY failed RFC 6072 10.3 (From, Identity, certificate) */
+#define CLI_EXIT_REFUSED 9     /* the server refused the request (digest, 4xx, 5xx) */
 #define CLI_EXIT_PASSPHRASE 10 /* the PKCS#8 does not decrypt with the passphrase */
-#define CLI_EXIT_NONE 11      /* the AOR has no certificate (empty NOTIFY) */
+#define CLI_EXIT_NONE 11       /* the AOR has no certificate (empty NOTIFY) */
 
 #define CLI_CLIENT_MAX_DER (64 * 1024)
 #define CLI_CLIENT_IDENTITY_WINDOW 600
@@ -1535,8 +1535,8 @@ cli_client_start(CliClient *c, const char *arg)
   at = strrchr(c->aor, '@');
   c->domain = g_strdup(at != NULL ? at + 1 : c->aor + 4);
   c->deadline = g_get_monotonic_time() + (gint64)cli_client_opt.timeout * G_USEC_PER_SEC;
-  c->trust = sipclient_trust_new(cli_client_opt.ca, (const char *const *)cli_client_opt.crls,
-                                 &error);
+  c->trust =
+      sipclient_trust_new(cli_client_opt.ca, (const char *const *)cli_client_opt.crls, &error);
   if (c->trust == NULL)
     return cli_client_fail("trust anchors", error);
   if (cli_client_opt.server != NULL) {
@@ -1639,8 +1639,8 @@ cli_client_check_notify(CliClient *c, GBytes *raw, gboolean want_key, CliNotify 
     return CLI_EXIT_NOTIFY;
   }
   if (c->info_url == NULL || !g_str_equal(c->info_url, url)) {
-    g_autoptr(GBytes) der = sipclient_https_get(url, from_host, c->trust, CLI_CLIENT_MAX_DER,
-                                                c->deadline, &error);
+    g_autoptr(GBytes) der =
+        sipclient_https_get(url, from_host, c->trust, CLI_CLIENT_MAX_DER, c->deadline, &error);
     if (der == NULL)
       return cli_client_fail("Identity-Info", error);
     GBytes *chain[1] = {der};
@@ -1676,8 +1676,7 @@ cli_client_check_notify(CliClient *c, GBytes *raw, gboolean want_key, CliNotify 
   }
   g_autoptr(IdentCert) cert = ident_cert_new_from_data(g_bytes_get_data(out->cert_der, NULL),
                                                        g_bytes_get_size(out->cert_der), &error);
-  if (cert == NULL ||
-      !ident_cert_check_user_profile(cert, c->aor, now, &error)) {
+  if (cert == NULL || !ident_cert_check_user_profile(cert, c->aor, now, &error)) {
     g_printerr("sipcred: NOTIFY rejected: the certificate of %s: %s\n", c->aor, error->message);
     cli_notify_clear(out);
     return CLI_EXIT_NOTIFY;
@@ -1697,8 +1696,12 @@ cli_client_subscribe(CliClient *c, const char *event, const char *accept, guint 
   g_autofree char *exp = g_strdup_printf("Expires: %u", expires);
   g_autofree char *from = NULL;
   const char *headers[] = {ev, acc, exp, NULL};
-  SipclientRequest req = {.method = "SUBSCRIBE", .uri = c->aor, .call_id = c->call_id,
-                          .from_tag = c->from_tag, .headers = headers, .user = user,
+  SipclientRequest req = {.method = "SUBSCRIBE",
+                          .uri = c->aor,
+                          .call_id = c->call_id,
+                          .from_tag = c->from_tag,
+                          .headers = headers,
+                          .user = user,
                           .password = password};
   g_autoptr(SipwireMsg) resp = NULL;
 
@@ -1925,9 +1928,15 @@ cli_client_publish_send(CliClient *c, GBytes *body, const char *ctype, const cha
     g_autoptr(SipwireMsg) resp = NULL;
     g_autofree char *call_id = sipclient_token();
     g_autofree char *from_tag = sipclient_token();
-    SipclientRequest req = {.method = "PUBLISH", .uri = c->aor, .from = c->aor,
-                            .call_id = call_id, .from_tag = from_tag, .headers = headers,
-                            .content_type = ctype, .body = body, .user = username,
+    SipclientRequest req = {.method = "PUBLISH",
+                            .uri = c->aor,
+                            .from = c->aor,
+                            .call_id = call_id,
+                            .from_tag = from_tag,
+                            .headers = headers,
+                            .content_type = ctype,
+                            .body = body,
+                            .user = username,
                             .password = password};
 
     if (body == NULL)
@@ -2023,8 +2032,8 @@ cli_client_publish_run(char **args, gboolean revoke)
       g_autoptr(GBytes) kd = cli_read_file(cli_client_opt.key, CLI_KEY_FILE_MAX, "private key");
       if (kd == NULL)
         return CLI_EXIT_FAIL;
-      pkcs8 = ident_cert_match_private_key(cert, g_bytes_get_data(kd, NULL),
-                                           g_bytes_get_size(kd), &error);
+      pkcs8 = ident_cert_match_private_key(cert, g_bytes_get_data(kd, NULL), g_bytes_get_size(kd),
+                                           &error);
       if (pkcs8 == NULL)
         return cli_fail(cli_client_opt.key, error->message);
     }
@@ -2191,23 +2200,25 @@ cli_client_retrieve(Cli *cli, char **args, guint n_args)
   return status;
 }
 
-#define CLI_CLIENT_COMMON_ENTRIES                                                                  \
-  {"server", 0, 0, G_OPTION_ARG_STRING, &cli_client_opt.server,                                  \
-   "The server, HOST[:PORT] (default: _sips._tcp SRV of the AOR's domain, else the domain:5061)", \
-   "HOST[:PORT]"},                                                                                 \
-      {"ca", 0, 0, G_OPTION_ARG_FILENAME, &cli_client_opt.ca, "Trust anchors (PEM)", "FILE"},      \
-      {"crl", 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &cli_client_opt.crls,                            \
-       "A CRL (PEM or DER) signed by a trust anchor; repeatable", "FILE"},                        \
-      {"tls-name", 0, 0, G_OPTION_ARG_STRING, &cli_client_opt.tls_name,                           \
-       "The name the server certificate must carry (default: the AOR's domain)", "NAME"},         \
-      {"timeout", 0, 0, G_OPTION_ARG_INT, &cli_client_opt.timeout,                                 \
-       "Give up (with --watch: stop) after N seconds (default 30)", "N"},                          \
-      {"user", 0, 0, G_OPTION_ARG_STRING, &cli_client_opt.user,                                    \
-       "Digest user, as an AOR (default: the AOR)", "AOR"},                                        \
-  {                                                                                                \
-    "password-file", 0, 0, G_OPTION_ARG_FILENAME, &cli_client_opt.password_file,                   \
-        "Read the digest password from the first line of FILE (default: prompt)", "FILE"           \
-  }
+/* The options of every client command (cli_run() takes one entry array per
+ * command, so each array starts with these). */
+/* clang-format off */
+#define CLI_CLIENT_COMMON_ENTRIES                                                                 \
+  {"server", 0, 0, G_OPTION_ARG_STRING, &cli_client_opt.server,                                   \
+   "The server, HOST[:PORT] (default: _sips._tcp SRV of the AOR's domain, else the domain:5061)",  \
+   "HOST[:PORT]"},                                                                                \
+  {"ca", 0, 0, G_OPTION_ARG_FILENAME, &cli_client_opt.ca, "Trust anchors (PEM)", "FILE"},         \
+  {"crl", 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &cli_client_opt.crls,                                \
+   "A CRL (PEM or DER) signed by a trust anchor; repeatable", "FILE"},                            \
+  {"tls-name", 0, 0, G_OPTION_ARG_STRING, &cli_client_opt.tls_name,                               \
+   "The name the server certificate must carry (default: the AOR's domain)", "NAME"},             \
+  {"timeout", 0, 0, G_OPTION_ARG_INT, &cli_client_opt.timeout,                                    \
+   "Give up (with --watch: stop) after N seconds (default 30)", "N"},                             \
+  {"user", 0, 0, G_OPTION_ARG_STRING, &cli_client_opt.user,                                       \
+   "Digest user, as an AOR (default: the AOR)", "AOR"},                                           \
+  {"password-file", 0, 0, G_OPTION_ARG_FILENAME, &cli_client_opt.password_file,                   \
+   "Read the digest password from the first line of FILE (default: prompt)", "FILE"}
+/* clang-format on */
 
 static const GOptionEntry cli_client_fetch_entries[] = {
     CLI_CLIENT_COMMON_ENTRIES,

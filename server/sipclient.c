@@ -22,7 +22,7 @@
 #define SIPCLIENT_MAX_CHAIN 16
 #define SIPCLIENT_MAX_TRUST_FILE (4 * 1024 * 1024)
 
-G_DEFINE_QUARK(sipclient-error-quark, sipclient_error)
+G_DEFINE_QUARK(sipclient - error - quark, sipclient_error)
 
 /* ---- trust ---- */
 
@@ -88,11 +88,12 @@ sipclient_trust_new(const char *ca_file, const char *const *crl_files, GError **
     if (!sipclient_read_small(crl_files[i], &crl, &crl_len, error))
       return NULL;
     gnutls_datum_t d = {(unsigned char *)crl, (unsigned int)crl_len};
-    gnutls_x509_crt_fmt_t fmt =
-        g_strstr_len(crl, (gssize)crl_len, "-----BEGIN") ? GNUTLS_X509_FMT_PEM : GNUTLS_X509_FMT_DER;
+    gnutls_x509_crt_fmt_t fmt = g_strstr_len(crl, (gssize)crl_len, "-----BEGIN")
+                                    ? GNUTLS_X509_FMT_PEM
+                                    : GNUTLS_X509_FMT_DER;
     /* Only CRLs a trust anchor signed are kept (GNUTLS_TL_VERIFY_CRL). */
-    ret = gnutls_x509_trust_list_add_trust_mem(trust->list, NULL, &d, fmt, GNUTLS_TL_VERIFY_CRL,
-                                               0);
+    ret =
+        gnutls_x509_trust_list_add_trust_mem(trust->list, NULL, &d, fmt, GNUTLS_TL_VERIFY_CRL, 0);
     if (ret <= 0) {
       g_set_error(error, SIPCLIENT_ERROR, SIPCLIENT_ERROR_FILE,
                   "%s: no CRL signed by a trust anchor of %s (%s)", crl_files[i], ca_file,
@@ -193,10 +194,10 @@ sipclient_trust_verify(SipclientTrust *trust, GBytes *const *chain, guint n, con
   }
   /* Times are checked below against @now, so that each failure gets its
    * own error and tests can choose the clock. */
-  ret = gnutls_x509_trust_list_verify_crt2(
-      trust->list, crts, n, NULL, 0,
-      GNUTLS_VERIFY_DISABLE_TIME_CHECKS | GNUTLS_VERIFY_DISABLE_TRUSTED_TIME_CHECKS, &status,
-      NULL);
+  ret = gnutls_x509_trust_list_verify_crt2(trust->list, crts, n, NULL, 0,
+                                           GNUTLS_VERIFY_DISABLE_TIME_CHECKS |
+                                               GNUTLS_VERIFY_DISABLE_TRUSTED_TIME_CHECKS,
+                                           &status, NULL);
   if (ret < 0) {
     g_set_error(error, SIPCLIENT_ERROR, SIPCLIENT_ERROR_UNTRUSTED, "chain verification: %s",
                 gnutls_strerror(ret));
@@ -378,8 +379,8 @@ sipclient_is_ip(const char *name)
 
 /* TLS on a non-blocking socket, every wait through poll() with the deadline. */
 static gboolean
-sipclient_tls_start(SipclientConn *conn, const char *name, SipclientTrust *trust,
-                    gint64 deadline, GError **error)
+sipclient_tls_start(SipclientConn *conn, const char *name, SipclientTrust *trust, gint64 deadline,
+                    GError **error)
 {
   const gnutls_datum_t *peers;
   unsigned int n_peers = 0;
@@ -558,8 +559,8 @@ sipclient_conn_answer(SipclientConn *conn, const SipwireMsg *request, guint stat
 
   if (resp == NULL)
     return TRUE; /* nothing a response could be built from: let it time out */
-  return sipclient_conn_send(conn, g_bytes_get_data(resp, NULL), g_bytes_get_size(resp),
-                             deadline, error);
+  return sipclient_conn_send(conn, g_bytes_get_data(resp, NULL), g_bytes_get_size(resp), deadline,
+                             error);
 }
 
 /* ---- digest ---- */
@@ -706,8 +707,8 @@ sipclient_request_build(SipclientConn *conn, const SipclientRequest *req, guint3
   gsize body_len = req->body != NULL ? g_bytes_get_size(req->body) : 0;
 
   g_string_append_printf(s, "%s %s SIP/2.0\r\n", req->method, req->uri);
-  g_string_append_printf(s, "Via: SIP/2.0/TLS %s:%u;branch=z9hG4bK%s;rport\r\n",
-                         conn->local_host, conn->local_port, branch);
+  g_string_append_printf(s, "Via: SIP/2.0/TLS %s:%u;branch=z9hG4bK%s;rport\r\n", conn->local_host,
+                         conn->local_port, branch);
   g_string_append(s, "Max-Forwards: 70\r\n");
   g_string_append_printf(s, "From: <%s>;tag=%s\r\n", req->from, req->from_tag);
   g_string_append_printf(s, "To: <%s>%s%s\r\n", req->uri, req->to_tag ? ";tag=" : "",
@@ -716,7 +717,8 @@ sipclient_request_build(SipclientConn *conn, const SipclientRequest *req, guint3
   g_string_append_printf(s, "CSeq: %u %s\r\n", cseq, req->method);
   g_string_append_printf(s, "Contact: <sip:%s:%u;transport=tls>\r\n", conn->local_host,
                          conn->local_port);
-  g_string_append(s, "User-Agent: sipcred/" "client\r\n");
+  g_string_append(s, "User-Agent: sipcred/"
+                     "client\r\n");
   for (guint i = 0; req->headers != NULL && req->headers[i] != NULL; i++)
     g_string_append_printf(s, "%s\r\n", req->headers[i]);
   if (authorization != NULL)

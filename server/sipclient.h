@@ -91,11 +91,11 @@ typedef struct {
   const char *from; /* From URI */
   const char *call_id;
   const char *from_tag;
-  const char *to_tag;          /* NULL outside a dialog */
-  const char *const *headers;  /* extra "Name: value" lines, NULL-terminated, or NULL */
-  const char *content_type;    /* NULL without body */
-  GBytes *body;                /* NULL or empty: no body */
-  const char *user;            /* digest username, NULL: do not answer a 401 */
+  const char *to_tag;         /* NULL outside a dialog */
+  const char *const *headers; /* extra "Name: value" lines, NULL-terminated, or NULL */
+  const char *content_type;   /* NULL without body */
+  GBytes *body;               /* NULL or empty: no body */
+  const char *user;           /* digest username, NULL: do not answer a 401 */
   const char *password;
 } SipclientRequest;
 
@@ -114,9 +114,9 @@ gboolean sipclient_conn_answer(SipclientConn *conn, const SipwireMsg *request, g
 /* The Authorization value answering the WWW-Authenticate @challenges
  * (SHA-256 taken first, then MD5; qop must offer auth) for @method and
  * @uri, nonce count @nc. SIPCLIENT_ERROR_AUTH when none is usable. */
-char *sipclient_digest_authorization(GPtrArray *challenges, const char *user,
-                                     const char *password, const char *method, const char *uri,
-                                     guint nc, GError **error);
+char *sipclient_digest_authorization(GPtrArray *challenges, const char *user, const char *password,
+                                     const char *method, const char *uri, guint nc,
+                                     GError **error);
 
 /* A fresh random token for tags, Call-IDs and branches. */
 char *sipclient_token(void);

@@ -185,9 +185,13 @@ static void
 test_validity(Fixture *f, gconstpointer data)
 {
   gint64 now = now_s();
-  TestCertSpec s1 = {.dns = dns_example, .issuer = f->ca, .not_before = now - 86400 * 10,
+  TestCertSpec s1 = {.dns = dns_example,
+                     .issuer = f->ca,
+                     .not_before = now - 86400 * 10,
                      .not_after = now - 86400};
-  TestCertSpec s2 = {.dns = dns_example, .issuer = f->ca, .not_before = now + 86400,
+  TestCertSpec s2 = {.dns = dns_example,
+                     .issuer = f->ca,
+                     .not_before = now + 86400,
                      .not_after = now + 86400 * 10};
   TestCertSpec s3 = {.dns = dns_example, .issuer = f->ca};
   g_autoptr(TestCert) expired = test_cert_new(&s1);
@@ -272,31 +276,30 @@ test_digest(void)
   /* MD5 first in the list: the client must still pick SHA-256. */
   for (gint i = (gint)g_strv_length(ch) - 1; i >= 0; i--)
     g_ptr_array_add(values, ch[i]);
-  auth = sipclient_digest_authorization(values, "bob", "s3cret", "PUBLISH",
-                                        "sip:bob@example.com", 1, &error);
+  auth = sipclient_digest_authorization(values, "bob", "s3cret", "PUBLISH", "sip:bob@example.com",
+                                        1, &error);
   g_assert_no_error(error);
   g_assert_true(core_digest_parse(auth, &creds, &error));
-  g_assert_cmpint(core_digest_credentials_get_algorithm(creds), ==,
-                  CORE_DIGEST_ALGORITHM_SHA256);
+  g_assert_cmpint(core_digest_credentials_get_algorithm(creds), ==, CORE_DIGEST_ALGORITHM_SHA256);
   ha1 = core_digest_ha1(CORE_DIGEST_ALGORITHM_SHA256, "bob", "example.com", "s3cret");
-  g_assert_cmpint(core_digest_check(digest, creds, "PUBLISH", "sip:bob@example.com", ha1, now,
-                                    &error),
-                  ==, CORE_DIGEST_RESULT_OK);
+  g_assert_cmpint(
+      core_digest_check(digest, creds, "PUBLISH", "sip:bob@example.com", ha1, now, &error), ==,
+      CORE_DIGEST_RESULT_OK);
   g_assert_no_error(error);
 
-  bad = sipclient_digest_authorization(values, "bob", "wrong", "PUBLISH", "sip:bob@example.com",
-                                       2, &error);
+  bad = sipclient_digest_authorization(values, "bob", "wrong", "PUBLISH", "sip:bob@example.com", 2,
+                                       &error);
   g_assert_true(core_digest_parse(bad, &bad_creds, &error));
-  g_assert_cmpint(core_digest_check(digest, bad_creds, "PUBLISH", "sip:bob@example.com", ha1,
-                                    now, NULL),
-                  ==, CORE_DIGEST_RESULT_BAD);
+  g_assert_cmpint(
+      core_digest_check(digest, bad_creds, "PUBLISH", "sip:bob@example.com", ha1, now, NULL), ==,
+      CORE_DIGEST_RESULT_BAD);
 
   /* Nothing usable: a Basic challenge, or digest without qop=auth. */
   g_autoptr(GPtrArray) unusable = g_ptr_array_new();
   g_ptr_array_add(unusable, (gpointer) "Basic realm=\"x\"");
   g_ptr_array_add(unusable, (gpointer) "Digest realm=\"x\", nonce=\"n\", algorithm=MD5");
-  g_assert_null(sipclient_digest_authorization(unusable, "bob", "pw", "PUBLISH", "sip:x", 1,
-                                               &error));
+  g_assert_null(
+      sipclient_digest_authorization(unusable, "bob", "pw", "PUBLISH", "sip:x", 1, &error));
   g_assert_error(error, SIPCLIENT_ERROR, SIPCLIENT_ERROR_AUTH);
 }
 

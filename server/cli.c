@@ -48,7 +48,13 @@ static const char cli_exit_text[] =
     "     certificate, key or file was refused or not found; the message on\n"
     "     standard error names it\n"
     "  2  usage error: unknown command or option, wrong number of arguments,\n"
-    "     or an option value out of range";
+    "     or an option value out of range\n"
+    "The client commands (fetch, publish, revoke, retrieve) also exit with:\n"
+    "  3  no connection, TLS failure or timeout    4  server name mismatch\n"
+    "  5  server chain not trusted (--ca)          6  server certificate not valid now\n"
+    "  7  server certificate revoked (--crl)       8  NOTIFY failed the RFC 6072 10.3 checks\n"
+    "  9  refused by the server                    10 wrong PKCS#8 passphrase\n"
+    "  11 the AOR has no certificate";
 
 /* The options every command takes, before or after the command. */
 typedef struct {

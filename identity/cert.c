@@ -445,6 +445,27 @@ ident_cert_dup_subject(IdentCert *cert)
   return ident_dn_to_string(gnutls_x509_crt_get_dn3(cert->crt, &dn, 0), &dn);
 }
 
+gboolean
+ident_cert_is_self_signed(IdentCert *cert)
+{
+  unsigned int status = 0;
+
+  g_return_val_if_fail(cert != NULL, FALSE);
+  if (!gnutls_x509_crt_check_issuer(cert->crt, cert->crt))
+    return FALSE;
+  /* A user certificate is no CA: allow it to sign itself once, and leave
+   * validity to the caller. DO_NOT_ALLOW_SAME makes GnuTLS check the
+   * signature instead of trusting a certificate found in the anchor list. */
+  if (gnutls_x509_crt_verify(cert->crt, &cert->crt, 1,
+                             GNUTLS_VERIFY_DISABLE_CA_SIGN | GNUTLS_VERIFY_DO_NOT_ALLOW_SAME |
+                                 GNUTLS_VERIFY_DISABLE_TIME_CHECKS |
+                                 GNUTLS_VERIFY_DISABLE_TRUSTED_TIME_CHECKS |
+                                 GNUTLS_VERIFY_ALLOW_SIGN_WITH_SHA1,
+                             &status) < 0)
+    return FALSE;
+  return status == 0;
+}
+
 char *
 ident_cert_dup_issuer(IdentCert *cert)
 {

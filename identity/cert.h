@@ -39,6 +39,12 @@ gint64 ident_cert_get_not_after(IdentCert *cert);
 gboolean ident_cert_check_user_profile(IdentCert *cert, const char *aor, gint64 now,
                                        GError **error);
 
+/* TRUE when @cert is self-issued (issuer DN = subject DN) and its
+ * signature verifies with its own public key: what RFC 6072 user agents
+ * generate (10.6), trusted only through the Identity of the NOTIFY that
+ * carried it, never through a CA. */
+gboolean ident_cert_is_self_signed(IdentCert *cert);
+
 /* The checks of RFC 6072 section 7.9 on a published certificate: notBefore
  * not after @now, notAfter after @now, and cA FALSE when basicConstraints
  * are present. The subjectAltName is deliberately not checked (7.9). Error

@@ -25,6 +25,7 @@
 #include "identity/sign.h"
 #include "server/config.h"
 #include "server/sipclient.h"
+#include "server/sipdns.h"
 #include "core/credbody.h"
 #include <gnutls/x509.h>
 #include "sipcred-config.h"
@@ -54,7 +55,10 @@ static const char cli_exit_text[] =
     "  5  server chain not trusted (--ca)          6  server certificate not valid now\n"
     "  7  server certificate revoked (--crl)       8  NOTIFY failed the RFC 6072 10.3 checks\n"
     "  9  refused by the server                    10 wrong PKCS#8 passphrase\n"
-    "  11 the AOR has no certificate";
+    "  11 the AOR has no certificate\n"
+    "fetch and retrieve check the AOR's certificate too (sec-flows 7 tests 2-5):\n"
+    "  12 it does not name the AOR, or is a CA    13 CA-issued, chain not trusted (--ca)\n"
+    "  14 it is not valid now                     15 it is revoked (--crl)";
 
 /* The options every command takes, before or after the command. */
 typedef struct {
@@ -1357,9 +1361,15 @@ cli_ca_crl(Cli *cli, char **args, guint n_args)
 #define CLI_EXIT_REFUSED 9     /* the server refused the request (digest, 4xx, 5xx) */
 #define CLI_EXIT_PASSPHRASE 10 /* the PKCS#8 does not decrypt with the passphrase */
 #define CLI_EXIT_NONE 11       /* the AOR has no certificate (empty NOTIFY) */
+/* The AOR's own certificate (sec-flows 7, S/MIME tests 2-5). */
+#define CLI_EXIT_CERT_PROFILE 12 /* no subjectAltName URI of the AOR, or a CA (test 2) */
+#define CLI_EXIT_CERT_TRUST 13   /* CA-issued but not chaining to a --ca anchor (test 3) */
+#define CLI_EXIT_CERT_TIME 14    /* outside notBefore..notAfter (test 4) */
+#define CLI_EXIT_CERT_REVOKED 15 /* revoked under --crl, or its issuer is (test 5) */
 
 #define CLI_CLIENT_MAX_DER (64 * 1024)
 #define CLI_CLIENT_IDENTITY_WINDOW 600
+#define CLI_CLIENT_CACHE_LIFETIME 86400
 
 static struct {
   char *server;
@@ -1378,7 +1388,10 @@ static struct {
   char *etag_file;
   char *key_out;
   int expires;
-} cli_client_opt = {.timeout = 30, .expires = -1};
+  gboolean require_ca;
+  int cache_lifetime;
+  char *resolver;
+} cli_client_opt = {.timeout = 30, .expires = -1, .cache_lifetime = CLI_CLIENT_CACHE_LIFETIME};
 
 static void
 cli_client_opt_clear(void)
@@ -1395,6 +1408,9 @@ cli_client_opt_clear(void)
   g_clear_pointer(&cli_client_opt.key, g_free);
   g_clear_pointer(&cli_client_opt.etag_file, g_free);
   g_clear_pointer(&cli_client_opt.key_out, g_free);
+  g_clear_pointer(&cli_client_opt.resolver, g_free);
+  cli_client_opt.require_ca = FALSE;
+  cli_client_opt.cache_lifetime = CLI_CLIENT_CACHE_LIFETIME;
 }
 
 /* One client run: the AOR, the connection and what the checks need. */
@@ -1501,40 +1517,21 @@ cli_client_parse_server(const char *arg, char **host, guint16 *port)
   return **host != '\0';
 }
 
-/* RFC 3263 for a sips: AOR reduced to what a TLS-only service needs: the
- * _sips._tcp SRV records of the domain, else the domain itself on 5061.
- * (NAPTR is not looked up: GResolver has no NAPTR query.) */
-static void
-cli_client_locate(const char *domain, char **host, guint16 *port)
-{
-  g_autoptr(GResolver) resolver = g_resolver_get_default();
-  GList *targets = g_resolver_lookup_service(resolver, "sips", "tcp", domain, NULL, NULL);
-
-  if (targets != NULL) {
-    GSrvTarget *t = targets->data;
-    *host = g_strdup(g_srv_target_get_hostname(t));
-    *port = g_srv_target_get_port(t);
-    g_resolver_free_targets(targets);
-    return;
-  }
-  *host = g_strdup(domain);
-  *port = 5061;
-}
-
-/* Canonical AOR, trust anchors and a verified TLS connection. Returns an
- * exit status (CLI_EXIT_OK to go on). */
+/* Canonical AOR, its domain and the trust anchors: what the checks need,
+ * before any connection (a cache hit needs no more). Returns an exit
+ * status (CLI_EXIT_OK to go on). */
 static int
-cli_client_start(CliClient *c, const char *arg)
+cli_client_prepare(CliClient *c, const char *arg)
 {
   g_autoptr(GError) error = NULL;
-  g_autofree char *host = NULL;
-  guint16 port = 5061;
   const char *at;
 
   if (cli_client_opt.ca == NULL)
     return cli_usage("the client commands need --ca FILE (the trust anchors, PEM)");
   if (cli_client_opt.timeout < 1 || cli_client_opt.timeout > 86400)
     return cli_usage("--timeout must be 1 to 86400 seconds");
+  if (cli_client_opt.cache_lifetime < 0)
+    return cli_usage("--cache-lifetime must be 0 (no cache) or more seconds");
   c->aor = core_aor_canonicalize(arg, &error);
   if (c->aor == NULL)
     return cli_fail(arg, error->message);
@@ -1545,24 +1542,61 @@ cli_client_start(CliClient *c, const char *arg)
       sipclient_trust_new(cli_client_opt.ca, (const char *const *)cli_client_opt.crls, &error);
   if (c->trust == NULL)
     return cli_client_fail("trust anchors", error);
+  return CLI_EXIT_OK;
+}
+
+/* A verified TLS connection to --server, else to the hosts RFC 3263 finds
+ * for the AOR's domain (sipdns.h), tried in order while they cannot be
+ * reached; a TLS or verification failure stops there. */
+static int
+cli_client_connect(CliClient *c)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GPtrArray) targets = NULL;
+
   if (cli_client_opt.server != NULL) {
-    if (!cli_client_parse_server(cli_client_opt.server, &host, &port))
+    SipdnsTarget *t = g_new0(SipdnsTarget, 1);
+    targets = g_ptr_array_new_with_free_func((GDestroyNotify)sipdns_target_free);
+    g_ptr_array_add(targets, t);
+    if (!cli_client_parse_server(cli_client_opt.server, &t->host, &t->port))
       return cli_usage("--server must be HOST[:PORT]");
   } else {
-    cli_client_locate(c->domain, &host, &port);
+    targets = sipdns_locate_sips(c->domain, cli_client_opt.resolver, &error);
+    if (targets == NULL) {
+      g_autofree char *what = g_strdup_printf("locating the server of %s", c->domain);
+      if (g_error_matches(error, SIPDNS_ERROR, SIPDNS_ERROR_INVALID))
+        return cli_usage(error->message);
+      g_printerr("sipcred: %s: %s\n", what, error->message);
+      return CLI_EXIT_NETWORK;
+    }
   }
   /* The name the server must prove is the AOR's domain (RFC 3263 4, RFC
    * 5922): what the user asked for, not where DNS or --server led. */
   c->tls_name = g_strdup(cli_client_opt.tls_name != NULL ? cli_client_opt.tls_name : c->domain);
-  c->conn = sipclient_conn_open(host, port, c->tls_name, c->trust, c->deadline, &error);
-  if (c->conn == NULL) {
-    g_autofree char *what = g_strdup_printf("%s:%u", host, port);
-    return cli_client_fail(what, error);
+  for (guint i = 0; i < targets->len; i++) {
+    SipdnsTarget *t = g_ptr_array_index(targets, i);
+    g_autofree char *what = g_strdup_printf("%s:%u", t->host, t->port);
+
+    g_clear_error(&error);
+    c->conn = sipclient_conn_open(t->host, t->port, c->tls_name, c->trust, c->deadline, &error);
+    if (c->conn != NULL)
+      break;
+    if (!g_error_matches(error, SIPCLIENT_ERROR, SIPCLIENT_ERROR_CONNECT) || i + 1 == targets->len)
+      return cli_client_fail(what, error);
+    g_printerr("sipcred: %s: %s; trying the next server\n", what, error->message);
   }
   c->call_id = sipclient_token();
   c->from_tag = sipclient_token();
   c->cseq = 1;
   return CLI_EXIT_OK;
+}
+
+static int
+cli_client_start(CliClient *c, const char *arg)
+{
+  int status = cli_client_prepare(c, arg);
+
+  return status != CLI_EXIT_OK ? status : cli_client_connect(c);
 }
 
 /* The status of a non-2xx final response. */
@@ -1589,6 +1623,49 @@ cli_client_uri_of(const char *value)
     return gt != NULL ? g_strndup(lt + 1, gt - lt - 1) : NULL;
   }
   return g_strstrip(g_strndup(value, strcspn(value, ";")));
+}
+
+/* sec-flows 7, S/MIME tests 1-5, on the AOR's certificate: a
+ * subjectAltName URI of the AOR and no CA (test 2), valid now (test 4); a
+ * CA-issued one must also chain to a --ca anchor (test 3) and not be
+ * revoked under --crl (test 5). A self-signed one, what RFC 6072 user
+ * agents publish, has no chain: the verified Identity of the NOTIFY that
+ * carried it vouches for it (RFC 6072 3), unless --require-ca. Messages
+ * start with @context. Returns an exit status. */
+static int
+cli_client_check_user_cert(CliClient *c, GBytes *der, gint64 now, const char *context)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(IdentCert) cert =
+      ident_cert_new_from_data(g_bytes_get_data(der, NULL), g_bytes_get_size(der), &error);
+  g_autofree char *what = g_strdup_printf("the certificate of %s", c->aor);
+  GBytes *chain[1] = {der};
+
+  if (cert == NULL) {
+    g_printerr("sipcred: %s%s: %s\n", context, what, error->message);
+    return CLI_EXIT_NOTIFY;
+  }
+  if (!ident_cert_check_user_profile(cert, c->aor, now, &error)) {
+    g_printerr("sipcred: %s%s: %s\n", context, what, error->message);
+    return g_error_matches(error, IDENT_ERROR, IDENT_ERROR_EXPIRED) ? CLI_EXIT_CERT_TIME
+                                                                    : CLI_EXIT_CERT_PROFILE;
+  }
+  if (ident_cert_is_self_signed(cert)) {
+    if (!cli_client_opt.require_ca)
+      return CLI_EXIT_OK;
+    g_printerr("sipcred: %s%s is self-signed; --require-ca asks for one a trust anchor issued\n",
+               context, what);
+    return CLI_EXIT_CERT_TRUST;
+  }
+  if (!sipclient_trust_verify_chain(c->trust, chain, 1, what, now, &error)) {
+    g_printerr("sipcred: %s%s\n", context, error->message);
+    if (g_error_matches(error, SIPCLIENT_ERROR, SIPCLIENT_ERROR_REVOKED))
+      return CLI_EXIT_CERT_REVOKED;
+    if (g_error_matches(error, SIPCLIENT_ERROR, SIPCLIENT_ERROR_VALIDITY))
+      return CLI_EXIT_CERT_TIME;
+    return CLI_EXIT_CERT_TRUST;
+  }
+  return CLI_EXIT_OK;
 }
 
 typedef struct {
@@ -1680,14 +1757,10 @@ cli_client_check_notify(CliClient *c, GBytes *raw, gboolean want_key, CliNotify 
     g_printerr("sipcred: NOTIFY rejected: body: %s\n", error->message);
     return CLI_EXIT_NOTIFY;
   }
-  g_autoptr(IdentCert) cert = ident_cert_new_from_data(g_bytes_get_data(out->cert_der, NULL),
-                                                       g_bytes_get_size(out->cert_der), &error);
-  if (cert == NULL || !ident_cert_check_user_profile(cert, c->aor, now, &error)) {
-    g_printerr("sipcred: NOTIFY rejected: the certificate of %s: %s\n", c->aor, error->message);
+  int status = cli_client_check_user_cert(c, out->cert_der, now, "NOTIFY rejected: ");
+  if (status != CLI_EXIT_OK)
     cli_notify_clear(out);
-    return CLI_EXIT_NOTIFY;
-  }
-  return CLI_EXIT_OK;
+  return status;
 }
 
 /* SUBSCRIBE to @event and the first NOTIFY of the dialog. */
@@ -1764,6 +1837,91 @@ cli_client_print_cert(GBytes *der, const char *der_file)
   return ok;
 }
 
+/* ---- the certificate cache of fetch ----
+ * One DER file per AOR under $XDG_CACHE_HOME/sipcred/certificates, written
+ * after a certificate passed every check; its mtime is when. A hit within
+ * --cache-lifetime is checked again (validity, chain, CRLs: they may have
+ * changed since) but needs no server; the Identity it came with is not
+ * re-verified. A NOTIFY without a certificate removes the entry. */
+
+static char *
+cli_client_cache_path(const char *aor)
+{
+  g_autofree char *name = g_strdup(aor);
+
+  g_strcanon(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_@", '_');
+  g_autofree char *file = g_strconcat(name, ".der", NULL);
+  return g_build_filename(g_get_user_cache_dir(), "sipcred", "certificates", file, NULL);
+}
+
+/* The cached certificate of @aor when fresher than the lifetime; *@age in
+ * seconds. */
+static GBytes *
+cli_client_cache_load(const char *aor, gint64 now, gint64 *age)
+{
+  g_autofree char *path = cli_client_cache_path(aor);
+  g_autofree char *data = NULL;
+  gsize len = 0;
+  GStatBuf st;
+
+  if (cli_client_opt.cache_lifetime == 0 || g_stat(path, &st) != 0)
+    return NULL;
+  *age = now - (gint64)st.st_mtime;
+  /* A file from the future (a clock set back) is as stale as an old one. */
+  if (*age < 0 || *age >= cli_client_opt.cache_lifetime || st.st_size > CLI_CLIENT_MAX_DER ||
+      !g_file_get_contents(path, &data, &len, NULL))
+    return NULL;
+  return g_bytes_new_take(g_steal_pointer(&data), len);
+}
+
+static void
+cli_client_cache_store(const char *aor, GBytes *der)
+{
+  g_autofree char *path = cli_client_cache_path(aor);
+  g_autofree char *dir = g_path_get_dirname(path);
+  g_autoptr(GError) error = NULL;
+
+  if (cli_client_opt.cache_lifetime == 0)
+    return;
+  if (g_mkdir_with_parents(dir, 0700) != 0 ||
+      !g_file_set_contents_full(path, g_bytes_get_data(der, NULL), (gssize)g_bytes_get_size(der),
+                                G_FILE_SET_CONTENTS_CONSISTENT, 0600, &error))
+    g_printerr("sipcred: warning: cannot cache the certificate in %s: %s\n", path,
+               error != NULL ? error->message : g_strerror(errno));
+}
+
+static void
+cli_client_cache_forget(const char *aor)
+{
+  g_autofree char *path = cli_client_cache_path(aor);
+
+  if (g_unlink(path) != 0 && errno != ENOENT)
+    g_printerr("sipcred: warning: cannot remove %s: %s\n", path, g_strerror(errno));
+}
+
+/* fetch from the cache: CLI_EXIT_OK when it answered, else -1 to ask the
+ * server. */
+static int
+cli_client_fetch_cached(CliClient *c)
+{
+  gint64 now = g_get_real_time() / G_USEC_PER_SEC, age = 0;
+  g_autoptr(GBytes) der = cli_client_cache_load(c->aor, now, &age);
+
+  if (der == NULL)
+    return -1;
+  if (cli_client_check_user_cert(c, der, now, "the cached copy of ") != CLI_EXIT_OK) {
+    g_printerr("sipcred: asking the server instead\n");
+    cli_client_cache_forget(c->aor);
+    return -1;
+  }
+  if (!cli_client_print_cert(der, cli_client_opt.der))
+    return CLI_EXIT_FAIL;
+  g_printerr("sipcred: the certificate of %s from the local cache (accepted %" G_GINT64_FORMAT
+             " s ago)\n",
+             c->aor, age);
+  return CLI_EXIT_OK;
+}
+
 static int
 cli_client_fetch_run(char **args)
 {
@@ -1773,7 +1931,15 @@ cli_client_fetch_run(char **args)
   g_autoptr(GError) error = NULL;
   int status;
 
-  status = cli_client_start(&c, args[0]);
+  status = cli_client_prepare(&c, args[0]);
+  if (status != CLI_EXIT_OK)
+    return status;
+  if (!cli_client_opt.watch) {
+    status = cli_client_fetch_cached(&c);
+    if (status >= 0)
+      return status;
+  }
+  status = cli_client_connect(&c);
   if (status != CLI_EXIT_OK)
     return status;
   /* A one-shot fetch is an Expires: 0 SUBSCRIBE (RFC 6665 4.4.3); --watch
@@ -1786,6 +1952,10 @@ cli_client_fetch_run(char **args)
   status = cli_client_check_notify(&c, raw, FALSE, &n);
   if (status != CLI_EXIT_OK)
     return status;
+  if (n.cert_der != NULL)
+    cli_client_cache_store(c.aor, n.cert_der);
+  else
+    cli_client_cache_forget(c.aor);
   if (n.cert_der == NULL && !cli_client_opt.watch) {
     g_printerr("sipcred: %s has no certificate\n", c.aor);
     return CLI_EXIT_NONE;
@@ -1823,8 +1993,10 @@ cli_client_fetch_run(char **args)
     if (status != CLI_EXIT_OK)
       return status;
     if (n.cert_der == NULL) {
+      cli_client_cache_forget(c.aor);
       g_print("# revoked: %s has no certificate\n", c.aor);
     } else {
+      cli_client_cache_store(c.aor, n.cert_der);
       g_print("# changed: a new certificate of %s\n", c.aor);
       if (!cli_client_print_cert(n.cert_der, cli_client_opt.der))
         return CLI_EXIT_FAIL;
@@ -2211,8 +2383,10 @@ cli_client_retrieve(Cli *cli, char **args, guint n_args)
 /* clang-format off */
 #define CLI_CLIENT_COMMON_ENTRIES                                                                 \
   {"server", 0, 0, G_OPTION_ARG_STRING, &cli_client_opt.server,                                   \
-   "The server, HOST[:PORT] (default: _sips._tcp SRV of the AOR's domain, else the domain:5061)",  \
-   "HOST[:PORT]"},                                                                                \
+   "The server, HOST[:PORT] (default: RFC 3263 for the AOR's domain: NAPTR SIPS+D2T, "            \
+   "_sips._tcp SRV, else the domain on 5061)", "HOST[:PORT]"},                                    \
+  {"resolver", 0, 0, G_OPTION_ARG_STRING, &cli_client_opt.resolver,                               \
+   "Ask this DNS server for NAPTR and SRV instead of the system's", "IPV4[:PORT]"},               \
   {"ca", 0, 0, G_OPTION_ARG_FILENAME, &cli_client_opt.ca, "Trust anchors (PEM)", "FILE"},         \
   {"crl", 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &cli_client_opt.crls,                                \
    "A CRL (PEM or DER) signed by a trust anchor; repeatable", "FILE"},                            \
@@ -2232,6 +2406,12 @@ static const GOptionEntry cli_client_fetch_entries[] = {
      "Write the certificate as DER to FILE (default: PEM on standard output)", "FILE"},
     {"watch", 0, 0, G_OPTION_ARG_NONE, &cli_client_opt.watch,
      "Stay subscribed and print every change, revocation included, until --timeout", NULL},
+    {"cache-lifetime", 0, 0, G_OPTION_ARG_INT, &cli_client_opt.cache_lifetime,
+     "Answer from the local cache when it accepted the certificate less than N seconds ago "
+     "(default 86400; 0: no cache)",
+     "N"},
+    {"require-ca", 0, 0, G_OPTION_ARG_NONE, &cli_client_opt.require_ca,
+     "Refuse a self-signed certificate of the AOR: it must chain to a --ca anchor", NULL},
     {NULL},
 };
 
@@ -2265,6 +2445,8 @@ static const GOptionEntry cli_client_retrieve_entries[] = {
      "Decrypt the key with the first line of FILE (default: prompt)", "FILE"},
     {"key-out", 0, 0, G_OPTION_ARG_FILENAME, &cli_client_opt.key_out,
      "Write the decrypted key (PKCS#8 PEM, mode 0600) to FILE", "FILE"},
+    {"require-ca", 0, 0, G_OPTION_ARG_NONE, &cli_client_opt.require_ca,
+     "Refuse a self-signed certificate of the AOR: it must chain to a --ca anchor", NULL},
     {"der", 0, 0, G_OPTION_ARG_FILENAME, &cli_client_opt.der,
      "Write the certificate as DER to FILE (default: PEM on standard output)", "FILE"},
     {NULL},

@@ -164,8 +164,8 @@ sipclient_time_text(gint64 t)
 }
 
 gboolean
-sipclient_trust_verify(SipclientTrust *trust, GBytes *const *chain, guint n, const char *name,
-                       gint64 now, GError **error)
+sipclient_trust_verify_chain(SipclientTrust *trust, GBytes *const *chain, guint n,
+                             const char *what, gint64 now, GError **error)
 {
   gnutls_x509_crt_t crts[SIPCLIENT_MAX_CHAIN] = {0};
   unsigned int status = 0;
@@ -173,10 +173,10 @@ sipclient_trust_verify(SipclientTrust *trust, GBytes *const *chain, guint n, con
   guint loaded = 0;
   int ret;
 
-  g_return_val_if_fail(trust != NULL && chain != NULL && name != NULL, FALSE);
+  g_return_val_if_fail(trust != NULL && chain != NULL && what != NULL, FALSE);
   if (n == 0 || n > SIPCLIENT_MAX_CHAIN) {
-    g_set_error(error, SIPCLIENT_ERROR, SIPCLIENT_ERROR_UNTRUSTED,
-                "the server sent %u certificates", n);
+    g_set_error(error, SIPCLIENT_ERROR, SIPCLIENT_ERROR_UNTRUSTED, "%s comes with %u certificates",
+                what, n);
     return FALSE;
   }
   for (; loaded < n; loaded++) {
@@ -204,8 +204,8 @@ sipclient_trust_verify(SipclientTrust *trust, GBytes *const *chain, guint n, con
     goto done;
   }
   if (status & GNUTLS_CERT_REVOKED) {
-    g_set_error_literal(error, SIPCLIENT_ERROR, SIPCLIENT_ERROR_REVOKED,
-                        "the server certificate (or one of its chain) is revoked by a CRL");
+    g_set_error(error, SIPCLIENT_ERROR, SIPCLIENT_ERROR_REVOKED,
+                "%s (or a certificate of its chain) is revoked by a CRL", what);
     goto done;
   }
   if (status != 0) {
@@ -217,7 +217,7 @@ sipclient_trust_verify(SipclientTrust *trust, GBytes *const *chain, guint n, con
       gnutls_free(out.data);
     }
     g_set_error(error, SIPCLIENT_ERROR, SIPCLIENT_ERROR_UNTRUSTED,
-                "the server certificate chain does not end at a trust anchor (%s)",
+                "the chain of %s does not end at a trust anchor (%s)", what,
                 why != NULL ? why : "unknown");
     goto done;
   }
@@ -228,20 +228,9 @@ sipclient_trust_verify(SipclientTrust *trust, GBytes *const *chain, guint n, con
     if (now < nb || now > na) {
       g_autofree char *t1 = sipclient_time_text(nb);
       g_autofree char *t2 = sipclient_time_text(na);
-      g_set_error(error, SIPCLIENT_ERROR, SIPCLIENT_ERROR_VALIDITY,
-                  "%s certificate is %s (valid %s to %s)", i == 0 ? "the server" : "a chain",
+      g_set_error(error, SIPCLIENT_ERROR, SIPCLIENT_ERROR_VALIDITY, "%s%s is %s (valid %s to %s)",
+                  i == 0 ? "" : "a chain certificate of ", what,
                   now < nb ? "not yet valid" : "expired", t1, t2);
-      goto done;
-    }
-  }
-  {
-    gsize len = 0;
-    const guint8 *der = g_bytes_get_data(chain[0], &len);
-    if (!sipclient_cert_names(der, len, name)) {
-      g_set_error(error, SIPCLIENT_ERROR, SIPCLIENT_ERROR_NAME,
-                  "the server certificate does not name %s (exact subjectAltName dNSName, or "
-                  "the Subject CN when there is no dNSName)",
-                  name);
       goto done;
     }
   }
@@ -251,6 +240,27 @@ done:
     if (crts[i] != NULL)
       gnutls_x509_crt_deinit(crts[i]);
   return ok;
+}
+
+gboolean
+sipclient_trust_verify(SipclientTrust *trust, GBytes *const *chain, guint n, const char *name,
+                       gint64 now, GError **error)
+{
+  gsize len = 0;
+  const guint8 *der;
+
+  g_return_val_if_fail(name != NULL, FALSE);
+  if (!sipclient_trust_verify_chain(trust, chain, n, "the server certificate", now, error))
+    return FALSE;
+  der = g_bytes_get_data(chain[0], &len);
+  if (!sipclient_cert_names(der, len, name)) {
+    g_set_error(error, SIPCLIENT_ERROR, SIPCLIENT_ERROR_NAME,
+                "the server certificate does not name %s (exact subjectAltName dNSName, or "
+                "the Subject CN when there is no dNSName)",
+                name);
+    return FALSE;
+  }
+  return TRUE;
 }
 
 /* ---- connection ---- */

@@ -56,6 +56,12 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(SipclientTrust, sipclient_trust_free)
 gboolean sipclient_trust_verify(SipclientTrust *trust, GBytes *const *chain, guint n,
                                 const char *name, gint64 now, GError **error);
 
+/* The same checks without the name rule, for a certificate that is not a
+ * server's (a CA-issued user certificate, sec-flows 7 tests 3-5): chain,
+ * revocation, validity, in that order. @what names it in messages. */
+gboolean sipclient_trust_verify_chain(SipclientTrust *trust, GBytes *const *chain, guint n,
+                                      const char *what, gint64 now, GError **error);
+
 /* TRUE when @cert_der names @name under the rules above (exact dNSName, CN
  * only without dNSNames). */
 gboolean sipclient_cert_names(const guint8 *cert_der, gsize len, const char *name);

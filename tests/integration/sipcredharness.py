@@ -244,6 +244,10 @@ class Deployment:
         self.ca = os.path.join(self.dir, 'ca.pem')
         self.proc = None
         self._failures_at_start = tap.failures
+        # The client commands keep a certificate cache and ETags under the XDG
+        # directories: keep them in this deployment, not in the tester's home.
+        os.environ['XDG_CACHE_HOME'] = os.path.join(self.dir, 'xdg-cache')
+        os.environ['XDG_STATE_HOME'] = os.path.join(self.dir, 'xdg-state')
         self.make_certs()
         self.write_config(tls or {}, certificate or {}, extra)
 

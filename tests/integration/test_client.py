@@ -3,7 +3,8 @@
 generated credential (digest, encrypted PKCS#8), Alice fetches his certificate and the
 client verifies the NOTIFY's Identity against the certificate behind Identity-Info, Bob's
 second device retrieves and decrypts the key (a wrong passphrase is refused with its own
-status), and a revocation reaches `fetch --watch`. A relay that terminates TLS with the
+status), and a revocation reaches `fetch --watch`. The local cache answers a second fetch with
+no server, for a day by default, and forgets a revoked certificate. A relay that terminates TLS with the
 domain certificate (so the server check passes) changes one byte of the certificate in the
 NOTIFY, and fetch refuses it. Server verification failures: a wrong --tls-name and an
 unrelated CA each give their own exit status; a host certificate from `sipcred ca` passes, and
@@ -38,10 +39,18 @@ def write(dep, name, text):
     return path
 
 
-def client(dep, *args, server_port=None, timeout=60):
+def client(dep, *args, server_port=None, timeout=60, cache=False):
+    """Our client against the daemon; fetch skips the local cache unless @cache."""
     argv = [h.binary('sipcred')] + list(args) + [
         '--server', '%s:%d' % (h.HOST, server_port or dep.port), '--ca', dep.ca]
+    if args[0] == 'fetch' and not cache:
+        argv += ['--cache-lifetime', '0']
     return h.run(argv, timeout=timeout)
+
+
+def cache_file(aor):
+    return os.path.join(os.environ['XDG_CACHE_HOME'], 'sipcred', 'certificates',
+                        aor.replace(':', '_') + '.der')
 
 
 class TlsRelay:
@@ -171,6 +180,27 @@ def main(tap):
         tap.ok(rc == 0 and out.startswith('-----BEGIN CERTIFICATE-----'),
                'fetch prints PEM by default')
 
+        # The local cache: kept after a fetch, answers without a server for a day.
+        cached = cache_file(BOB)
+        rc, out = client(dep, 'fetch', BOB, cache=True)
+        kept = open(cached, 'rb').read() if os.path.exists(cached) else b''
+        tap.ok(rc == 0 and kept == dep.export_der(BOB) and
+               (os.stat(cached).st_mode & 0o077) == 0,
+               'fetch keeps the accepted certificate in the cache, mode 0600 (%s)' % rc)
+        closed = h.free_port()
+        rc, out = client(dep, 'fetch', BOB, server_port=closed, cache=True)
+        tap.ok(rc == 0 and 'from the local cache' in out and '-----BEGIN CERTIFICATE-----' in out,
+               'a second fetch is answered from the cache, no server needed (%s)' % rc)
+        two_days_ago = time.time() - 2 * 86400
+        os.utime(cached, (two_days_ago, two_days_ago))
+        rc, out = client(dep, 'fetch', BOB, server_port=closed, cache=True)
+        tap.ok(rc == 3 and 'from the local cache' not in out,
+               'an entry older than the default lifetime (one day) is not used (%s)' % rc)
+        rc, out = client(dep, 'fetch', BOB, '--cache-lifetime', str(3 * 86400),
+                         server_port=closed, cache=True)
+        tap.ok(rc == 0 and 'from the local cache' in out,
+               '--cache-lifetime sets the lifetime (%s)' % rc)
+
         # 3. retrieve (Bob's second device) decrypts.
         key_out = os.path.join(dep.dir, 'bob-key.pem')
         rc, out = client(dep, 'retrieve', BOB, '--password-file', pw, '--passphrase-file',
@@ -197,7 +227,7 @@ def main(tap):
         h.run([h.binary('sipcred'), 'ca', 'init', other_ca])
         rc, out = h.run([h.binary('sipcred'), 'fetch', BOB, '--server',
                          '%s:%d' % (h.HOST, dep.port), '--ca',
-                         os.path.join(other_ca, 'ca.pem')])
+                         os.path.join(other_ca, 'ca.pem'), '--cache-lifetime', '0'])
         tap.ok(rc == EXIT_TLS_TRUST and 'trust anchor' in out,
                'a server chain that does not end at --ca: status %d (%s)' % (EXIT_TLS_TRUST, rc))
 
@@ -241,6 +271,7 @@ def main(tap):
                'fetch --watch reports the revocation (%s)' % watch.returncode)
         if '# revoked' not in text:
             tap.diag(text[-2000:])
+        tap.ok(not os.path.exists(cached), 'the revocation removes the cached certificate')
         rc, out = client(dep, 'fetch', BOB)
         tap.ok(rc == 11 and 'has no certificate' in out,
                'fetch after the revocation: no certificate, status 11 (%s)' % rc)
@@ -260,8 +291,15 @@ def revoked_server(tap):
                 raise RuntimeError('sipcred %s failed:\n%s' % (' '.join(args), out))
         dep.import_certs()
         dep.start()
+        # Alice's certificate comes from the harness CA, the host's from sipcred ca: fetch
+        # checks both chains, so both are anchors.
+        anchors = os.path.join(dep.dir, 'anchors.pem')
+        with open(anchors, 'w') as f:
+            for path in (os.path.join(cadir, 'ca.pem'), dep.ca):
+                with open(path) as src:
+                    f.write(src.read())
         argv = [sipcred, 'fetch', ALICE, '--server', '%s:%d' % (h.HOST, dep.port), '--ca',
-                os.path.join(cadir, 'ca.pem')]
+                anchors, '--cache-lifetime', '0']
         rc, out = h.run(argv)
         tap.ok(rc == 0, 'a host certificate from sipcred ca passes server verification (%s)'
                % rc)

@@ -181,6 +181,26 @@ test_profile_self_signed(void)
   assert_profile(tc, AOR, g_get_real_time() / G_USEC_PER_SEC, -1, NULL);
 }
 
+/* Self-signed means the certificate's own key signed it, not only that the
+ * names agree: a CA-issued certificate that copies its issuer's name is not. */
+static void
+test_self_signed(void)
+{
+  const char *uris[] = {AOR, NULL};
+  TestCertSpec own = {.cn = "alice", .uris = uris};
+  TestCertSpec same_name = {.cn = "sipcred test CA", .uris = uris, .issuer = ca_cert};
+  g_autoptr(TestCert) self = test_cert_new(&own);
+  g_autoptr(TestCert) issued = user_cert(uris, 0, 0);
+  g_autoptr(TestCert) copied = test_cert_new(&same_name);
+  g_autoptr(IdentCert) c1 = parse_ok(self->der);
+  g_autoptr(IdentCert) c2 = parse_ok(issued->der);
+  g_autoptr(IdentCert) c3 = parse_ok(copied->der);
+
+  g_assert_true(ident_cert_is_self_signed(c1));
+  g_assert_false(ident_cert_is_self_signed(c2));
+  g_assert_false(ident_cert_is_self_signed(c3));
+}
+
 static void
 test_profile_no_san(void)
 {
@@ -660,6 +680,7 @@ main(int argc, char **argv)
   g_test_add_func("/identity/cert/parse-garbage", test_parse_garbage);
   g_test_add_func("/identity/profile/good", test_profile_good);
   g_test_add_func("/identity/profile/self-signed", test_profile_self_signed);
+  g_test_add_func("/identity/cert/self-signed", test_self_signed);
   g_test_add_func("/identity/profile/no-san", test_profile_no_san);
   g_test_add_func("/identity/profile/other-aor", test_profile_other_aor);
   g_test_add_func("/identity/profile/validity", test_profile_validity);

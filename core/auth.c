@@ -112,39 +112,27 @@ core_auth_user_aor(const char *username, const char *realm)
   return core_aor_canonicalize(uri, NULL);
 }
 
-gboolean
-core_auth_authorize(CoreService *svc, gpointer txn, const char *method, const char *request_uri,
-                    const char *aor, const char *to_uri, gboolean direct, const char *peer_addr,
-                    const char *const *authorization, StoreUser **user_out)
+char *
+core_auth_authenticate(CoreService *svc, gpointer txn, const char *method, const char *request_uri,
+                       const char *realm, const char *peer_addr, const char *const *authorization,
+                       StoreUser **user_out)
 {
-  /* RFC 6072 7.5 and 7.8: a UA MUST connect directly over TLS; key material
-   * never travels a path the service cannot vouch for, so no challenge is
-   * offered on any other. */
-  if (!direct) {
-    g_info("%s for %s from %s refused: not a direct TLS connection", method, aor,
-           peer_addr ? peer_addr : "?");
-    core_respond_error(svc, txn, 403, "Credential operations need a direct TLS connection");
-    return FALSE;
-  }
-
-  const char *realm = strrchr(aor, '@') + 1;
   CoreDigest *digest = g_hash_table_lookup(svc->digests, realm);
   if (digest == NULL) {
-    /* The AOR is served (checked by the caller), so this cannot happen. */
+    /* Callers pass a served domain, so this cannot happen. */
     core_respond_error(svc, txn, 500, "No digest realm for the domain");
-    return FALSE;
+    return NULL;
   }
-
   gboolean malformed = FALSE;
   g_autoptr(CoreDigestCredentials) creds =
       core_auth_find_credentials(authorization, realm, &malformed);
   if (creds == NULL) {
     if (malformed) {
       core_respond_error(svc, txn, 400, "Malformed Authorization header");
-      return FALSE;
+      return NULL;
     }
     core_auth_challenge(svc, txn, digest, FALSE, "Unauthorized");
-    return FALSE;
+    return NULL;
   }
 
   const char *username = core_digest_credentials_get_username(creds);
@@ -158,7 +146,7 @@ core_auth_authorize(CoreService *svc, gpointer txn, const char *method, const ch
         .retry_after = MAX(retry_after, 1),
     };
     core_respond(svc, txn, &resp);
-    return FALSE;
+    return NULL;
   }
 
   g_autofree char *user_aor = core_auth_user_aor(username, realm);
@@ -169,7 +157,7 @@ core_auth_authorize(CoreService *svc, gpointer txn, const char *method, const ch
     if (user == NULL && !g_error_matches(error, STORE_ERROR, STORE_ERROR_NOT_FOUND)) {
       g_warning("cannot read user %s: %s", user_aor, error->message);
       core_respond_error(svc, txn, 500, "Credential store unavailable");
-      return FALSE;
+      return NULL;
     }
     g_clear_error(&error);
   }
@@ -186,23 +174,47 @@ core_auth_authorize(CoreService *svc, gpointer txn, const char *method, const ch
     break;
   case CORE_DIGEST_RESULT_STALE:
     core_auth_challenge(svc, txn, digest, TRUE, "Nonce expired");
-    return FALSE;
+    return NULL;
   case CORE_DIGEST_RESULT_REPLAY:
-    g_message("%s for %s from %s: replayed digest credentials refused", method, aor,
+    g_message("%s in realm %s from %s: replayed digest credentials refused", method, realm,
               peer_addr ? peer_addr : "?");
     core_auth_challenge(svc, txn, digest, FALSE, "Replayed credentials");
-    return FALSE;
+    return NULL;
   case CORE_DIGEST_RESULT_BAD:
   default:
     /* The reason stays in the log: the answer must not tell an unknown user
      * from a wrong password. */
-    g_message("%s for %s from %s: authentication failed: %s", method, aor,
+    g_message("%s in realm %s from %s: authentication failed: %s", method, realm,
               peer_addr ? peer_addr : "?", error ? error->message : "?");
     core_digest_note_failure(digest, source, username, now);
     core_auth_challenge(svc, txn, digest, FALSE, "Authentication failed");
-    return FALSE;
+    return NULL;
   }
   core_digest_note_success(digest, username);
+  if (user_out != NULL)
+    *user_out = g_steal_pointer(&user);
+  return g_steal_pointer(&user_aor);
+}
+
+gboolean
+core_auth_authorize(CoreService *svc, gpointer txn, const char *method, const char *request_uri,
+                    const char *aor, const char *to_uri, gboolean direct, const char *peer_addr,
+                    const char *const *authorization, StoreUser **user_out)
+{
+  /* RFC 6072 7.5 and 7.8: a UA MUST connect directly over TLS; key material
+   * never travels a path the service cannot vouch for, so no challenge is
+   * offered on any other. */
+  if (!direct) {
+    g_info("%s for %s from %s refused: not a direct TLS connection", method, aor,
+           peer_addr ? peer_addr : "?");
+    core_respond_error(svc, txn, 403, "Credential operations need a direct TLS connection");
+    return FALSE;
+  }
+  g_autoptr(StoreUser) user = NULL;
+  g_autofree char *user_aor = core_auth_authenticate(
+      svc, txn, method, request_uri, strrchr(aor, '@') + 1, peer_addr, authorization, &user);
+  if (user_aor == NULL)
+    return FALSE;
 
   /* Only the AOR itself may touch its credentials (7.6): the user, the
    * Request-URI and the To header must all name it. */

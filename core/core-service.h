@@ -30,10 +30,10 @@ struct _CoreService {
   CoreCredGetCb cred_get;
   gpointer cred_get_data;
 
-  GHashTable *subs;     /* sub -> CoreSub (owned) */
-  GHashTable **by_aor;  /* per package: AOR -> CoreAorSubs (owned) */
-  GQueue fanout;        /* CoreSub waiting for a slot */
-  guint in_flight;      /* NOTIFYs awaiting core_notify_done() */
+  GHashTable *subs;    /* sub -> CoreSub (owned) */
+  GHashTable **by_aor; /* per package: AOR -> CoreAorSubs (owned) */
+  GQueue fanout;       /* CoreSub waiting for a slot */
+  guint in_flight;     /* NOTIFYs awaiting core_notify_done() */
   gboolean pumping;
 
   GHashTable *digests;    /* realm (served domain) -> CoreDigest (owned) */
@@ -60,6 +60,14 @@ void core_aor_state_changed(CoreService *svc, const char *aor);
 /* Creates the per-realm digest state. */
 void core_auth_init(CoreService *svc);
 void core_auth_clear(CoreService *svc);
+
+/* Digest authentication alone (RFC 3261 22, RFC 7616) in @realm, a served
+ * domain: returns the canonical AOR of the authenticated user, or NULL when
+ * it has answered @txn (400, 401 with fresh challenges, 403 lockout, 500).
+ * @user_out (optional) receives the user's record. */
+char *core_auth_authenticate(CoreService *svc, gpointer txn, const char *method,
+                             const char *request_uri, const char *realm, const char *peer_addr,
+                             const char *const *authorization, StoreUser **user_out);
 
 /* Whose request is this? The policy of RFC 6072 7.6/7.9 for credential
  * operations: the request came directly over TLS (@direct), carries valid

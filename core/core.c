@@ -26,10 +26,10 @@
 
 /* What differs between event packages. */
 struct _CorePackage {
-  const char *event;             /* event-package token, case-sensitive */
-  const char *const *types;      /* media types an Accept must allow (RFC 6072 6.4, 7.4) */
-  const char *accept;            /* the Accept header of our 406 */
-  gboolean credential;           /* serves private keys: authenticated, direct TLS only */
+  const char *event;        /* event-package token, case-sensitive */
+  const char *const *types; /* media types an Accept must allow (RFC 6072 6.4, 7.4) */
+  const char *accept;       /* the Accept header of our 406 */
+  gboolean credential;      /* serves private keys: authenticated, direct TLS only */
 };
 
 enum {
@@ -105,9 +105,9 @@ typedef struct {
   CoreService *svc;
   const CorePackage *pkg;
   char *aor;
-  GQueue subs;        /* CoreSub, linked through CoreSub.aor_link */
-  gint64 not_after;   /* of the certificate served, 0 when none */
-  gpointer timer;     /* fires when the certificate expires, else NULL */
+  GQueue subs;      /* CoreSub, linked through CoreSub.aor_link */
+  gint64 not_after; /* of the certificate served, 0 when none */
+  gpointer timer;   /* fires when the certificate expires, else NULL */
   gint64 timer_at;
 } CoreAorSubs;
 
@@ -145,7 +145,12 @@ core_config_init_defaults(CoreConfig *cfg)
       .nonce_lifetime = 300,
       .generate_credentials = FALSE,
       .generate_key_bits = 2048,
-      .generate_days = 365, /* RFC 6072 10.6: a year or less */
+      .generate_days = 365,        /* RFC 6072 10.6: a year or less */
+      .reg_default_expires = 3600, /* RFC 3261 10.2.1.1 suggests an hour */
+      .reg_min_expires = 60,
+      .reg_max_expires = 86400,
+      .reg_max_bindings = 16,
+      .message_max_body = 65536,
   };
   core_digest_limits_init_defaults(&cfg->digest_limits);
 }
@@ -663,8 +668,7 @@ core_fanout_pump(CoreService *svc)
       svc->in_flight++;
       g_clear_pointer(&rec->pending, core_body_unref);
       /* RFC 6072 7.7: the subscriber must authenticate again. */
-      core_send_notify(svc, rec->sub, rec->pkg, CORE_SUBSTATE_TERMINATED, 0, "deactivated",
-                       NULL);
+      core_send_notify(svc, rec->sub, rec->pkg, CORE_SUBSTATE_TERMINATED, 0, "deactivated", NULL);
       continue;
     }
     g_autoptr(CoreBody) body = g_steal_pointer(&rec->pending);
@@ -717,8 +721,8 @@ core_sub_make_ready(CoreService *svc, CoreSub *rec)
     if (wait > 0) {
       /* A clock step back would make wait up to the whole interval, no more. */
       wait = MIN(wait, (gint64)interval);
-      rec->timer = svc->port.schedule((guint)(wait * 1000), core_sub_timer_fired, rec,
-                                      svc->port_data);
+      rec->timer =
+          svc->port.schedule((guint)(wait * 1000), core_sub_timer_fired, rec, svc->port_data);
       if (rec->timer != NULL)
         return;
       g_warning("cannot schedule a deferred NOTIFY; sending it now");

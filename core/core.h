@@ -39,18 +39,29 @@ typedef struct {
    * newest state. Needs CorePort.schedule; without it there is no limit. */
   guint32 min_notify_interval;
   /* Digest authentication of credential operations (RFC 6072 7.6, 7.9). */
-  guint32 nonce_lifetime;          /* seconds a nonce is good for */
-  CoreDigestLimits digest_limits;  /* failed-attempt limiting */
+  guint32 nonce_lifetime;         /* seconds a nonce is good for */
+  CoreDigestLimits digest_limits; /* failed-attempt limiting */
   /* Deployment style 3 (RFC 6072 section 3): a known user who authenticates
    * a credential SUBSCRIBE and has no credential gets one made by the
    * server (section 10.6 profile, key held by the server). */
   gboolean generate_credentials;
   guint generate_key_bits; /* 2048 or 3072 */
   guint generate_days;     /* 1 .. 365 */
+  /* Registrar (RFC 3261 10.3): the expiry of a Contact without one, the
+   * least a non-zero one may ask (423 below), the most granted (longer
+   * asks are clamped), and the bindings one AOR may hold. */
+  guint32 reg_default_expires;
+  guint32 reg_min_expires;
+  guint32 reg_max_expires;
+  guint reg_max_bindings; /* 1 .. 64 (the store's limit) */
+  /* MESSAGE relay: the largest body relayed (413 above). */
+  gsize message_max_body;
 } CoreConfig;
 
 /* Defaults: 86400, 86400, 60, 200, 60; nonces live 300 s; the digest limits'
- * defaults; no generation (2048-bit keys, 365 days when enabled). */
+ * defaults; no generation (2048-bit keys, 365 days when enabled); bindings
+ * 3600 s by default, 60 s at least, 86400 s at most, 16 per AOR; MESSAGE
+ * bodies up to 65536 bytes. */
 void core_config_init_defaults(CoreConfig *cfg);
 
 /* What the core needs of an incoming initial SUBSCRIBE. Strings are only
@@ -85,38 +96,101 @@ typedef struct {
   const char *from_uri;
   gboolean has_expires;
   guint32 expires;
-  const char *if_match;            /* SIP-If-Match, NULL when absent */
-  const char *content_type;        /* full value with parameters, NULL when absent */
+  const char *if_match;                  /* SIP-If-Match, NULL when absent */
+  const char *content_type;              /* full value with parameters, NULL when absent */
   const char *content_transfer_encoding; /* NULL when absent */
-  const char *content_disposition; /* full value with parameters, NULL when absent */
-  GBytes *body;                    /* NULL when there is none */
+  const char *content_disposition;       /* full value with parameters, NULL when absent */
+  GBytes *body;                          /* NULL when there is none */
   const char *const *authorization;
   /* The flow facts, as in CoreSubscribeInfo. */
   gboolean direct;
   const char *peer_addr;
 } CorePublishInfo;
 
+/* One Contact of a REGISTER (RFC 3261 10.2, RFC 5626 5.2). Borrowed. */
+typedef struct {
+  const char *uri;      /* the addr-spec as sent; "*" for the wildcard */
+  gboolean has_expires; /* an expires parameter was given */
+  guint32 expires;
+  float q;              /* 0..1, -1 when absent */
+  const char *instance; /* +sip.instance value without its quotes ("<urn:...>"), or NULL */
+  guint32 reg_id;       /* reg-id, 0 when absent */
+} CoreContact;
+
+/* What the registrar needs of a REGISTER. Borrowed for the call. */
+typedef struct {
+  const char *request_uri;
+  const char *to_uri; /* the AOR being registered */
+  const char *from_uri;
+  const char *call_id;
+  guint32 cseq;
+  gboolean has_expires; /* an Expires header */
+  guint32 expires;
+  const CoreContact *contacts; /* none: a query for the current bindings */
+  guint n_contacts;
+  gboolean outbound; /* Supported: outbound (RFC 5626) */
+  const char *const *authorization;
+  /* The flow facts, as in CoreSubscribeInfo; bindings remember the flow. */
+  const char *flow_token;
+  gboolean direct;
+  const char *peer_addr;
+} CoreRegisterInfo;
+
+/* What the relay needs of a MESSAGE (RFC 3428). Borrowed for the call. */
+typedef struct {
+  const char *request_uri; /* the callee */
+  const char *to_uri;
+  const char *from_uri;                  /* must be the authenticated user */
+  const char *content_type;              /* full value, NULL when absent */
+  const char *content_disposition;       /* full value, NULL when absent */
+  const char *content_transfer_encoding; /* NULL when absent */
+  GBytes *body;                          /* NULL when there is none */
+  const char *const *authorization;
+  const char *flow_token;
+  gboolean direct;
+  const char *peer_addr;
+} CoreMessageInfo;
+
+/* One MESSAGE the core asks the server to send to one binding. Borrowed
+ * for the call; the body and its headers go out byte for byte. */
+typedef struct {
+  const char *request_uri; /* the binding's Contact */
+  const char *flow_token;  /* the flow to send it over, never NULL */
+  const char *from_uri;    /* the sender's AOR */
+  const char *to_uri;      /* the callee's AOR */
+  const char *content_type;
+  const char *content_disposition;
+  const char *content_transfer_encoding;
+  GBytes *body; /* never NULL; may be empty */
+} CoreRelayRequest;
+
 /* One answer to a request. Zero/NULL fields are left out. */
 typedef struct {
   guint status;
-  const char *phrase;       /* says what was wrong, for errors */
-  guint32 expires;          /* 2xx to SUBSCRIBE: granted expiry (Expires header) */
-  guint32 min_expires;      /* 423: Min-Expires header */
-  const char *accept;       /* 406/415: Accept header */
-  const char *allow_events; /* 489: Allow-Events header */
+  const char *phrase;                  /* says what was wrong, for errors */
+  guint32 expires;                     /* 2xx to SUBSCRIBE: granted expiry (Expires header) */
+  guint32 min_expires;                 /* 423: Min-Expires header */
+  const char *accept;                  /* 406/415: Accept header */
+  const char *allow_events;            /* 489: Allow-Events header */
   const char *const *www_authenticate; /* 401: one header per value, in order */
-  guint32 retry_after;      /* Retry-After header when non-zero */
-  const char *etag;         /* 2xx to PUBLISH: SIP-ETag */
+  guint32 retry_after;                 /* Retry-After header when non-zero */
+  const char *etag;                    /* 2xx to PUBLISH: SIP-ETag */
+  /* 2xx to REGISTER: every current binding, one Contact value each
+   * ("<uri>;expires=N[;q=..][;+sip.instance=\"..\";reg-id=N]"), NULL-terminated. */
+  const char *const *contacts;
+  gboolean date;         /* add a Date header (RFC 3261 20.17; UAs learn the time) */
+  const char *require;   /* Require header, e.g. "outbound" (RFC 5626 6) */
+  const char *supported; /* Supported header */
 } CoreResponse;
 
 typedef struct {
-  const char *event;       /* Event header of the NOTIFY */
+  const char *event; /* Event header of the NOTIFY */
   CoreSubstate state;
-  guint32 expires;         /* remaining seconds, for active/pending */
-  const char *reason;      /* for terminated: "deactivated", "timeout", ... */
+  guint32 expires;          /* remaining seconds, for active/pending */
+  const char *reason;       /* for terminated: "deactivated", "timeout", ... */
   const char *content_type; /* NULL: no body at all */
   const char *content_disposition;
-  GBytes *body;            /* may be empty (zero length) */
+  GBytes *body; /* may be empty (zero length) */
 } CoreNotify;
 
 typedef struct {
@@ -137,6 +211,12 @@ typedef struct {
   gpointer (*schedule)(guint delay_ms, void (*cb)(gpointer data), gpointer data,
                        gpointer user_data);
   void (*cancel)(gpointer handle, gpointer user_data);
+  /* Optional. Sends @req as a new MESSAGE over its flow, signed for its
+   * From by the identity stage. The server calls core_relay_done(@leg)
+   * exactly once, later (never from within relay), with the final status
+   * (430 or 408 when the flow or the peer is gone). Without relay, MESSAGE
+   * is answered 501. */
+  void (*relay)(gpointer leg, const CoreRelayRequest *req, gpointer user_data);
 } CorePort;
 
 typedef struct _CoreService CoreService;
@@ -168,6 +248,26 @@ void core_notify_done(CoreService *svc, gpointer sub, guint status);
  * durably committed the change. Subscribers of the AOR are notified. */
 void core_publish(CoreService *svc, gpointer txn, const CorePublishInfo *info);
 
+/* A REGISTER arrived (RFC 3261 10.3, RFC 5626 6). Answered through
+ * port->respond before the call returns: 401/403 (digest: only the AOR
+ * itself may register), 404 (a domain or user we do not serve), 400, 423,
+ * 500 (out-of-order CSeq; store failure), or 200 with every current
+ * binding and a Date. A 2xx leaves only after the store committed. */
+void core_register(CoreService *svc, gpointer txn, const CoreRegisterInfo *info);
+
+/* A MESSAGE arrived for a local user (RFC 3428). Refusals are answered
+ * before the call returns (401/403 digest, 403 From not the authenticated
+ * user, 404 unknown user or domain, 413 too large, 480 no current binding,
+ * 501 without relay). Otherwise the core relays it to every current binding
+ * and answers @txn LATER, through port->respond, with the best final
+ * response of the legs (RFC 3261 16.7: any 2xx, else a 6xx, else the lowest
+ * class; legs whose flow is gone count as 480). The server keeps @txn
+ * valid until then. */
+void core_message(CoreService *svc, gpointer txn, const CoreMessageInfo *info);
+
+/* A MESSAGE leg sent through port->relay finished with final @status. */
+void core_relay_done(CoreService *svc, gpointer leg, guint status);
+
 /* The credential of @aor changed or was removed (a change found in the
  * store's change log): NOTIFY every subscriber of both packages, paced by
  * the notify window. A subscriber that already has (or is about to get)
@@ -189,7 +289,6 @@ guint core_service_get_n_subscriptions(CoreService *svc);
 char *core_aor_canonicalize(const char *uri, GError **error);
 
 /* Like core_aor_canonicalize(), and the host must be a served domain. */
-char *core_aor_canonicalize_served(const char *const *domains, const char *uri,
-                                   GError **error);
+char *core_aor_canonicalize_served(const char *const *domains, const char *uri, GError **error);
 
 G_END_DECLS

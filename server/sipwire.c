@@ -1715,8 +1715,9 @@ sipwire_relay_request_in(SipwireMsg *msg, const SipwireRelayCtx *ctx, GError **e
   return TRUE;
 }
 
-/* nua's Contact names a served domain or the internal host, bound to the
- * loopback listener by maddr and/or transport=tcp. Returns the public view
+/* nua's Contact names a served domain or the internal host with nua's
+ * port and no user, bound to the loopback listener by maddr and/or
+ * transport=tcp. Returns the public view
  * <sips:public_host:public_port> with the header params kept, or NULL for
  * any other Contact (a client's, "*"). */
 static char *
@@ -1727,6 +1728,10 @@ contact_rewrite(const SipwireRelayCtx *ctx, const char *value)
   if (uri == NULL || !uri_parse(uri, &parts))
     return NULL;
   if (!ctx_is_served(ctx, parts.host) && !host_equal(parts.host, ctx->internal_host))
+    return NULL;
+  /* nua's own Contact has no user and nua's port; a client's binding on
+   * this host (a test on loopback) has a user or another port. */
+  if (parts.user != NULL || parts.port != ctx->nua_port)
     return NULL;
   g_autofree char *maddr = sipwire_param_get(uri, "maddr");
   g_autofree char *transport = sipwire_param_get(uri, "transport");

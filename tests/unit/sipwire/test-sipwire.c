@@ -1338,7 +1338,9 @@ test_relay_response_out(void)
                   "\r\n");
 
   /* Other Record-Routes stay; a client's Contact is left alone, as is one
-   * naming a served domain without the loopback binding. */
+   * naming a served domain without the loopback binding, and a registered
+   * binding on the loopback host that has a user or another port (the
+   * registrar lists it in its 200). */
   g_autoptr(SipwireMsg) m2 =
       parse_str("SIP/2.0 202 Accepted\r\n"
                 "Via: SIP/2.0/TCP 127.0.0.1:5070;branch=z9hG4bKedge2;flow=Fl0wT0ken42\r\n"
@@ -1346,6 +1348,8 @@ test_relay_response_out(void)
                 "Record-Route: <sip:proxy.example.net;lr>, " EDGE_RR "\r\n"
                 "Contact: <sips:bob@10.0.0.9:5061;transport=tls>, <sip:carol@example.com>\r\n"
                 "Contact: \"nua\" <sip:127.0.0.1:5080;transport=TCP>\r\n"
+                "Contact: <sip:dev@127.0.0.1:5080;transport=tcp>;expires=60\r\n"
+                "Contact: <sip:127.0.0.1:40000;transport=tcp>;expires=60\r\n"
                 "Content-Length: 0\r\n\r\n");
   g_autofree char *token2 = NULL;
   g_assert_true(sipwire_relay_response_out(m2, &relay_ctx, &token2, &error));
@@ -1354,7 +1358,8 @@ test_relay_response_out(void)
   assert_values(m2, "Record-Route", "<sip:proxy.example.net;lr>");
   assert_values(m2, "Contact",
                 "<sips:bob@10.0.0.9:5061;transport=tls> | <sip:carol@example.com> | "
-                "<sips:example.com:5061>");
+                "<sips:example.com:5061> | <sip:dev@127.0.0.1:5080;transport=tcp>;expires=60 | "
+                "<sip:127.0.0.1:40000;transport=tcp>;expires=60");
 }
 
 static void

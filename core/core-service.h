@@ -38,6 +38,7 @@ struct _CoreService {
 
   GHashTable *digests;    /* realm (served domain) -> CoreDigest (owned) */
   GHashTable *generating; /* AOR -> GCancellable, while a credential is made */
+  GHashTable *relay_legs; /* CoreRelayLeg set (owned): MESSAGE copies in flight */
 };
 
 /* Reads @aor's record through the test seam or the store. */
@@ -54,6 +55,17 @@ gboolean core_refuse_brief_expires(CoreService *svc, gpointer txn, guint32 expir
  * process or found in the change log): bring every subscriber of both
  * packages up to date. */
 void core_aor_state_changed(CoreService *svc, const char *aor);
+
+/* ---- registrar.c ---- */
+
+/* The unexpired bindings of @aor (StoreBinding*, owned array). */
+GPtrArray *core_registrar_current_bindings(CoreService *svc, const char *aor, gint64 now,
+                                           GError **error);
+
+/* ---- relay.c ---- */
+
+void core_relay_init(CoreService *svc);
+void core_relay_clear(CoreService *svc);
 
 /* ---- auth.c ---- */
 

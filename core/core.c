@@ -226,6 +226,7 @@ core_service_new(const CoreConfig *cfg, StoreDb *store, const CorePort *port, gp
   g_queue_init(&svc->fanout);
   svc->generating = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_object_unref);
   core_auth_init(svc);
+  core_relay_init(svc);
   return svc;
 }
 
@@ -255,6 +256,7 @@ core_service_free(CoreService *svc)
     g_hash_table_destroy(svc->by_aor[i]);
   g_free(svc->by_aor);
   core_auth_clear(svc);
+  core_relay_clear(svc);
   g_strfreev(svc->domains);
   g_free(svc->allow_events);
   g_free(svc);

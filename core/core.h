@@ -265,8 +265,9 @@ void core_register(CoreService *svc, gpointer txn, const CoreRegisterInfo *info)
  * valid until then. */
 void core_message(CoreService *svc, gpointer txn, const CoreMessageInfo *info);
 
-/* A MESSAGE leg sent through port->relay finished with final @status. */
-void core_relay_done(CoreService *svc, gpointer leg, guint status);
+/* A MESSAGE leg sent through port->relay finished with final @status and
+ * its reason @phrase (may be NULL). */
+void core_relay_done(CoreService *svc, gpointer leg, guint status, const char *phrase);
 
 /* The credential of @aor changed or was removed (a change found in the
  * store's change log): NOTIFY every subscriber of both packages, paced by

@@ -11,15 +11,18 @@
 
 #include "server/edge.h"
 
-G_DEFINE_QUARK(sipcred-config-error-quark, srv_config_error)
+G_DEFINE_QUARK(sipcred - config - error - quark, srv_config_error)
 
 /* Every group and key we know. Unknown keys are errors: a typo must not
  * silently leave a limit at its default. */
-static const char *const server_keys[] = {"domains", "listen", "state-dir", "shutdown-timeout",
-                                          "verbose", NULL};
-static const char *const tls_keys[] = {"priority",           "handshake-timeout",
-                                       "idle-timeout",       "max-connections",
-                                       "max-connections-per-ip", "max-message-size",
+static const char *const server_keys[] = {"domains",          "listen",  "state-dir",
+                                          "shutdown-timeout", "verbose", NULL};
+static const char *const tls_keys[] = {"priority",
+                                       "handshake-timeout",
+                                       "idle-timeout",
+                                       "max-connections",
+                                       "max-connections-per-ip",
+                                       "max-message-size",
                                        NULL};
 static const char *const domain_keys[] = {"certificate", "key", NULL};
 static const char *const certificate_keys[] = {"default-expires", "max-expires", "min-expires",
@@ -27,18 +30,28 @@ static const char *const certificate_keys[] = {"default-expires", "max-expires",
 static const char *const fanout_keys[] = {"window", "min-interval", NULL};
 static const char *const store_keys[] = {"map-size", "master-key", NULL};
 static const char *const auth_keys[] = {"nonce-lifetime", "free-failures", "lockout-base",
-                                        "lockout-max", "forget-after", NULL};
+                                        "lockout-max",    "forget-after",  NULL};
 static const char *const credential_keys[] = {"generate", "key-bits", "days", NULL};
-static const char *const identity_keys[] = {"enabled", "algorithm", "backend", "threads",
+static const char *const registrar_keys[] = {"default-expires", "min-expires", "max-expires",
+                                             "max-bindings", NULL};
+static const char *const message_keys[] = {"max-body", NULL};
+static const char *const identity_keys[] = {"enabled",  "algorithm",    "backend",     "threads",
                                             "info-url", "https-listen", "public-host", NULL};
 
 static const struct {
   const char *group;
   const char *const *keys;
 } known_groups[] = {
-  {"server", server_keys},           {"tls", tls_keys},       {"certificate", certificate_keys},
-  {"fanout", fanout_keys},           {"store", store_keys},   {"auth", auth_keys},
-  {"credential", credential_keys},   {"identity", identity_keys},
+    {"server", server_keys},
+    {"tls", tls_keys},
+    {"certificate", certificate_keys},
+    {"fanout", fanout_keys},
+    {"store", store_keys},
+    {"auth", auth_keys},
+    {"credential", credential_keys},
+    {"identity", identity_keys},
+    {"registrar", registrar_keys},
+    {"message", message_keys},
 };
 
 #define DOMAIN_GROUP_PREFIX "domain "
@@ -71,8 +84,8 @@ loader_find_line(const Loader *ld, const char *group, const char *key)
       l++;
     if (*l == '[') {
       const char *end = strchr(l, ']');
-      in_group = end && (gsize)(end - l - 1) == strlen(group) &&
-                 strncmp(l + 1, group, end - l - 1) == 0;
+      in_group =
+          end && (gsize)(end - l - 1) == strlen(group) && strncmp(l + 1, group, end - l - 1) == 0;
       if (in_group && key == NULL)
         return i + 1;
       continue;
@@ -93,8 +106,8 @@ loader_find_line(const Loader *ld, const char *group, const char *key)
 
 G_GNUC_PRINTF(5, 6)
 static gboolean
-loader_fail(const Loader *ld, GError **error, const char *group, const char *key,
-            const char *fmt, ...)
+loader_fail(const Loader *ld, GError **error, const char *group, const char *key, const char *fmt,
+            ...)
 {
   va_list ap;
   va_start(ap, fmt);
@@ -132,8 +145,8 @@ loader_get_uint(const Loader *ld, const char *group, const char *key, guint64 mi
 }
 
 static gboolean
-loader_get_bool(const Loader *ld, const char *group, const char *key, gboolean def,
-                gboolean *out, GError **error)
+loader_get_bool(const Loader *ld, const char *group, const char *key, gboolean def, gboolean *out,
+                GError **error)
 {
   if (!g_key_file_has_key(ld->kf, group, key, NULL)) {
     *out = def;
@@ -279,8 +292,8 @@ static gboolean
 loader_read_tls(const Loader *ld, SrvConfig *cfg, GError **error)
 {
   g_autofree char *prio = g_key_file_get_value(ld->kf, "tls", "priority", NULL);
-  cfg->tls_priority = prio ? g_strstrip(g_steal_pointer(&prio))
-                           : g_strdup(SRV_TLS_PRIORITY_DEFAULT);
+  cfg->tls_priority =
+      prio ? g_strstrip(g_steal_pointer(&prio)) : g_strdup(SRV_TLS_PRIORITY_DEFAULT);
   /* Validate with the enforced floor appended, exactly as the edge uses it. */
   g_autofree char *full = g_strconcat(cfg->tls_priority, EDGE_TLS_PRIORITY_FLOOR, NULL);
   gnutls_priority_t p = NULL;
@@ -328,8 +341,8 @@ loader_read_domains(const Loader *ld, SrvConfig *cfg, GError **error)
     g_autofree char *group = g_strconcat(DOMAIN_GROUP_PREFIX, cfg->domains[i], NULL);
     if (!g_key_file_has_group(ld->kf, group))
       return loader_fail(ld, error, "server", "domains",
-                         "\"%s\" has no [%s] group with its certificate and key",
-                         cfg->domains[i], group);
+                         "\"%s\" has no [%s] group with its certificate and key", cfg->domains[i],
+                         group);
     SrvDomain *d = g_new0(SrvDomain, 1);
     d->name = g_strdup(cfg->domains[i]);
     g_ptr_array_add(cfg->domain_certs, d);
@@ -384,8 +397,8 @@ loader_read_core(const Loader *ld, SrvConfig *cfg, GError **error)
     return FALSE;
   c->min_expires = v;
   if (c->min_expires > c->max_expires)
-    return loader_fail(ld, error, "certificate", "min-expires",
-                       "%u is more than max-expires (%u)", c->min_expires, c->max_expires);
+    return loader_fail(ld, error, "certificate", "min-expires", "%u is more than max-expires (%u)",
+                       c->min_expires, c->max_expires);
   if (c->default_expires > c->max_expires || c->default_expires < c->min_expires)
     return loader_fail(ld, error, "certificate", "default-expires",
                        "%u is outside min-expires..max-expires (%u..%u)", c->default_expires,
@@ -393,10 +406,35 @@ loader_read_core(const Loader *ld, SrvConfig *cfg, GError **error)
   if (!loader_get_uint(ld, "fanout", "window", 1, 100000, c->notify_window, &v, error))
     return FALSE;
   c->notify_window = v;
-  if (!loader_get_uint(ld, "fanout", "min-interval", 0, 86400, c->min_notify_interval, &v,
-                       error))
+  if (!loader_get_uint(ld, "fanout", "min-interval", 0, 86400, c->min_notify_interval, &v, error))
     return FALSE;
   c->min_notify_interval = v;
+
+  if (!loader_get_uint(ld, "registrar", "min-expires", 1, 86400, c->reg_min_expires, &v, error))
+    return FALSE;
+  c->reg_min_expires = v;
+  if (!loader_get_uint(ld, "registrar", "max-expires", 1, 7 * 86400, c->reg_max_expires, &v,
+                       error))
+    return FALSE;
+  c->reg_max_expires = v;
+  if (c->reg_min_expires > c->reg_max_expires)
+    return loader_fail(ld, error, "registrar", "min-expires", "%u is more than max-expires (%u)",
+                       c->reg_min_expires, c->reg_max_expires);
+  if (!loader_get_uint(ld, "registrar", "default-expires", 1, 7 * 86400, c->reg_default_expires,
+                       &v, error))
+    return FALSE;
+  c->reg_default_expires = v;
+  if (c->reg_default_expires > c->reg_max_expires || c->reg_default_expires < c->reg_min_expires)
+    return loader_fail(ld, error, "registrar", "default-expires",
+                       "%u is outside min-expires..max-expires (%u..%u)", c->reg_default_expires,
+                       c->reg_min_expires, c->reg_max_expires);
+  if (!loader_get_uint(ld, "registrar", "max-bindings", 1, 64, c->reg_max_bindings, &v, error))
+    return FALSE;
+  c->reg_max_bindings = v;
+  if (!loader_get_uint(ld, "message", "max-body", 0, 1024 * 1024, (guint)c->message_max_body, &v,
+                       error))
+    return FALSE;
+  c->message_max_body = v;
 
   if (!loader_get_uint(ld, "auth", "nonce-lifetime", 10, 86400, c->nonce_lifetime, &v, error))
     return FALSE;
@@ -414,8 +452,7 @@ loader_read_core(const Loader *ld, SrvConfig *cfg, GError **error)
   if (lim->max_delay_s < lim->base_delay_s)
     return loader_fail(ld, error, "auth", "lockout-max", "%u is less than lockout-base (%u)",
                        lim->max_delay_s, lim->base_delay_s);
-  if (!loader_get_uint(ld, "auth", "forget-after", 1, 30 * 86400, lim->forget_after_s, &v,
-                       error))
+  if (!loader_get_uint(ld, "auth", "forget-after", 1, 30 * 86400, lim->forget_after_s, &v, error))
     return FALSE;
   lim->forget_after_s = v;
 
@@ -425,8 +462,8 @@ loader_read_core(const Loader *ld, SrvConfig *cfg, GError **error)
   if (!loader_get_uint(ld, "credential", "key-bits", 2048, 3072, c->generate_key_bits, &v, error))
     return FALSE;
   if (v != 2048 && v != 3072)
-    return loader_fail(ld, error, "credential", "key-bits", "%" G_GUINT64_FORMAT
-                       " is neither 2048 nor 3072", v);
+    return loader_fail(ld, error, "credential", "key-bits",
+                       "%" G_GUINT64_FORMAT " is neither 2048 nor 3072", v);
   c->generate_key_bits = v;
   if (!loader_get_uint(ld, "credential", "days", 1, 365, c->generate_days, &v, error))
     return FALSE;
@@ -472,8 +509,8 @@ loader_read_identity(const Loader *ld, SrvConfig *cfg, GError **error)
   if (!g_str_equal(cfg->identity_backend, "auto") &&
       !g_str_equal(cfg->identity_backend, "gnutls") &&
       !g_str_equal(cfg->identity_backend, "openssl"))
-    return loader_fail(ld, error, "identity", "backend",
-                       "\"%s\" is not auto, gnutls or openssl", cfg->identity_backend);
+    return loader_fail(ld, error, "identity", "backend", "\"%s\" is not auto, gnutls or openssl",
+                       cfg->identity_backend);
   guint64 v;
   if (!loader_get_uint(ld, "identity", "threads", 0, 256, 0, &v, error))
     return FALSE;
@@ -482,8 +519,7 @@ loader_read_identity(const Loader *ld, SrvConfig *cfg, GError **error)
   g_autofree char *url = g_key_file_get_value(ld->kf, "identity", "info-url", NULL);
   if (url != NULL && *g_strstrip(url) != '\0') {
     if (!g_str_has_prefix(url, "https://") && !g_str_has_prefix(url, "http://"))
-      return loader_fail(ld, error, "identity", "info-url", "\"%s\" is not an http(s) URL",
-                         url);
+      return loader_fail(ld, error, "identity", "info-url", "\"%s\" is not an http(s) URL", url);
     if (strpbrk(url, " \t<>\"") != NULL)
       return loader_fail(ld, error, "identity", "info-url",
                          "may not contain blanks, quotes or angle brackets");
@@ -512,8 +548,7 @@ loader_read_identity(const Loader *ld, SrvConfig *cfg, GError **error)
   g_autofree char *host = g_key_file_get_value(ld->kf, "identity", "public-host", NULL);
   if (host != NULL && *g_strstrip(host) != '\0') {
     if (strpbrk(host, " \t<>\"/") != NULL)
-      return loader_fail(ld, error, "identity", "public-host", "\"%s\" is not a host name",
-                         host);
+      return loader_fail(ld, error, "identity", "public-host", "\"%s\" is not a host name", host);
     cfg->identity_public_host = g_steal_pointer(&host);
   }
   return TRUE;

@@ -26,11 +26,11 @@
 /* Messages held while the connection to nua is being opened. */
 #define EDGE_NUA_QUEUE_MAX 4096
 /* nua is local and normally drains at once; past this it is stuck. */
-#define EDGE_NUA_OUTBUF_MAX ((gsize) 64 * 1024 * 1024)
+#define EDGE_NUA_OUTBUF_MAX ((gsize)64 * 1024 * 1024)
 /* nua may send large NOTIFY bodies; clients are bounded by the config. */
-#define EDGE_INTERNAL_MAX_MESSAGE ((gsize) 4 * 1024 * 1024)
+#define EDGE_INTERNAL_MAX_MESSAGE ((gsize)4 * 1024 * 1024)
 /* A client that does not read its responses may hold this much output. */
-#define EDGE_CLIENT_OUTBUF_MIN ((gsize) 1024 * 1024)
+#define EDGE_CLIENT_OUTBUF_MIN ((gsize)1024 * 1024)
 /* How long a closing connection may take to drain its output. */
 #define EDGE_LINGER_MS 2000
 /* After a client's framing is lost, how long nua's answers to the requests
@@ -42,7 +42,7 @@
 /* Reads per wake-up, so one busy client cannot starve the others. */
 #define EDGE_READ_BATCH 16
 
-G_DEFINE_QUARK(sipcred-edge-error-quark, edge_error)
+G_DEFINE_QUARK(sipcred - edge - error - quark, edge_error)
 
 typedef enum {
   EDGE_CONN_CLIENT,   /* TLS from a UA */
@@ -99,7 +99,7 @@ struct _EdgeConn {
   char *tls_version;
   char *cipher_suite;
   GBytes *peer_cert;
-  gint64 last_rx; /* monotonic time of the last received bytes */
+  gint64 last_rx;     /* monotonic time of the last received bytes */
   GQueue send_fifo;   /* EdgeOut* on their way to the client, in order */
   gboolean send_busy; /* the head of send_fifo is in an asynchronous stage */
   guint64 serial;     /* the flow's order key in the signing pool */
@@ -123,7 +123,7 @@ typedef struct {
 /* A request relayed while the nua connection was still opening. */
 typedef struct {
   GBytes *wire;
-  char *token; /* client flow of a client request, for a 503 if nua is unreachable */
+  char *token;  /* client flow of a client request, for a 503 if nua is unreachable */
   GBytes *orig; /* the client's request as received */
 } EdgePending;
 
@@ -276,7 +276,7 @@ edge_creds_load(const SrvConfig *cfg, const char *const *domains, GError **error
 {
   EdgeCreds *creds = g_new0(EdgeCreds, 1);
   creds->ref = 1;
-  creds->n = g_strv_length((char **) domains);
+  creds->n = g_strv_length((char **)domains);
   creds->cred = g_new0(gnutls_certificate_credentials_t, creds->n);
 
   for (guint i = 0; i < creds->n; i++) {
@@ -295,8 +295,8 @@ edge_creds_load(const SrvConfig *cfg, const char *const *domains, GError **error
       return NULL;
     }
     gnutls_certificate_set_flags(creds->cred[i], GNUTLS_CERTIFICATE_API_V2);
-    int index = gnutls_certificate_set_x509_key_file2(creds->cred[i], d->cert_file,
-                                                      d->key_file, GNUTLS_X509_FMT_PEM, NULL, 0);
+    int index = gnutls_certificate_set_x509_key_file2(creds->cred[i], d->cert_file, d->key_file,
+                                                      GNUTLS_X509_FMT_PEM, NULL, 0);
     if (index < 0) {
       g_set_error(error, EDGE_ERROR, EDGE_ERROR_TLS, "domain %s: cannot load %s and %s: %s",
                   domains[i], d->cert_file, d->key_file, gnutls_strerror(index));
@@ -345,8 +345,8 @@ edge_priority_check_policy(gnutls_priority_t prio, GError **error)
   for (int i = 0; i < n; i++) {
     gnutls_protocol_t v = list[i];
     if (v == GNUTLS_SSL3 || v == GNUTLS_TLS1_0 || v == GNUTLS_TLS1_1) {
-      g_set_error(error, EDGE_ERROR, EDGE_ERROR_POLICY,
-                  "TLS priority string enables %s", gnutls_protocol_get_name(v));
+      g_set_error(error, EDGE_ERROR, EDGE_ERROR_POLICY, "TLS priority string enables %s",
+                  gnutls_protocol_get_name(v));
       return FALSE;
     }
     if (v == GNUTLS_TLS1_2 || v == GNUTLS_TLS1_3)
@@ -422,7 +422,7 @@ edge_priority_load(const char *configured, gnutls_priority_t *out, GError **erro
   gnutls_priority_t prio = NULL;
   int ret = gnutls_priority_init(&prio, full, &err_pos);
   if (ret < 0) {
-    gsize pos = err_pos != NULL && err_pos >= full ? (gsize) (err_pos - full) : 0;
+    gsize pos = err_pos != NULL && err_pos >= full ? (gsize)(err_pos - full) : 0;
     if (ret != GNUTLS_E_INVALID_REQUEST)
       g_set_error(error, EDGE_ERROR, EDGE_ERROR_TLS, "TLS priority string \"%s\": %s", base,
                   gnutls_strerror(ret));
@@ -723,7 +723,7 @@ conn_flush(EdgeConn *c)
     return TRUE;
   while (c->out_off < c->outbuf->len) {
     g_autoptr(GError) err = NULL;
-    gssize n = g_socket_send(c->sock, (const gchar *) c->outbuf->data + c->out_off,
+    gssize n = g_socket_send(c->sock, (const gchar *)c->outbuf->data + c->out_off,
                              c->outbuf->len - c->out_off, NULL, &err);
     if (n < 0) {
       if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK)) {
@@ -781,7 +781,7 @@ tls_push(gnutls_transport_ptr_t ptr, const void *data, size_t len)
 {
   EdgeConn *c = ptr;
   g_byte_array_append(c->outbuf, data, len);
-  return (ssize_t) len;
+  return (ssize_t)len;
 }
 
 static ssize_t
@@ -814,7 +814,7 @@ edge_domain_index(Edge *edge, const char *name)
 {
   for (guint i = 0; name != NULL && edge->domains[i] != NULL; i++) {
     if (g_ascii_strcasecmp(edge->domains[i], name) == 0)
-      return (int) i;
+      return (int)i;
   }
   return -1;
 }
@@ -832,7 +832,7 @@ client_hello_cb(gnutls_session_t session)
   int index = 0;
   if (gnutls_server_name_get(session, name, &len, &type, 0) == 0 && type == GNUTLS_NAME_DNS)
     index = MAX(edge_domain_index(c->edge, name), 0);
-  if ((guint) index >= c->creds->n)
+  if ((guint)index >= c->creds->n)
     index = 0;
   return gnutls_credentials_set(session, GNUTLS_CRD_CERTIFICATE, c->creds->cred[index]);
 }
@@ -876,16 +876,15 @@ flow_tls_write(EdgeConn *c, const guint8 *data, gsize len)
     if ((n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED) && ++retries < 8)
       continue; /* our push never fails; same arguments again, as GnuTLS requires */
     if (n < 0) {
-      g_info("flow %s (%s): TLS write failed: %s", c->token, c->peer, gnutls_strerror((int) n));
+      g_info("flow %s (%s): TLS write failed: %s", c->token, c->peer, gnutls_strerror((int)n));
       conn_close_now(c);
       return FALSE;
     }
     data += n;
-    len -= (gsize) n;
+    len -= (gsize)n;
   }
   if (conn_out_pending(c) > c->edge->client_outbuf_max) {
-    g_message("closing flow %s (%s): client does not read; output over %" G_GSIZE_FORMAT
-              " bytes",
+    g_message("closing flow %s (%s): client does not read; output over %" G_GSIZE_FORMAT " bytes",
               c->token, c->peer, c->edge->client_outbuf_max);
     conn_close_now(c);
     return FALSE;
@@ -962,8 +961,9 @@ edge_flow_send_signed(EdgeConn *flow, GBytes *msg, const char *domain, GBytes *o
                       const char *txn_key)
 {
   Edge *edge = flow->edge;
-  IdentSigner *signer =
-      edge->sign_pool != NULL && domain != NULL ? g_hash_table_lookup(edge->signers, domain) : NULL;
+  IdentSigner *signer = edge->sign_pool != NULL && domain != NULL
+                            ? g_hash_table_lookup(edge->signers, domain)
+                            : NULL;
   if (signer == NULL) {
     if (edge->sign_pool != NULL)
       g_warning("flow %s: no signing key for %s; message sent without Identity", flow->token,
@@ -1018,8 +1018,7 @@ edge_build_reply_from_bytes(GBytes *orig, guint status, const char *phrase)
 }
 
 static void
-edge_reply_to_flow(Edge *edge, const char *token, GBytes *orig, guint status,
-                   const char *phrase)
+edge_reply_to_flow(Edge *edge, const char *token, GBytes *orig, guint status, const char *phrase)
 {
   if (token == NULL || orig == NULL)
     return;
@@ -1079,8 +1078,8 @@ static void
 edge_nua_connect(Edge *edge)
 {
   g_autoptr(GError) err = NULL;
-  GSocket *sock = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
-                               G_SOCKET_PROTOCOL_TCP, &err);
+  GSocket *sock =
+      g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, &err);
   if (sock == NULL) {
     g_warning("cannot create a socket to nua: %s", err->message);
     return;
@@ -1090,8 +1089,8 @@ edge_nua_connect(Edge *edge)
   c->peer_ip = g_strdup(EDGE_INTERNAL_HOST);
   c->peer_port = edge->nua_port;
   socket_set_nodelay(sock);
-  g_autoptr(GSocketAddress) addr = g_inet_socket_address_new_from_string(EDGE_INTERNAL_HOST,
-                                                                         edge->nua_port);
+  g_autoptr(GSocketAddress) addr =
+      g_inet_socket_address_new_from_string(EDGE_INTERNAL_HOST, edge->nua_port);
   edge->nua = c;
   c->connecting = TRUE;
   if (g_socket_connect(sock, addr, NULL, &err)) {
@@ -1315,7 +1314,7 @@ flow_relay_ctx(EdgeConn *flow, SipwireRelayCtx *ctx)
   ctx->nua_port = edge->nua_port;
   ctx->public_host = flow->public_host;
   ctx->public_port = flow->public_port;
-  ctx->served_domains = (const char *const *) edge->domains;
+  ctx->served_domains = (const char *const *)edge->domains;
   ctx->subscribe_default_expires = edge->subscribe_default_expires;
 }
 
@@ -1324,9 +1323,8 @@ flow_relay_ctx(EdgeConn *flow, SipwireRelayCtx *ctx)
 static char *
 edge_phrase_from_error(const GError *err, const char *fallback)
 {
-  g_autofree char *phrase = edge_phrase_sanitize(err != NULL && err->message[0] != '\0'
-                                                     ? err->message
-                                                     : fallback);
+  g_autofree char *phrase =
+      edge_phrase_sanitize(err != NULL && err->message[0] != '\0' ? err->message : fallback);
   phrase[0] = g_ascii_toupper(phrase[0]);
   return g_steal_pointer(&phrase);
 }
@@ -1342,7 +1340,7 @@ client_reject_bytes(EdgeConn *c, const guint8 *data, gsize len, guint status, co
   const char *why = err != NULL ? err->message : "?";
   g_autofree char *method = sipwire_raw_get_method(data, len);
   if (method == NULL) {
-    if (len >= 4 && g_ascii_strncasecmp((const char *) data, "SIP/", 4) == 0)
+    if (len >= 4 && g_ascii_strncasecmp((const char *)data, "SIP/", 4) == 0)
       g_debug("flow %s (%s): dropping a response: %s", c->token, c->peer, why);
     else
       g_info("flow %s (%s): dropping a message without a request line: %s", c->token, c->peer,
@@ -1402,8 +1400,8 @@ client_reject_unframed(EdgeConn *c, const GError *err)
     return;
   }
   if (g_error_matches(err, SIPWIRE_ERROR, SIPWIRE_ERROR_TOO_BIG)) {
-    g_autoptr(GError) big = g_error_new_literal(SIPWIRE_ERROR, SIPWIRE_ERROR_TOO_BIG,
-                                                "Message Too Large");
+    g_autoptr(GError) big =
+        g_error_new_literal(SIPWIRE_ERROR, SIPWIRE_ERROR_TOO_BIG, "Message Too Large");
     client_reject_bytes(c, data, len, 513, big);
     return;
   }
@@ -1485,7 +1483,7 @@ client_process_frames(EdgeConn *c)
       return;
     case SIPWIRE_FRAME_PING:
       /* RFC 5626 pong. Messages reach TLS whole, so it can't split one. */
-      flow_tls_write(c, (const guint8 *) "\r\n", 2);
+      flow_tls_write(c, (const guint8 *)"\r\n", 2);
       break;
     case SIPWIRE_FRAME_ERROR:
       if (g_error_matches(err, SIPWIRE_ERROR, SIPWIRE_ERROR_TOO_BIG))
@@ -1541,8 +1539,7 @@ nua_handle_request(EdgeConn *c, SipwireMsg *msg, GBytes *frame)
   gboolean is_ack = g_strcmp0(method, "ACK") == 0;
   /* Built now, while @msg is as nua sent it: the answer if the flow dies
    * before the client answers. */
-  g_autoptr(GBytes) flow_failed = is_ack ? NULL
-                                         : sipwire_build_response(msg, 430, "Flow Failed");
+  g_autoptr(GBytes) flow_failed = is_ack ? NULL : sipwire_build_response(msg, 430, "Flow Failed");
   SipwireRelayCtx ctx;
   flow_relay_ctx(flow, &ctx);
   g_autoptr(GError) err = NULL;
@@ -1568,8 +1565,9 @@ nua_handle_request(EdgeConn *c, SipwireMsg *msg, GBytes *frame)
   }
   g_autoptr(GBytes) wire = sipwire_msg_serialize(msg);
   /* RFC 6072 sections 6.7 and 7.7, RFC 4474: every NOTIFY leaves signed by
-   * the domain of its From, which is the AOR it reports on. */
-  if (g_strcmp0(method, "NOTIFY") == 0) {
+   * the domain of its From, which is the AOR it reports on; a relayed
+   * MESSAGE by the domain of its sender, whom the core authenticated. */
+  if (g_strcmp0(method, "NOTIFY") == 0 || g_strcmp0(method, "MESSAGE") == 0) {
     g_autofree char *from_user = NULL;
     g_autofree char *from_host = NULL;
     guint16 from_port = 0;
@@ -1577,7 +1575,8 @@ nua_handle_request(EdgeConn *c, SipwireMsg *msg, GBytes *frame)
     if (from != NULL)
       sipwire_nameaddr_get_host_port(from, &from_user, &from_host, &from_port);
     g_autofree char *domain = from_host != NULL ? g_ascii_strdown(from_host, -1) : NULL;
-    g_autoptr(GBytes) on_error = edge_build_reply_from_bytes(frame, 500, "Identity Signing Failed");
+    g_autoptr(GBytes) on_error =
+        edge_build_reply_from_bytes(frame, 500, "Identity Signing Failed");
     g_autofree char *key = edge_txn_key(branch != NULL ? branch : "", method);
     edge_flow_send_signed(flow, wire, domain, on_error, key);
     return;
@@ -1594,8 +1593,7 @@ nua_handle_response(EdgeConn *c, SipwireMsg *msg)
   const char *via = sipwire_msg_get_first(msg, "Via");
   g_autofree char *peek = via != NULL ? sipwire_param_get(via, "flow") : NULL;
   if (peek == NULL || *peek == '\0') {
-    g_warning("response %u from nua without the edge's Via; dropped",
-              sipwire_msg_get_status(msg));
+    g_warning("response %u from nua without the edge's Via; dropped", sipwire_msg_get_status(msg));
     return;
   }
   EdgeConn *flow = g_hash_table_lookup(edge->flows, peek);
@@ -1608,8 +1606,7 @@ nua_handle_response(EdgeConn *c, SipwireMsg *msg)
   flow_relay_ctx(flow, &ctx);
   g_autoptr(GError) err = NULL;
   g_autofree char *token = NULL;
-  if (!sipwire_relay_response_out(msg, &ctx, &token, &err) ||
-      g_strcmp0(token, flow->token) != 0) {
+  if (!sipwire_relay_response_out(msg, &ctx, &token, &err) || g_strcmp0(token, flow->token) != 0) {
     g_warning("response from nua for flow %s cannot be relayed: %s", peek,
               err != NULL ? err->message : "flow token mismatch");
     return;
@@ -1677,12 +1674,12 @@ client_idle_cb(gpointer data)
 {
   EdgeConn *c = data;
   Edge *edge = c->edge;
-  gint64 idle_us = (gint64) edge->idle_timeout_ms * 1000;
+  gint64 idle_us = (gint64)edge->idle_timeout_ms * 1000;
   gint64 silent = g_get_monotonic_time() - c->last_rx;
   if (silent < idle_us) {
     /* Bytes came in meanwhile: sleep for the rest (cheaper than re-arming
      * on every read). */
-    client_arm_idle(c, (guint) ((idle_us - silent + 999) / 1000));
+    client_arm_idle(c, (guint)((idle_us - silent + 999) / 1000));
     return G_SOURCE_REMOVE;
   }
   g_message("closing flow %s (%s): idle-timeout (%u ms) expired", c->token, c->peer,
@@ -1693,8 +1690,8 @@ client_idle_cb(gpointer data)
    * short body) still gets an answer, from what arrived. */
   g_autoptr(GBytes) partial = sipwire_framer_peek_pending(c->framer);
   if (partial != NULL) {
-    g_autoptr(GError) err = g_error_new_literal(
-        SIPWIRE_ERROR, SIPWIRE_ERROR_MALFORMED, "incomplete message when the flow went idle");
+    g_autoptr(GError) err = g_error_new_literal(SIPWIRE_ERROR, SIPWIRE_ERROR_MALFORMED,
+                                                "incomplete message when the flow went idle");
     gsize len = 0;
     const guint8 *bytes = g_bytes_get_data(partial, &len);
     client_reject_bytes(c, bytes, len, 400, err);
@@ -1718,8 +1715,7 @@ client_handshake_timeout_cb(gpointer data)
 static char *
 edge_token_new(Edge *edge)
 {
-  static const char alphabet[] =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
   for (;;) {
     char *token = g_malloc(EDGE_TOKEN_LEN + 1);
     gsize n = 0;
@@ -1727,7 +1723,7 @@ edge_token_new(Edge *edge)
       guint8 rnd[32];
       if (gnutls_rnd(GNUTLS_RND_NONCE, rnd, sizeof rnd) < 0) {
         for (gsize i = 0; i < sizeof rnd; i++)
-          rnd[i] = (guint8) g_random_int();
+          rnd[i] = (guint8)g_random_int();
       }
       for (gsize i = 0; i < sizeof rnd && n < EDGE_TOKEN_LEN; i++) {
         if (rnd[i] < 248) /* 4 * 62: no modulo bias */
@@ -1751,8 +1747,8 @@ client_flow_established(EdgeConn *c)
   char name[256];
   size_t name_len = sizeof name;
   unsigned int type = 0;
-  if (gnutls_server_name_get(c->tls, name, &name_len, &type, 0) == 0 &&
-      type == GNUTLS_NAME_DNS && name_len > 0)
+  if (gnutls_server_name_get(c->tls, name, &name_len, &type, 0) == 0 && type == GNUTLS_NAME_DNS &&
+      name_len > 0)
     c->sni = g_ascii_strdown(name, -1);
   int index = edge_domain_index(edge, c->sni);
   c->public_host = g_strdup(edge->domains[MAX(index, 0)]);
@@ -1817,7 +1813,7 @@ client_on_input(EdgeConn *c)
     ssize_t n = gnutls_record_recv(c->tls, buf, sizeof buf);
     if (n > 0) {
       c->last_rx = g_get_monotonic_time();
-      sipwire_framer_push(c->framer, buf, (gsize) n);
+      sipwire_framer_push(c->framer, buf, (gsize)n);
       client_process_frames(c);
       continue;
     }
@@ -1834,9 +1830,9 @@ client_on_input(EdgeConn *c)
       gnutls_alert_send(c->tls, GNUTLS_AL_WARNING, GNUTLS_A_NO_RENEGOTIATION);
       continue;
     }
-    if (!gnutls_error_is_fatal((int) n))
+    if (!gnutls_error_is_fatal((int)n))
       continue;
-    g_debug("flow %s (%s): TLS read failed: %s", c->token, c->peer, gnutls_strerror((int) n));
+    g_debug("flow %s (%s): TLS read failed: %s", c->token, c->peer, gnutls_strerror((int)n));
     conn_close_now(c);
     return;
   }
@@ -1849,9 +1845,9 @@ plain_on_input(EdgeConn *c)
   guint8 buf[65536];
   for (guint i = 0; i < EDGE_READ_BATCH && !c->closed && !c->closing; i++) {
     g_autoptr(GError) err = NULL;
-    gssize n = g_socket_receive(c->sock, (gchar *) buf, sizeof buf, NULL, &err);
+    gssize n = g_socket_receive(c->sock, (gchar *)buf, sizeof buf, NULL, &err);
     if (n > 0) {
-      sipwire_framer_push(c->framer, buf, (gsize) n);
+      sipwire_framer_push(c->framer, buf, (gsize)n);
       nua_process_frames(c);
       continue;
     }
@@ -2070,12 +2066,11 @@ edge_parse_listen(const char *spec, GError **error)
   }
   guint64 port = 0;
   g_autoptr(GInetAddress) ia = g_inet_address_new_from_string(host);
-  if (ia == NULL ||
-      !g_ascii_string_to_unsigned(port_str, 10, 0, G_MAXUINT16, &port, NULL)) {
+  if (ia == NULL || !g_ascii_string_to_unsigned(port_str, 10, 0, G_MAXUINT16, &port, NULL)) {
     g_set_error(error, EDGE_ERROR, EDGE_ERROR_LISTEN, "bad listen address \"%s\"", spec);
     return NULL;
   }
-  return g_inet_socket_address_new(ia, (guint16) port);
+  return g_inet_socket_address_new(ia, (guint16)port);
 }
 
 static EdgeListener *
@@ -2084,8 +2079,8 @@ edge_listener_open(Edge *edge, GSocketAddress *addr, const char *name, gboolean 
 {
   GSocketFamily family = g_socket_address_get_family(addr);
   g_autoptr(GError) err = NULL;
-  g_autoptr(GSocket) sock = g_socket_new(family, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP,
-                                         &err);
+  g_autoptr(GSocket) sock =
+      g_socket_new(family, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_TCP, &err);
   if (sock == NULL) {
     g_set_error(error, EDGE_ERROR, EDGE_ERROR_LISTEN, "%s: %s", name, err->message);
     return NULL;
@@ -2142,12 +2137,12 @@ edge_new(const SrvConfig *cfg, GError **error)
   for (guint i = 0; cfg->domains[i] != NULL; i++)
     g_ptr_array_add(lower, g_ascii_strdown(cfg->domains[i], -1));
   g_ptr_array_add(lower, NULL);
-  g_auto(GStrv) domains = (GStrv) g_ptr_array_free(g_steal_pointer(&lower), FALSE);
+  g_auto(GStrv) domains = (GStrv)g_ptr_array_free(g_steal_pointer(&lower), FALSE);
 
   gnutls_priority_t priority = NULL;
   if (!edge_priority_load(cfg->tls_priority, &priority, error))
     return NULL;
-  EdgeCreds *creds = edge_creds_load(cfg, (const char *const *) domains, error);
+  EdgeCreds *creds = edge_creds_load(cfg, (const char *const *)domains, error);
   if (creds == NULL) {
     gnutls_priority_deinit(priority);
     return NULL;
@@ -2166,7 +2161,7 @@ edge_new(const SrvConfig *cfg, GError **error)
   edge->max_connections_per_ip = cfg->max_connections_per_ip;
   edge->max_message_size = cfg->max_message_size > 0 ? cfg->max_message_size : 65535;
   edge->client_outbuf_max = MAX(EDGE_CLIENT_OUTBUF_MIN, 64 * edge->max_message_size);
-  edge->listeners = g_ptr_array_new_with_free_func((GDestroyNotify) listener_free);
+  edge->listeners = g_ptr_array_new_with_free_func((GDestroyNotify)listener_free);
   edge->conns = g_hash_table_new_full(g_direct_hash, g_direct_equal, edge_conn_unref_cb, NULL);
   edge->flows = g_hash_table_new(g_str_hash, g_str_equal);
   edge->per_ip = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
@@ -2194,9 +2189,8 @@ edge_start(Edge *edge, guint16 nua_port, GError **error)
 
   for (guint i = 0; edge->listen[i] != NULL; i++) {
     g_autoptr(GSocketAddress) addr = edge_parse_listen(edge->listen[i], error);
-    EdgeListener *l = addr != NULL ? edge_listener_open(edge, addr, edge->listen[i], FALSE,
-                                                        error)
-                                   : NULL;
+    EdgeListener *l =
+        addr != NULL ? edge_listener_open(edge, addr, edge->listen[i], FALSE, error) : NULL;
     if (l == NULL) {
       g_ptr_array_set_size(edge->listeners, 0);
       g_clear_pointer(&edge->internal, listener_free);
@@ -2224,7 +2218,7 @@ edge_get_public_port(Edge *edge)
   g_return_val_if_fail(edge != NULL, 0);
   if (edge->listeners->len == 0)
     return 0;
-  return ((EdgeListener *) g_ptr_array_index(edge->listeners, 0))->port;
+  return ((EdgeListener *)g_ptr_array_index(edge->listeners, 0))->port;
 }
 
 static GHashTable *edge_signers_load(const SrvConfig *cfg, IdentSignerBackend backend,
@@ -2235,7 +2229,7 @@ edge_reload_credentials(Edge *edge, const SrvConfig *cfg, GError **error)
 {
   g_return_val_if_fail(edge != NULL && cfg != NULL, FALSE);
   /* The served set is fixed at edge_new(); a reload renews their keys. */
-  EdgeCreds *creds = edge_creds_load(cfg, (const char *const *) edge->domains, error);
+  EdgeCreds *creds = edge_creds_load(cfg, (const char *const *)edge->domains, error);
   if (creds == NULL)
     return FALSE;
   GHashTable *signers = NULL;
@@ -2263,7 +2257,7 @@ static GHashTable *
 edge_signers_load(const SrvConfig *cfg, IdentSignerBackend backend, GError **error)
 {
   g_autoptr(GHashTable) signers =
-      g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify) ident_signer_unref);
+      g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)ident_signer_unref);
   for (guint i = 0; i < cfg->domain_certs->len; i++) {
     const SrvDomain *d = g_ptr_array_index(cfg->domain_certs, i);
     g_autofree char *cert = NULL, *key = NULL;
@@ -2271,8 +2265,8 @@ edge_signers_load(const SrvConfig *cfg, IdentSignerBackend backend, GError **err
     if (!g_file_get_contents(d->cert_file, &cert, &cert_len, error) ||
         !g_file_get_contents(d->key_file, &key, &key_len, error))
       return NULL;
-    IdentSigner *signer = ident_signer_new(backend, (const guint8 *) key, key_len,
-                                           (const guint8 *) cert, cert_len, error);
+    IdentSigner *signer = ident_signer_new(backend, (const guint8 *)key, key_len,
+                                           (const guint8 *)cert, cert_len, error);
     explicit_bzero(key, key_len);
     if (signer == NULL) {
       g_prefix_error(error, "identity key of %s (%s): ", d->name, d->key_file);
@@ -2292,7 +2286,7 @@ edge_enable_identity(Edge *edge, const SrvConfig *cfg, GHashTable *info_urls, GE
   IdentSignerBackend backend = IDENT_SIGNER_GNUTLS;
   if (g_str_equal(cfg->identity_backend, "auto"))
     backend = ident_signer_backend_available(IDENT_SIGNER_OPENSSL) ? IDENT_SIGNER_OPENSSL
-                                                                    : IDENT_SIGNER_GNUTLS;
+                                                                   : IDENT_SIGNER_GNUTLS;
   else if (!ident_signer_backend_from_string(cfg->identity_backend, &backend)) {
     g_set_error(error, EDGE_ERROR, EDGE_ERROR_TLS, "unknown signing backend %s",
                 cfg->identity_backend);
@@ -2358,7 +2352,7 @@ edge_stop(Edge *edge)
   g_ptr_array_set_size(edge->listeners, 0);
   g_clear_pointer(&edge->internal, listener_free);
   edge->started = FALSE;
-  g_queue_clear_full(&edge->nua_pending, (GDestroyNotify) edge_pending_free);
+  g_queue_clear_full(&edge->nua_pending, (GDestroyNotify)edge_pending_free);
   g_queue_init(&edge->nua_pending);
   edge_txn_clear_all(edge);
 

@@ -26,7 +26,7 @@ struct _NuaSub;
 #include "server/edge.h"
 #include "sipcred-config.h"
 
-G_DEFINE_QUARK(sipcred-nua-adapter-error-quark, nua_adapter_error)
+G_DEFINE_QUARK(sipcred - nua - adapter - error - quark, nua_adapter_error)
 
 /* One subscription as nua knows it: a handle bound to this record. The core
  * holds the pointer from core_subscribe() until core_subscription_gone(). */
@@ -42,17 +42,26 @@ struct _NuaAdapter {
   nua_t *nua;
   guint16 port;
   CoreService *core;
-  Edge *edge; /* not owned */
-  GHashTable *subs; /* NuaSub* set, so shutdown frees what nua never reports */
+  Edge *edge;          /* not owned */
+  GHashTable *subs;    /* NuaSub* set, so shutdown frees what nua never reports */
+  GHashTable *legs;    /* nua_handle_t* of a relayed MESSAGE -> the core's leg */
+  GHashTable *pending; /* NuaTxn* answered later (MESSAGE), owned */
   gboolean shutdown_done;
 };
 
-/* The request being answered inside the nua callback. */
+/* A request being answered: inside the nua callback (saved == NULL), or
+ * later (a MESSAGE waiting for its relayed legs; nua's request is saved). */
 typedef struct {
   NuaAdapter *ad;
   nua_handle_t *nh;
-  guint status; /* what the core answered, 0 before */
+  guint status;          /* what the core answered, 0 before */
+  gboolean with_expires; /* a 2xx carries Expires (SUBSCRIBE, PUBLISH) */
+  nua_saved_event_t saved[1];
+  gboolean is_saved;
+  gboolean in_call; /* the core is still inside core_message() */
 } NuaTxn;
+
+static void nua_txn_finish(NuaTxn *t);
 
 static void
 nua_sub_free(NuaSub *s)
@@ -96,8 +105,16 @@ port_respond(gpointer txnp, const CoreResponse *r, gpointer user_data)
                            r->www_authenticate[i]);
   char retry_after[16];
   g_snprintf(retry_after, sizeof retry_after, "%u", r->retry_after);
-  nua_respond(t->nh, r->status, phrase, NUTAG_WITH_THIS(ad->nua),
-              TAG_IF(is_2xx, SIPTAG_EXPIRES_STR(expires)),
+  /* REGISTER: every binding, one Contact line each (their values hold
+   * commas inside quotes). */
+  for (guint i = 0; r->contacts && r->contacts[i]; i++)
+    g_string_append_printf(extra, "%sContact: %s", extra->len ? "\r\n" : "", r->contacts[i]);
+  sip_date_t *date = r->date ? sip_date_create(nua_handle_home(t->nh), sip_now()) : NULL;
+  nua_respond(t->nh, r->status, phrase, TAG_IF(!t->is_saved, NUTAG_WITH_THIS(ad->nua)),
+              TAG_IF(t->is_saved, NUTAG_WITH_SAVED(t->saved)), TAG_IF(date, SIPTAG_DATE(date)),
+              TAG_IF(r->require, SIPTAG_REQUIRE_STR(r->require)),
+              TAG_IF(r->supported, SIPTAG_SUPPORTED_STR(r->supported)),
+              TAG_IF(is_2xx && t->with_expires, SIPTAG_EXPIRES_STR(expires)),
               TAG_IF(r->min_expires, SIPTAG_MIN_EXPIRES_STR(min_expires)),
               TAG_IF(r->accept, SIPTAG_ACCEPT_STR(r->accept)),
               TAG_IF(r->allow_events, SIPTAG_ALLOW_EVENTS_STR(r->allow_events)),
@@ -105,6 +122,25 @@ port_respond(gpointer txnp, const CoreResponse *r, gpointer user_data)
               TAG_IF(r->etag, SIPTAG_ETAG_STR(r->etag)),
               TAG_IF(extra->len, SIPTAG_HEADER_STR(extra->str)), TAG_END());
   t->status = r->status;
+  if (t->is_saved && !t->in_call)
+    nua_txn_finish(t);
+}
+
+/* An answered MESSAGE: its saved request and handle go. */
+static void
+nua_txn_finish(NuaTxn *t)
+{
+  g_hash_table_remove(t->ad->pending, t); /* frees t */
+}
+
+static void
+nua_txn_free(NuaTxn *t)
+{
+  if (t->is_saved)
+    nua_destroy_event(t->saved);
+  if (t->nh)
+    nua_handle_destroy(t->nh);
+  g_free(t);
 }
 
 static void
@@ -135,12 +171,12 @@ port_notify(gpointer subp, const CoreNotify *n, gpointer user_data)
   const void *data = n->body ? g_bytes_get_data(n->body, &len) : NULL;
   sip_payload_t *pl = len ? sip_payload_create(home, data, (isize_t)len) : NULL;
 
-  nua_notify(s->nh, NUTAG_SUBSTATE(substate), SIPTAG_EVENT_STR(n->event),
-             SIPTAG_SUBSCRIPTION_STATE_STR(state),
-             TAG_IF(n->content_type, SIPTAG_CONTENT_TYPE_STR(n->content_type)),
-             TAG_IF(n->content_disposition,
-                    SIPTAG_CONTENT_DISPOSITION_STR(n->content_disposition)),
-             TAG_IF(pl, SIPTAG_PAYLOAD(pl)), TAG_END());
+  nua_notify(
+      s->nh, NUTAG_SUBSTATE(substate), SIPTAG_EVENT_STR(n->event),
+      SIPTAG_SUBSCRIPTION_STATE_STR(state),
+      TAG_IF(n->content_type, SIPTAG_CONTENT_TYPE_STR(n->content_type)),
+      TAG_IF(n->content_disposition, SIPTAG_CONTENT_DISPOSITION_STR(n->content_disposition)),
+      TAG_IF(pl, SIPTAG_PAYLOAD(pl)), TAG_END());
   s->core_notifies++;
   su_home_deinit(home);
 }
@@ -181,12 +217,39 @@ port_cancel(gpointer handle, gpointer user_data)
   g_source_remove(GPOINTER_TO_UINT(handle));
 }
 
+static void
+port_relay(gpointer leg, const CoreRelayRequest *req, gpointer user_data)
+{
+  NuaAdapter *ad = user_data;
+  su_home_t home[1] = {SU_HOME_INIT(home)};
+  gsize len = 0;
+  const void *data = g_bytes_get_data(req->body, &len);
+  sip_payload_t *pl = len ? sip_payload_create(home, data, (isize_t)len) : NULL;
+  /* The token Route leads the MESSAGE to the edge, which sends it over that
+   * flow (and signs it), as it does NOTIFYs in a dialog. */
+  char *route = su_sprintf(home, "<sip:%s@127.0.0.1:%u;transport=tcp;lr>", req->flow_token,
+                           ad->edge ? edge_get_internal_port(ad->edge) : 0);
+  char *cte = req->content_transfer_encoding ? su_sprintf(home, "Content-Transfer-Encoding: %s",
+                                                          req->content_transfer_encoding)
+                                             : NULL;
+  nua_handle_t *nh = nua_handle(ad->nua, NULL, SIPTAG_TO_STR(req->to_uri), TAG_END());
+
+  g_hash_table_insert(ad->legs, nh, leg);
+  nua_message(
+      nh, NUTAG_URL(req->request_uri), SIPTAG_FROM_STR(req->from_uri), SIPTAG_ROUTE_STR(route),
+      TAG_IF(req->content_type, SIPTAG_CONTENT_TYPE_STR(req->content_type)),
+      TAG_IF(req->content_disposition, SIPTAG_CONTENT_DISPOSITION_STR(req->content_disposition)),
+      TAG_IF(cte, SIPTAG_HEADER_STR(cte)), TAG_IF(pl, SIPTAG_PAYLOAD(pl)), TAG_END());
+  su_home_deinit(home);
+}
+
 static const CorePort nua_core_port = {
-  .respond = port_respond,
-  .notify = port_notify,
-  .now = port_now,
-  .schedule = port_schedule,
-  .cancel = port_cancel,
+    .respond = port_respond,
+    .notify = port_notify,
+    .now = port_now,
+    .schedule = port_schedule,
+    .cancel = port_cancel,
+    .relay = port_relay,
 };
 
 const CorePort *
@@ -292,21 +355,21 @@ on_initial_subscribe(NuaAdapter *ad, nua_handle_t *nh, sip_t const *sip)
   gboolean direct = request_flow_facts(ad, sip, &flow, &flow_info);
 
   CoreSubscribeInfo info = {
-    .event = sip->sip_event ? sip->sip_event->o_type : NULL,
-    .request_uri = sip->sip_request ? url_as_string(home, sip->sip_request->rq_url) : NULL,
-    .to_uri = sip->sip_to ? url_as_string(home, sip->sip_to->a_url) : NULL,
-    .from_uri = sip->sip_from ? url_as_string(home, sip->sip_from->a_url) : NULL,
-    .has_expires = sip->sip_expires != NULL,
-    .expires = sip->sip_expires ? sip->sip_expires->ex_delta : 0,
-    .accept = accept,
-    .flow_token = flow,
-    .direct = direct,
-    .peer_addr = flow_info.peer_addr,
-    .tls_version = flow_info.tls_version,
-    .cipher_suite = flow_info.cipher_suite,
-    .sni = flow_info.sni,
-    .peer_cert_der = flow_info.peer_cert_der,
-    .authorization = (const char *const *)authorization,
+      .event = sip->sip_event ? sip->sip_event->o_type : NULL,
+      .request_uri = sip->sip_request ? url_as_string(home, sip->sip_request->rq_url) : NULL,
+      .to_uri = sip->sip_to ? url_as_string(home, sip->sip_to->a_url) : NULL,
+      .from_uri = sip->sip_from ? url_as_string(home, sip->sip_from->a_url) : NULL,
+      .has_expires = sip->sip_expires != NULL,
+      .expires = sip->sip_expires ? sip->sip_expires->ex_delta : 0,
+      .accept = accept,
+      .flow_token = flow,
+      .direct = direct,
+      .peer_addr = flow_info.peer_addr,
+      .tls_version = flow_info.tls_version,
+      .cipher_suite = flow_info.cipher_suite,
+      .sni = flow_info.sni,
+      .peer_cert_der = flow_info.peer_cert_der,
+      .authorization = (const char *const *)authorization,
   };
 
   NuaSub *s = g_new0(NuaSub, 1);
@@ -315,7 +378,7 @@ on_initial_subscribe(NuaAdapter *ad, nua_handle_t *nh, sip_t const *sip)
   nua_handle_bind(nh, s);
   g_hash_table_add(ad->subs, s);
 
-  NuaTxn txn = {ad, nh, 0};
+  NuaTxn txn = {.ad = ad, .nh = nh, .with_expires = TRUE};
   core_subscribe(ad->core, &txn, s, &info);
   if (txn.status == 0) {
     g_critical("core left a SUBSCRIBE unanswered");
@@ -365,28 +428,28 @@ on_publish(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
       sip->sip_content_type
           ? token_with_params(sip->sip_content_type->c_type, sip->sip_content_type->c_params)
           : NULL;
-  g_autofree char *disposition =
-      sip->sip_content_disposition ? token_with_params(sip->sip_content_disposition->cd_type,
-                                                       sip->sip_content_disposition->cd_params)
-                                   : NULL;
+  g_autofree char *disposition = sip->sip_content_disposition
+                                     ? token_with_params(sip->sip_content_disposition->cd_type,
+                                                         sip->sip_content_disposition->cd_params)
+                                     : NULL;
   CorePublishInfo info = {
-    .event = event,
-    .request_uri = sip->sip_request ? url_as_string(home, sip->sip_request->rq_url) : NULL,
-    .to_uri = sip->sip_to ? url_as_string(home, sip->sip_to->a_url) : NULL,
-    .from_uri = sip->sip_from ? url_as_string(home, sip->sip_from->a_url) : NULL,
-    .has_expires = sip->sip_expires != NULL,
-    .expires = sip->sip_expires ? sip->sip_expires->ex_delta : 0,
-    .if_match = sip->sip_if_match ? sip->sip_if_match->g_string : NULL,
-    .content_type = content_type,
-    .content_transfer_encoding = unknown_header(sip, "Content-Transfer-Encoding"),
-    .content_disposition = disposition,
-    .body = body,
-    .authorization = (const char *const *)authorization,
-    .direct = direct,
-    .peer_addr = flow_info.peer_addr,
+      .event = event,
+      .request_uri = sip->sip_request ? url_as_string(home, sip->sip_request->rq_url) : NULL,
+      .to_uri = sip->sip_to ? url_as_string(home, sip->sip_to->a_url) : NULL,
+      .from_uri = sip->sip_from ? url_as_string(home, sip->sip_from->a_url) : NULL,
+      .has_expires = sip->sip_expires != NULL,
+      .expires = sip->sip_expires ? sip->sip_expires->ex_delta : 0,
+      .if_match = sip->sip_if_match ? sip->sip_if_match->g_string : NULL,
+      .content_type = content_type,
+      .content_transfer_encoding = unknown_header(sip, "Content-Transfer-Encoding"),
+      .content_disposition = disposition,
+      .body = body,
+      .authorization = (const char *const *)authorization,
+      .direct = direct,
+      .peer_addr = flow_info.peer_addr,
   };
 
-  NuaTxn txn = {ad, nh, 0};
+  NuaTxn txn = {.ad = ad, .nh = nh, .with_expires = TRUE};
   core_publish(ad->core, &txn, &info);
   if (txn.status == 0) {
     g_critical("core left a PUBLISH unanswered");
@@ -442,6 +505,165 @@ on_notify_response(NuaAdapter *ad, int status, NuaSub *s, tagi_t tags[])
   }
 }
 
+/* The unquoted value of parameter @name ("+sip.instance=") in @params. */
+static char *
+param_unquoted(msg_param_t const *params, char const *name)
+{
+  char const *v = params ? msg_params_find(params, name) : NULL;
+  if (v == NULL)
+    return NULL;
+  gsize n = strlen(v);
+  if (n >= 2 && v[0] == '"' && v[n - 1] == '"')
+    return g_strndup(v + 1, n - 2);
+  return g_strdup(v);
+}
+
+static void
+on_register(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
+{
+  if (status >= 200 || !sip || !ad->core) {
+    nua_handle_destroy(nh);
+    return;
+  }
+  su_home_t home[1] = {SU_HOME_INIT(home)};
+  g_auto(GStrv) authorization = authorization_list(home, sip);
+  char const *flow = NULL;
+  EdgeFlowInfo flow_info = {0};
+  gboolean direct = request_flow_facts(ad, sip, &flow, &flow_info);
+  g_autoptr(GArray) contacts = g_array_new(FALSE, TRUE, sizeof(CoreContact));
+  g_autoptr(GPtrArray) keep = g_ptr_array_new_with_free_func(g_free);
+
+  for (sip_contact_t const *m = sip->sip_contact; m; m = m->m_next) {
+    CoreContact c = {.q = -1};
+    if (m->m_url->url_type == url_any) {
+      c.uri = "*";
+    } else {
+      c.uri = url_as_string(home, m->m_url);
+    }
+    guint64 v = 0;
+    if (m->m_expires && g_ascii_string_to_unsigned(m->m_expires, 10, 0, G_MAXUINT32, &v, NULL)) {
+      c.has_expires = TRUE;
+      c.expires = (guint32)v;
+    } else if (m->m_expires) {
+      /* Sofia only keeps digits here: more than 32 bits asks for "very
+       * long", which the registrar clamps (RFC 3261 20.19 caps at 2^32-1). */
+      c.has_expires = TRUE;
+      c.expires = G_MAXUINT32;
+    }
+    if (m->m_q)
+      c.q = (float)g_ascii_strtod(m->m_q, NULL);
+    char *instance = param_unquoted(m->m_params, "+sip.instance=");
+    if (instance) {
+      g_ptr_array_add(keep, instance);
+      c.instance = instance;
+    }
+    char const *reg_id = m->m_params ? msg_params_find(m->m_params, "reg-id=") : NULL;
+    if (reg_id && g_ascii_string_to_unsigned(reg_id, 10, 1, G_MAXINT32, &v, NULL))
+      c.reg_id = (guint32)v;
+    g_array_append_val(contacts, c);
+  }
+
+  CoreRegisterInfo info = {
+      .request_uri = sip->sip_request ? url_as_string(home, sip->sip_request->rq_url) : NULL,
+      .to_uri = sip->sip_to ? url_as_string(home, sip->sip_to->a_url) : NULL,
+      .from_uri = sip->sip_from ? url_as_string(home, sip->sip_from->a_url) : NULL,
+      .call_id = sip->sip_call_id ? sip->sip_call_id->i_id : NULL,
+      .cseq = sip->sip_cseq ? sip->sip_cseq->cs_seq : 0,
+      .has_expires = sip->sip_expires != NULL,
+      .expires = sip->sip_expires ? sip->sip_expires->ex_delta : 0,
+      .contacts = (const CoreContact *)(gpointer)contacts->data,
+      .n_contacts = contacts->len,
+      .outbound = sip_has_supported(sip->sip_supported, "outbound"),
+      .authorization = (const char *const *)authorization,
+      .flow_token = flow,
+      .direct = direct,
+      .peer_addr = flow_info.peer_addr,
+  };
+
+  NuaTxn txn = {.ad = ad, .nh = nh};
+  core_register(ad->core, &txn, &info);
+  if (txn.status == 0) {
+    g_critical("core left a REGISTER unanswered");
+    nua_respond(nh, SIP_500_INTERNAL_SERVER_ERROR, NUTAG_WITH_THIS(ad->nua), TAG_END());
+  }
+  nua_handle_destroy(nh);
+  edge_flow_info_clear(&flow_info);
+  su_home_deinit(home);
+}
+
+static void
+on_message(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
+{
+  if (status >= 200 || !sip || !ad->core) {
+    nua_handle_destroy(nh);
+    return;
+  }
+  su_home_t home[1] = {SU_HOME_INIT(home)};
+  g_auto(GStrv) authorization = authorization_list(home, sip);
+  char const *flow = NULL;
+  EdgeFlowInfo flow_info = {0};
+  gboolean direct = request_flow_facts(ad, sip, &flow, &flow_info);
+  /* The body is relayed byte for byte: the core copies what it keeps. */
+  g_autoptr(GBytes) body =
+      sip->sip_payload ? g_bytes_new_static(sip->sip_payload->pl_data, sip->sip_payload->pl_len)
+                       : NULL;
+  g_autofree char *content_type =
+      sip->sip_content_type
+          ? token_with_params(sip->sip_content_type->c_type, sip->sip_content_type->c_params)
+          : NULL;
+  g_autofree char *disposition = sip->sip_content_disposition
+                                     ? token_with_params(sip->sip_content_disposition->cd_type,
+                                                         sip->sip_content_disposition->cd_params)
+                                     : NULL;
+  CoreMessageInfo info = {
+      .request_uri = sip->sip_request ? url_as_string(home, sip->sip_request->rq_url) : NULL,
+      .to_uri = sip->sip_to ? url_as_string(home, sip->sip_to->a_url) : NULL,
+      .from_uri = sip->sip_from ? url_as_string(home, sip->sip_from->a_url) : NULL,
+      .content_type = content_type,
+      .content_disposition = disposition,
+      .content_transfer_encoding = unknown_header(sip, "Content-Transfer-Encoding"),
+      .body = body,
+      .authorization = (const char *const *)authorization,
+      .flow_token = flow,
+      .direct = direct,
+      .peer_addr = flow_info.peer_addr,
+  };
+
+  /* The answer may come after this callback: keep nua's request. */
+  NuaTxn *t = g_new0(NuaTxn, 1);
+  t->ad = ad;
+  t->nh = nh;
+  t->is_saved = nua_save_event(ad->nua, t->saved) != 0;
+  if (!t->is_saved) {
+    g_warning("cannot keep a MESSAGE for its answer; 500");
+    nua_respond(nh, SIP_500_INTERNAL_SERVER_ERROR, NUTAG_WITH_THIS(ad->nua), TAG_END());
+    t->nh = NULL;
+    nua_handle_destroy(nh);
+    g_free(t);
+  } else {
+    g_hash_table_add(ad->pending, t);
+    t->in_call = TRUE;
+    core_message(ad->core, t, &info);
+    t->in_call = FALSE;
+    if (t->status != 0)
+      nua_txn_finish(t);
+  }
+  edge_flow_info_clear(&flow_info);
+  su_home_deinit(home);
+}
+
+/* The final answer to a MESSAGE we relayed. */
+static void
+on_message_response(NuaAdapter *ad, int status, char const *phrase, nua_handle_t *nh)
+{
+  gpointer leg = NULL;
+  if (status < 200 || ad->legs == NULL || !g_hash_table_steal_extended(ad->legs, nh, NULL, &leg))
+    return;
+  nua_handle_destroy(nh);
+  if (ad->core)
+    core_relay_done(ad->core, leg, (guint)status, phrase);
+}
+
 static void
 on_nua_event(nua_event_t event, int status, char const *phrase, nua_t *nua, NuaAdapter *ad,
              nua_handle_t *nh, NuaSub *s, sip_t const *sip, tagi_t tags[])
@@ -456,6 +678,15 @@ on_nua_event(nua_event_t event, int status, char const *phrase, nua_t *nua, NuaA
     break;
   case nua_i_publish:
     on_publish(ad, status, nh, sip);
+    break;
+  case nua_i_register:
+    on_register(ad, status, nh, sip);
+    break;
+  case nua_i_message:
+    on_message(ad, status, nh, sip);
+    break;
+  case nua_r_message:
+    on_message_response(ad, status, phrase, nh);
     break;
   case nua_r_shutdown:
     if (status >= 200)
@@ -521,6 +752,8 @@ nua_adapter_new(const SrvConfig *cfg, GError **error)
 
   g_autoptr(NuaAdapter) ad = g_new0(NuaAdapter, 1);
   ad->subs = g_hash_table_new_full(NULL, NULL, (GDestroyNotify)nua_sub_free, NULL);
+  ad->legs = g_hash_table_new(NULL, NULL);
+  ad->pending = g_hash_table_new_full(NULL, NULL, (GDestroyNotify)nua_txn_free, NULL);
   ad->root = su_glib_root_create(ad);
   if (ad->root == NULL) {
     g_set_error(error, NUA_ADAPTER_ERROR, NUA_ADAPTER_ERROR_START, "cannot create the su root");
@@ -546,9 +779,12 @@ nua_adapter_new(const SrvConfig *cfg, GError **error)
   }
 
   nua_set_params(ad->nua, NUTAG_APPL_METHOD("SUBSCRIBE"), NUTAG_APPL_METHOD("PUBLISH"),
-                 NUTAG_ALLOW_EVENTS(allow_events), SIPTAG_ALLOW_STR("OPTIONS, SUBSCRIBE, PUBLISH"), NUTAG_ENABLEINVITE(0),
-                 NUTAG_ENABLEMESSAGE(0), NUTAG_SUB_EXPIRES(cfg->core.max_expires),
-                 SIPTAG_SERVER_STR(server), SIPTAG_USER_AGENT_STR(server), TAG_END());
+                 NUTAG_APPL_METHOD("REGISTER"), NUTAG_APPL_METHOD("MESSAGE"),
+                 NUTAG_ALLOW_EVENTS(allow_events),
+                 SIPTAG_ALLOW_STR("OPTIONS, SUBSCRIBE, PUBLISH, REGISTER, MESSAGE"),
+                 NUTAG_ENABLEINVITE(0), NUTAG_ENABLEMESSAGE(1),
+                 NUTAG_SUB_EXPIRES(cfg->core.max_expires), SIPTAG_SERVER_STR(server),
+                 SIPTAG_USER_AGENT_STR(server), TAG_END());
   g_info("nua listening on 127.0.0.1:%u (tcp) as %s", ad->port, cfg->domains[0]);
   return g_steal_pointer(&ad);
 }
@@ -604,6 +840,8 @@ nua_adapter_free(NuaAdapter *ad)
     return;
   ad->core = NULL;
   g_clear_pointer(&ad->subs, g_hash_table_unref);
+  g_clear_pointer(&ad->pending, g_hash_table_unref);
+  g_clear_pointer(&ad->legs, g_hash_table_unref);
   if (ad->nua) {
     if (!ad->shutdown_done) {
       /* nua_destroy() refuses a nua that was not shut down. */

@@ -92,7 +92,8 @@ def run_tap(main):
         stop_all()
     if IDENTITY.n_checked > 0:
         tap.ok(not IDENTITY.failures,
-               'every NOTIFY received (%d) carried an Identity that sipcred identity verify '
+               'every NOTIFY and MESSAGE received (%d) carried an Identity that sipcred '
+               'identity verify '
                'accepts%s' % (IDENTITY.n_checked, '; failures: %s' % IDENTITY.failures[:3]
                               if IDENTITY.failures else ''))
     tap.done()
@@ -100,7 +101,8 @@ def run_tap(main):
 
 
 class IdentityCheck:
-    """Checks the RFC 4474 Identity of every NOTIFY a SipConn reads, with our own verifier
+    """Checks the RFC 4474 Identity of every NOTIFY and relayed MESSAGE a SipConn reads, with
+    our own verifier
     (sipcred identity verify) against the certificate of the From domain."""
 
     def __init__(self):
@@ -501,7 +503,7 @@ class SipConn:
         while True:
             msg, self.buf = split_message(self.buf)
             if msg is not None:
-                if msg.is_request and msg.method == 'NOTIFY' and self.cert_dir:
+                if msg.is_request and msg.method in ('NOTIFY', 'MESSAGE') and self.cert_dir:
                     IDENTITY.check(msg, self.cert_dir)
                 return msg
             self._fill(deadline)
@@ -547,8 +549,10 @@ def new_id():
 
 
 def request(method, ruri, local_port, from_uri='sip:tester@example.com', to_uri=None,
-            call_id=None, cseq=1, from_tag=None, to_tag=None, extra=(), body=b''):
-    """A request as a client on a TLS flow would send it."""
+            call_id=None, cseq=1, from_tag=None, to_tag=None, extra=(), body=b'',
+            contact=True):
+    """A request as a client on a TLS flow would send it; contact=False leaves the Contact
+    out (a REGISTER gives its own in @extra)."""
     to_uri = to_uri or ruri
     lines = ['%s %s SIP/2.0' % (method, ruri),
              'Via: SIP/2.0/TLS %s:%d;branch=z9hG4bK%s;rport' % (HOST, local_port, new_id()),
@@ -556,8 +560,9 @@ def request(method, ruri, local_port, from_uri='sip:tester@example.com', to_uri=
              'From: <%s>;tag=%s' % (from_uri, from_tag or new_id()),
              'To: <%s>%s' % (to_uri, ';tag=' + to_tag if to_tag else ''),
              'Call-ID: %s@%s' % (call_id or new_id(), HOST),
-             'CSeq: %d %s' % (cseq, method),
-             'Contact: <sip:tester@%s:%d;transport=tls>' % (HOST, local_port)]
+             'CSeq: %d %s' % (cseq, method)]
+    if contact:
+        lines.append('Contact: <sip:tester@%s:%d;transport=tls>' % (HOST, local_port))
     lines += list(extra)
     lines += ['Content-Length: %d' % len(body), '', '']
     return '\r\n'.join(lines).encode('utf-8') + body

@@ -11,26 +11,26 @@ endpoint; INDEX.md: "any INVITE-based 'valid' case is fine answered with 405/501
   accept      a final response other than 400 or 500: the parser took the message
   drop        a response message must not be answered (the connection may stay or close)
   close       the stream lost its framing: the connection is closed, perhaps after a 4xx
-Where the index expects what a later issue delivers, the line is a TAP TODO naming it."""
+The REGISTERs the index expects to succeed are sent again with digest credentials for users
+the test adds, as a UA answers a 401; the registrar must then accept them."""
 
 import hashlib
 import os
+import re
 import sys
 import time
 
 sys.dont_write_bytecode = True  # keep the source tree clean (it may be read-only)
 import sipcredharness as h  # noqa: E402
+import credclient as cc  # noqa: E402
 
 IDLE_S = 4.0      # idle-timeout of this test's daemon
 ANSWER_S = 2.0    # how long to wait for an answer (below IDLE_S, so silence is told apart)
 
-# Lines that need a later issue. Today REGISTER has no registrar and gets 405.
-TODO_REGISTRAR_400 = ('issue 7: the registrar answers a REGISTER whose To/From/Contact are '
-                      'not SIP URIs with 400')
-TODO_DIGEST_401 = ('issue 7 with the digest module of issue 4: the registrar challenges a '
-                   'REGISTER with an unknown Authorization scheme with 401 Digest')
-TODO_REGISTER_OK = ('issue 7: REGISTER succeeds only with the registrar, and only after this '
-                    'test adds the AOR as a user and answers the digest challenge of issue 4')
+# The REGISTERs the index expects to succeed name these users; the test adds them and, as a
+# UA would, answers the registrar's digest challenge (a new branch and CSeq, Authorization).
+REGISTER_USERS = {'cparam01': 'watson', 'cparam02': 'watson', 'regescrt': 'user'}
+REGISTER_PW = 'torture-register-secret'
 
 # file -> (the index's expect column, allowed classes/codes, todo or None). The expect text
 # is compared with index.tsv, so a changed index fails here instead of silently passing.
@@ -77,18 +77,18 @@ RULES = {
     'insuf': ('400', {400}, None),
     'unkscm': ('416', {416}, None),
     'novelsc': ('416 (or 404)', {416, 404}, None),
-    'unksm2': ('registrar 400', {400}, TODO_REGISTRAR_400),
+    'unksm2': ('registrar 400', {400}, None),
     'bext01': ('420 + Unsupported', {'420+unsupported'}, None),
     # INVITE with an unknown body type: an INVITE endpoint says 415; we are none (405/501).
     'invut': ('415 (endpoint)', {415, 405, 501}, None),
-    'regaut01': ('401 Digest challenge', {'401+digest'}, TODO_DIGEST_401),
+    'regaut01': ('401 Digest challenge', {'401+digest'}, None),
     'multi01': ('400', {400}, None),
     'mcl01': ('error; close (stream)', {'close'}, None),
     'bcast': ('drop', {'drop'}, None),
     'zeromf': ('endpoint: process (OPTIONS 200)', {200}, None),
-    'cparam01': ('REGISTER succeeds', {'2xx'}, TODO_REGISTER_OK),
-    'cparam02': ('REGISTER succeeds', {'2xx'}, TODO_REGISTER_OK),
-    'regescrt': ('REGISTER succeeds', {'2xx'}, TODO_REGISTER_OK),
+    'cparam01': ('REGISTER succeeds', {'2xx'}, None),
+    'cparam02': ('REGISTER succeeds', {'2xx'}, None),
+    'regescrt': ('REGISTER succeeds', {'2xx'}, None),
     # INVITE whose Accept excludes any answer body: an endpoint says 406; we are none.
     'sdp01': ('406 (endpoint)', {406, 405, 501}, None),
     # No Content-Length at all: on a stream the end of the message is unknown (RFC 3261
@@ -151,6 +151,21 @@ def send_one(dep, data, await_close):
         return 'none', None
 
 
+def with_digest(data, challenge_resp, user):
+    """@data answered to the 401 @challenge_resp: Authorization added after the request
+    line, a new Via branch and the CSeq one higher (a new transaction, as RFC 3261 22.2
+    asks)."""
+    challenge = cc.pick(challenge_resp)
+    auth = cc.DigestState(challenge, user, REGISTER_PW).authorization('REGISTER',
+                                                                       'sip:example.com')
+    data = re.sub(rb'branch=z9hG4bK[^;\s]*', b'branch=z9hG4bK' + h.new_id().encode(), data,
+                  count=1)
+    data = re.sub(rb'(?m)^(CSeq:\s*)(\d+)', lambda m: m.group(1) + str(int(m.group(2)) + 1)
+                  .encode(), data, count=1)
+    line, sep, rest = data.partition(b'\r\n')
+    return line + sep + b'Authorization: ' + auth.encode() + b'\r\n' + rest
+
+
 def matches(outcome, msg, allowed, framing_close):
     for a in allowed:
         if a == outcome:
@@ -185,10 +200,15 @@ def main(tap):
 
     with h.Deployment(tap, tls={'idle-timeout': int(IDLE_S * 1000)}) as dep:
         dep.start()
+        for user in sorted(set(REGISTER_USERS.values())):
+            cc.add_user(dep, 'sip:%s@example.com' % user, REGISTER_PW)
         for name, section, kind, expect in rows:
             data = open(os.path.join(d, name + '.dat'), 'rb').read()
             _, allowed, todo = RULES.get(name, (expect, set(), None))
             outcome, msg = send_one(dep, data, 'close' in allowed)
+            if name in REGISTER_USERS and outcome == 401:
+                outcome, msg = send_one(dep, with_digest(data, msg, REGISTER_USERS[name]),
+                                        'close' in allowed)
             # A 4xx followed by a close also counts where the framing is lost.
             framing_close = outcome == 'close' or (
                 isinstance(outcome, int) and 400 <= outcome < 500 and 'close' in allowed)

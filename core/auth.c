@@ -140,6 +140,7 @@ core_auth_authenticate(CoreService *svc, gpointer txn, const char *method, const
   guint retry_after = 0;
   g_autofree char *source = core_auth_source_ip(peer_addr);
   if (!core_digest_may_try(digest, source, username, now, &retry_after)) {
+    svc->stats.auth_lockouts++;
     CoreResponse resp = {
         .status = 403,
         .phrase = "Too many failed attempts; try again later",
@@ -176,6 +177,7 @@ core_auth_authenticate(CoreService *svc, gpointer txn, const char *method, const
     core_auth_challenge(svc, txn, digest, TRUE, "Nonce expired");
     return NULL;
   case CORE_DIGEST_RESULT_REPLAY:
+    svc->stats.auth_failures++;
     g_message("%s in realm %s from %s: replayed digest credentials refused", method, realm,
               peer_addr ? peer_addr : "?");
     core_auth_challenge(svc, txn, digest, FALSE, "Replayed credentials");
@@ -186,6 +188,7 @@ core_auth_authenticate(CoreService *svc, gpointer txn, const char *method, const
      * from a wrong password. */
     g_message("%s in realm %s from %s: authentication failed: %s", method, realm,
               peer_addr ? peer_addr : "?", error ? error->message : "?");
+    svc->stats.auth_failures++;
     core_digest_note_failure(digest, source, username, now);
     core_auth_challenge(svc, txn, digest, FALSE, "Authentication failed");
     return NULL;

@@ -39,6 +39,7 @@ struct _CoreService {
   GHashTable *digests;    /* realm (served domain) -> CoreDigest (owned) */
   GHashTable *generating; /* AOR -> GCancellable, while a credential is made */
   GHashTable *relay_legs; /* CoreRelayLeg set (owned): MESSAGE copies in flight */
+  CoreStats stats;        /* the totals; the rest is counted on demand */
 };
 
 /* Reads @aor's record through the test seam or the store. */

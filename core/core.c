@@ -271,6 +271,28 @@ core_service_set_cred_get_cb(CoreService *svc, CoreCredGetCb func, gpointer user
   svc->cred_get_data = user_data;
 }
 
+void
+core_service_get_stats(CoreService *svc, CoreStats *out)
+{
+  g_return_if_fail(svc != NULL && out != NULL);
+
+  *out = svc->stats;
+  out->subscriptions_certificate = 0;
+  out->subscriptions_credential = 0;
+  GHashTableIter iter;
+  gpointer value;
+  g_hash_table_iter_init(&iter, svc->subs);
+  while (g_hash_table_iter_next(&iter, NULL, &value)) {
+    const CoreSub *rec = value;
+    if (rec->pkg == &core_packages[CORE_PKG_CREDENTIAL])
+      out->subscriptions_credential++;
+    else
+      out->subscriptions_certificate++;
+  }
+  out->notifies_in_flight = svc->in_flight;
+  out->fanout_queued = svc->fanout.length;
+}
+
 guint
 core_service_get_n_subscriptions(CoreService *svc)
 {
@@ -630,6 +652,7 @@ core_send_notify(CoreService *svc, gpointer sub, const CorePackage *pkg, CoreSub
     notify.content_type = body->content_type;
     notify.content_disposition = "signal";
   }
+  svc->stats.notifies_sent++;
   svc->port.notify(sub, &notify, svc->port_data);
 }
 
@@ -1128,6 +1151,8 @@ core_notify_done(CoreService *svc, gpointer sub, guint status)
   }
   rec->in_flight = FALSE;
   svc->in_flight--;
+  if (status >= 300)
+    svc->stats.notifies_failed++;
   if (rec->ended) {
     /* The terminating NOTIFY completed: the dialog is over. */
     core_sub_forget(svc, rec);
@@ -1195,6 +1220,8 @@ core_package_state_changed(CoreService *svc, const CorePackage *pkg, const char 
     }
     if (core_body_equal(rec->last, body))
       continue;
+    if (rec->pending != NULL)
+      svc->stats.notifies_coalesced++;
     g_clear_pointer(&rec->pending, core_body_unref);
     g_clear_pointer(&rec->last, core_body_unref);
     rec->pending = core_body_ref(body);

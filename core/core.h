@@ -281,6 +281,23 @@ void core_cert_changed(CoreService *svc, const char *aor);
  * holding an old secret must authenticate again (RFC 6072 7.7). */
 void core_user_changed(CoreService *svc, const char *aor);
 
+/* What the core counts, for `sipcred stats` and the metrics endpoint.
+ * Totals count since the start; the others are now. */
+typedef struct {
+  guint subscriptions_certificate; /* live subscriptions by package */
+  guint subscriptions_credential;
+  guint notifies_in_flight; /* sent, final response not yet in */
+  guint fanout_queued;      /* waiting for a slot in the window */
+  guint64 notifies_sent;
+  guint64 notifies_failed;    /* final response >= 300, or a local failure */
+  guint64 notifies_coalesced; /* a newer state replaced one not yet sent */
+  guint64 auth_failures;      /* wrong, replayed or unknown digest credentials */
+  guint64 auth_lockouts;      /* requests refused by the failed-attempt limit */
+  guint64 messages_relayed;   /* MESSAGEs sent on to at least one binding */
+} CoreStats;
+
+void core_service_get_stats(CoreService *svc, CoreStats *out);
+
 /* Number of live subscriptions (all packages). */
 guint core_service_get_n_subscriptions(CoreService *svc);
 

@@ -173,6 +173,7 @@ core_message(CoreService *svc, gpointer txn, const CoreMessageInfo *info)
     g_ptr_array_add(legs, leg);
   }
   g_info("MESSAGE from %s to %s: relayed to %u binding(s)", sender, callee, targets->len);
+  svc->stats.messages_relayed++;
   for (guint i = 0; i < targets->len; i++) {
     StoreBinding *b = g_ptr_array_index(targets, i);
     CoreRelayRequest req = {

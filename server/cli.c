@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <gio/gio.h>
+#include <gio/gunixsocketaddress.h>
 #include <glib.h>
 #include <glib/gstdio.h>
 #include <gnutls/crypto.h>
@@ -1095,6 +1096,64 @@ cli_db_stats(Cli *cli, char **args, guint n_args)
   g_print("registrations: %" G_GUINT64_FORMAT "\n", stats.n_registrations);
   g_print("changes: %" G_GUINT64_FORMAT "\n", stats.n_changes);
   g_print("last-change: %" G_GUINT64_FORMAT "\n", stats.last_change);
+  return CLI_EXIT_OK;
+}
+
+/* ---- stats: the running daemon's counters ---- */
+
+static struct {
+  char *socket;
+  gboolean prometheus;
+} cli_stats_opt;
+
+#define CLI_STATS_MAX (1024 * 1024)
+
+static int
+cli_stats(Cli *cli, char **args, guint n_args)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *path = g_steal_pointer(&cli_stats_opt.socket);
+  gboolean prometheus = cli_stats_opt.prometheus;
+
+  cli_stats_opt.prometheus = FALSE;
+  if (path == NULL) {
+    if (!cli_config(cli))
+      return CLI_EXIT_FAIL;
+    path = cli->cfg != NULL ? g_strdup(cli->cfg->control_socket)
+                            : g_build_filename(cli->state_dir, "control.sock", NULL);
+  }
+  g_autoptr(GSocketClient) client = g_socket_client_new();
+  g_autoptr(GSocketAddress) addr = g_unix_socket_address_new(path);
+  g_socket_client_set_timeout(client, 10);
+  g_autoptr(GSocketConnection) conn =
+      g_socket_client_connect(client, G_SOCKET_CONNECTABLE(addr), NULL, &error);
+  if (conn == NULL)
+    return cli_failf(path, "cannot reach sipcredd's control socket: %s", error->message);
+  /* The daemon writes everything and closes: read to the end. */
+  GInputStream *in = g_io_stream_get_input_stream(G_IO_STREAM(conn));
+  g_autoptr(GByteArray) text = g_byte_array_new();
+  guint8 buf[8192];
+  for (;;) {
+    gssize n = g_input_stream_read(in, buf, sizeof buf, NULL, &error);
+    if (n < 0)
+      return cli_failf(path, "reading the counters: %s", error->message);
+    if (n == 0)
+      break;
+    if (text->len + (gsize)n > CLI_STATS_MAX)
+      return cli_failf(path, "more than %d bytes of counters", CLI_STATS_MAX);
+    g_byte_array_append(text, buf, (guint)n);
+  }
+  g_byte_array_append(text, (const guint8 *)"", 1);
+  const char *all = (const char *)text->data;
+  if (prometheus) {
+    fputs(all, stdout);
+    return CLI_EXIT_OK;
+  }
+  /* For people: the samples, without the HELP and TYPE comments. */
+  g_auto(GStrv) lines = g_strsplit(all, "\n", -1);
+  for (guint i = 0; lines[i] != NULL; i++)
+    if (lines[i][0] != '#' && lines[i][0] != '\0')
+      g_print("%s\n", lines[i]);
   return CLI_EXIT_OK;
 }
 
@@ -2499,6 +2558,14 @@ static const GOptionEntry cli_identity_verify_entries[] = {
     {NULL},
 };
 
+static const GOptionEntry cli_stats_entries[] = {
+    {"socket", 0, 0, G_OPTION_ARG_FILENAME, &cli_stats_opt.socket,
+     "The daemon's control socket (default: [server] control-socket)", "PATH"},
+    {"prometheus", 0, 0, G_OPTION_ARG_NONE, &cli_stats_opt.prometheus,
+     "Print the Prometheus text format as served, HELP and TYPE lines included", NULL},
+    {NULL},
+};
+
 static const GOptionEntry cli_ca_init_entries[] = {
     {"cn", 0, 0, G_OPTION_ARG_STRING, &cli_ca_opt.cn,
      "Common name of the CA (default \"" IDENT_CA_DEFAULT_CN "\")", "NAME"},
@@ -2582,6 +2649,9 @@ static const CliCommand cli_commands[] = {
     {"db", "stats", "", 0, 0, "", "Print sizes and record counts", NULL, cli_db_stats},
     {"db", "rekey", "NEW_KEY_FILE", 1, 1, "NEW_KEY_FILE",
      "Re-wrap every server-held key under a new master key", NULL, cli_db_rekey},
+    {NULL, "stats", "", 0, 0, "[--socket PATH] [--prometheus]",
+     "Print the running daemon's counters (subscriptions, NOTIFYs, TLS, digest, answers)",
+     cli_stats_entries, cli_stats},
     {"ca", "init", "DIR", 1, 1, "DIR [--cn NAME] [--days N] [--force]",
      "Create a test CA (RSA 2048, self-signed) in DIR", cli_ca_init_entries, cli_ca_init},
     {"ca", "issue", "host DOMAIN | user AOR", 2, 2,

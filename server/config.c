@@ -15,8 +15,9 @@ G_DEFINE_QUARK(sipcred - config - error - quark, srv_config_error)
 
 /* Every group and key we know. Unknown keys are errors: a typo must not
  * silently leave a limit at its default. */
-static const char *const server_keys[] = {"domains",          "listen",  "state-dir",
-                                          "shutdown-timeout", "verbose", NULL};
+static const char *const server_keys[] = {
+    "domains", "listen", "state-dir", "shutdown-timeout", "verbose", "control-socket", NULL};
+static const char *const metrics_keys[] = {"listen", NULL};
 static const char *const tls_keys[] = {"priority",
                                        "handshake-timeout",
                                        "idle-timeout",
@@ -52,6 +53,7 @@ static const struct {
     {"identity", identity_keys},
     {"registrar", registrar_keys},
     {"message", message_keys},
+    {"metrics", metrics_keys},
 };
 
 #define DOMAIN_GROUP_PREFIX "domain "
@@ -280,6 +282,32 @@ loader_read_server(const Loader *ld, SrvConfig *cfg, GError **error)
   if (state == NULL || *g_strstrip(state) == '\0')
     return loader_fail(ld, error, "server", "state-dir", "required: directory of the store");
   cfg->state_dir = loader_resolve_path(ld, state);
+
+  g_autofree char *control = g_key_file_get_value(ld->kf, "server", "control-socket", NULL);
+  cfg->control_socket = control != NULL && *g_strstrip(control) != '\0'
+                            ? loader_resolve_path(ld, control)
+                            : g_build_filename(cfg->state_dir, "control.sock", NULL);
+  /* sun_path holds 108 bytes with the NUL. */
+  if (strlen(cfg->control_socket) >= 108)
+    return loader_fail(ld, error, "server", "control-socket",
+                       "%s is longer than a UNIX socket path may be (107 bytes)",
+                       cfg->control_socket);
+  g_autofree char *metrics = g_key_file_get_value(ld->kf, "metrics", "listen", NULL);
+  if (metrics != NULL && *g_strstrip(metrics) != '\0') {
+    if (!listen_is_valid(metrics))
+      return loader_fail(ld, error, "metrics", "listen",
+                         "\"%s\" is not ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)", metrics);
+    g_autofree char *host = metrics[0] == '['
+                                ? g_strndup(metrics + 1, strcspn(metrics + 1, "]"))
+                                : g_strndup(metrics, strrchr(metrics, ':') - metrics);
+    g_autoptr(GInetAddress) ip = g_inet_address_new_from_string(host);
+    if (ip == NULL || !g_inet_address_get_is_loopback(ip))
+      return loader_fail(ld, error, "metrics", "listen",
+                         "\"%s\" is not a loopback address: the counters are not for the "
+                         "network",
+                         metrics);
+    cfg->metrics_listen = g_steal_pointer(&metrics);
+  }
 
   guint64 v;
   if (!loader_get_uint(ld, "server", "shutdown-timeout", 0, 600000, 3000, &v, error))
@@ -597,6 +625,8 @@ srv_config_free(SrvConfig *cfg)
   g_strfreev(cfg->domains);
   g_strfreev(cfg->listen);
   g_free(cfg->state_dir);
+  g_free(cfg->control_socket);
+  g_free(cfg->metrics_listen);
   g_free(cfg->tls_priority);
   g_free(cfg->master_key);
   g_free(cfg->identity_algorithm);

@@ -18,6 +18,7 @@
 #include "server/edge.h"
 #include "server/certserver.h"
 #include "server/nua-adapter.h"
+#include "server/stats.h"
 #include "sipcred-config.h"
 #include "storage/store.h"
 
@@ -37,7 +38,7 @@ static gboolean log_verbose;
 static void
 daemon_cert_domain_clear(gpointer data)
 {
-  g_bytes_unref(((CertServerDomain *) data)->served_cert_der);
+  g_bytes_unref(((CertServerDomain *)data)->served_cert_der);
 }
 
 static GArray *
@@ -51,7 +52,7 @@ daemon_cert_domains(const SrvConfig *cfg, GError **error)
     gsize len = 0;
     if (!g_file_get_contents(d->cert_file, &pem, &len, error))
       return NULL;
-    g_autoptr(IdentCert) cert = ident_cert_new_from_data((const guint8 *) pem, len, error);
+    g_autoptr(IdentCert) cert = ident_cert_new_from_data((const guint8 *)pem, len, error);
     if (cert == NULL)
       return NULL;
     CertServerDomain cd = {d->name, d->cert_file, d->key_file,
@@ -87,7 +88,7 @@ daemon_identity_urls(Daemon *d, const SrvConfig *cfg, GError **error)
   g_autoptr(GArray) domains = daemon_cert_domains(cfg, error);
   g_autoptr(CertServer) srv = domains != NULL ? cert_server_new(error) : NULL;
   if (srv == NULL ||
-      !cert_server_reload(srv, (CertServerDomain *) domains->data, domains->len, error))
+      !cert_server_reload(srv, (CertServerDomain *)domains->data, domains->len, error))
     return NULL;
   for (guint i = 0; cfg->identity_https_listen[i] != NULL; i++)
     if (!cert_server_listen(srv, cfg->identity_https_listen[i], error))
@@ -106,7 +107,7 @@ daemon_identity_urls(Daemon *d, const SrvConfig *cfg, GError **error)
     }
     g_hash_table_insert(urls, g_strdup(cfg->domains[i]), url);
   }
-  g_message("Identity-Info endpoint: %s", (char *) g_hash_table_lookup(urls, cfg->domains[0]));
+  g_message("Identity-Info endpoint: %s", (char *)g_hash_table_lookup(urls, cfg->domains[0]));
   d->certs = g_steal_pointer(&srv);
   return g_steal_pointer(&urls);
 }
@@ -119,7 +120,7 @@ daemon_certs_reload(Daemon *d, const SrvConfig *cfg, GError **error)
     return TRUE;
   g_autoptr(GArray) domains = daemon_cert_domains(cfg, error);
   return domains != NULL &&
-         cert_server_reload(d->certs, (CertServerDomain *) domains->data, domains->len, error);
+         cert_server_reload(d->certs, (CertServerDomain *)domains->data, domains->len, error);
 }
 
 /* Service output goes to stderr (journald adds its own timestamps); info
@@ -228,6 +229,17 @@ run(Daemon *d)
     return 1;
   }
   d->edge = edge;
+  StatsSources sources = {.core = core, .edge = edge, .nua = nua};
+  g_autoptr(StatsServer) stats =
+      stats_server_new(&sources, cfg->control_socket, cfg->metrics_listen, &error);
+  if (stats == NULL) {
+    g_printerr("sipcredd: %s\n", error->message);
+    edge_stop(edge);
+    return 1;
+  }
+  if (cfg->metrics_listen != NULL)
+    g_message("metrics on http://%s/metrics (port %u)", cfg->metrics_listen,
+              stats_server_get_metrics_port(stats));
 
   d->loop = g_main_loop_new(NULL, FALSE);
   guint sig_term = g_unix_signal_add(SIGTERM, on_terminate, d);
@@ -242,6 +254,7 @@ run(Daemon *d)
   /* Subscribers get their terminating NOTIFYs through the edge, so nua
    * shuts down first, within a bound, and the edge closes afterwards. */
   g_clear_pointer(&changes, srv_change_tail_free);
+  g_clear_pointer(&stats, stats_server_free);
   nua_adapter_shutdown(nua, cfg->shutdown_timeout_ms);
   edge_stop(edge);
   g_source_remove(sig_term);
@@ -260,13 +273,13 @@ main(int argc, char **argv)
   g_autofree char *config_path = NULL;
   gboolean check_config = FALSE, verbose = FALSE, version = FALSE;
   GOptionEntry entries[] = {
-    {"config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path,
-     "Configuration file (default " SIPCRED_SYSCONFDIR "/sipcred/sipcredd.conf)", "FILE"},
-    {"check-config", 0, 0, G_OPTION_ARG_NONE, &check_config,
-     "Validate the configuration, certificates and keys, then exit", NULL},
-    {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "Log info messages too", NULL},
-    {"version", 0, 0, G_OPTION_ARG_NONE, &version, "Print the version and exit", NULL},
-    {NULL},
+      {"config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path,
+       "Configuration file (default " SIPCRED_SYSCONFDIR "/sipcred/sipcredd.conf)", "FILE"},
+      {"check-config", 0, 0, G_OPTION_ARG_NONE, &check_config,
+       "Validate the configuration, certificates and keys, then exit", NULL},
+      {"verbose", 'v', 0, G_OPTION_ARG_NONE, &verbose, "Log info messages too", NULL},
+      {"version", 0, 0, G_OPTION_ARG_NONE, &version, "Print the version and exit", NULL},
+      {NULL},
   };
 
   setlocale(LC_ALL, "");

@@ -179,6 +179,10 @@ struct _Edge {
   IdentSignerBackend sign_backend;
   guint64 next_serial;
   guint64 n_signed, n_sign_failed;
+  guint64 sign_us_total, sign_us_max; /* submit to signed, on the edge's loop */
+
+  /* Totals for EdgeStats. */
+  guint64 n_accepted, n_refused_limit, n_handshakes, n_handshake_failed, n_handshake_timeout;
 };
 
 /* One message on its way to a client. */
@@ -187,6 +191,7 @@ typedef struct {
   EdgeConn *flow;   /* borrowed: the flow cancels its jobs before it closes */
   GBytes *on_error; /* for nua when signing fails (500), may be NULL */
   char *txn_key;    /* the nua transaction of a request, may be NULL */
+  gint64 submitted; /* monotonic microseconds, for the sign latency */
 } EdgeOut;
 
 static void
@@ -947,7 +952,10 @@ edge_sign_done(GBytes *signed_msg, const GError *error, void *user_data)
     edge_txn_fail_signing(edge, out);
     edge_out_free(out);
   } else {
+    guint64 us = (guint64)MAX(g_get_monotonic_time() - out->submitted, 0);
     edge->n_signed++;
+    edge->sign_us_total += us;
+    edge->sign_us_max = MAX(edge->sign_us_max, us);
     out->msg = g_bytes_ref(signed_msg);
   }
   edge_flow_send_pump(flow);
@@ -977,6 +985,7 @@ edge_flow_send_signed(EdgeConn *flow, GBytes *msg, const char *domain, GBytes *o
   out->flow = flow;
   out->on_error = on_error != NULL ? g_bytes_ref(on_error) : NULL;
   out->txn_key = g_strdup(txn_key);
+  out->submitted = g_get_monotonic_time();
   g_queue_push_tail(&flow->send_fifo, out);
   ident_sign_pool_submit(edge->sign_pool, flow->serial, signer, edge->sign_alg,
                          g_hash_table_lookup(edge->info_urls, domain),
@@ -1707,6 +1716,7 @@ client_handshake_timeout_cb(gpointer data)
   EdgeConn *c = data;
   g_message("closing %s: handshake-timeout (%u ms) expired", c->peer,
             c->edge->handshake_timeout_ms);
+  c->edge->n_handshake_timeout++;
   edge_source_clear(&c->timer);
   conn_close_now(c);
   return G_SOURCE_REMOVE;
@@ -1789,6 +1799,7 @@ client_handshake_step(EdgeConn *c)
   }
   if (ret < 0) {
     g_info("TLS handshake with %s failed: %s", c->peer, gnutls_strerror(ret));
+    c->edge->n_handshake_failed++;
     /* Tell the client why (protocol_version, handshake_failure...). */
     gnutls_alert_send_appropriate(c->tls, ret);
     if (conn_flush(c))
@@ -1796,6 +1807,7 @@ client_handshake_step(EdgeConn *c)
     return FALSE;
   }
   edge_source_clear(&c->timer);
+  c->edge->n_handshakes++;
   client_flow_established(c);
   return conn_flush(c);
 }
@@ -1925,6 +1937,7 @@ edge_accept_client(EdgeListener *l, GSocket *sock)
 
   if (edge->max_connections > 0 && edge->n_clients >= edge->max_connections) {
     g_message("refusing %s: max-connections (%u) reached", peer, edge->max_connections);
+    edge->n_refused_limit++;
     g_socket_close(sock, NULL);
     g_object_unref(sock);
     return;
@@ -1933,12 +1946,14 @@ edge_accept_client(EdgeListener *l, GSocket *sock)
   if (edge->max_connections_per_ip > 0 && n_ip >= edge->max_connections_per_ip) {
     g_message("refusing %s: max-connections-per-ip (%u) reached", peer,
               edge->max_connections_per_ip);
+    edge->n_refused_limit++;
     g_socket_close(sock, NULL);
     g_object_unref(sock);
     return;
   }
 
   EdgeConn *c = edge_conn_new(edge, EDGE_CONN_CLIENT, sock);
+  edge->n_accepted++;
   c->peer = g_steal_pointer(&peer);
   c->peer_ip = g_steal_pointer(&ip);
   c->peer_port = port;
@@ -2318,6 +2333,26 @@ edge_enable_identity(Edge *edge, const SrvConfig *cfg, GHashTable *info_urls, GE
             ident_alg_to_string(edge->sign_alg), ident_signer_backend_to_string(backend),
             ident_sign_pool_get_threads(pool));
   return TRUE;
+}
+
+void
+edge_get_stats(Edge *edge, EdgeStats *out)
+{
+  g_return_if_fail(edge != NULL && out != NULL);
+  *out = (EdgeStats){
+      .connections = edge->n_clients,
+      .flows = g_hash_table_size(edge->flows),
+      .connections_accepted = edge->n_accepted,
+      .connections_refused = edge->n_refused_limit,
+      .handshakes = edge->n_handshakes,
+      .handshakes_failed = edge->n_handshake_failed,
+      .handshakes_timed_out = edge->n_handshake_timeout,
+      .signed_messages = edge->n_signed,
+      .sign_failures = edge->n_sign_failed,
+      .sign_pending = edge_get_sign_pending(edge),
+      .sign_us_total = edge->sign_us_total,
+      .sign_us_max = edge->sign_us_max,
+  };
 }
 
 guint

@@ -15,14 +15,14 @@ G_BEGIN_DECLS
 GQuark edge_error_quark(void);
 
 typedef enum {
-  EDGE_ERROR_TLS,     /* GnuTLS refused a credential or the priority string */
-  EDGE_ERROR_LISTEN,  /* could not bind/listen */
-  EDGE_ERROR_POLICY,  /* the priority string enables something forbidden */
+  EDGE_ERROR_TLS,    /* GnuTLS refused a credential or the priority string */
+  EDGE_ERROR_LISTEN, /* could not bind/listen */
+  EDGE_ERROR_POLICY, /* the priority string enables something forbidden */
 } EdgeError;
 
 /* The TLS suffix always appended to the configured priority string, so no
  * configuration can enable SSL 3.0, TLS 1.0/1.1, NULL, anonymous or RC4. */
-#define EDGE_TLS_PRIORITY_FLOOR                                                                  \
+#define EDGE_TLS_PRIORITY_FLOOR                                                                   \
   ":-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1:-NULL:-ARCFOUR-128:-ANON-DH:-ANON-ECDH"
 
 typedef struct _Edge Edge;
@@ -71,6 +71,24 @@ gboolean edge_enable_identity(Edge *edge, const SrvConfig *cfg, GHashTable *info
 /* Messages queued in or being signed by the identity stage. The core's
  * fan-out window bounds it: a NOTIFY counts in flight until answered. */
 guint edge_get_sign_pending(Edge *edge);
+
+/* What the edge counts (totals since the start, and the state now). */
+typedef struct {
+  guint connections; /* client connections open, handshaking or not */
+  guint flows;       /* of them, with the TLS handshake done */
+  guint64 connections_accepted;
+  guint64 connections_refused;  /* max-connections or max-connections-per-ip */
+  guint64 handshakes;           /* completed */
+  guint64 handshakes_failed;    /* a TLS error (no common suite, bad record...) */
+  guint64 handshakes_timed_out; /* handshake-timeout */
+  guint64 signed_messages;      /* Identity added */
+  guint64 sign_failures;
+  guint sign_pending;    /* waiting in the signing pool */
+  guint64 sign_us_total; /* submit-to-signed time, summed */
+  guint64 sign_us_max;
+} EdgeStats;
+
+void edge_get_stats(Edge *edge, EdgeStats *out);
 
 /* Facts of the flow named by @flow_token. FALSE when it is gone. */
 gboolean edge_flow_lookup(Edge *edge, const char *flow_token, EdgeFlowInfo *out);

@@ -46,6 +46,7 @@ struct _NuaAdapter {
   GHashTable *subs;    /* NuaSub* set, so shutdown frees what nua never reports */
   GHashTable *legs;    /* nua_handle_t* of a relayed MESSAGE -> the core's leg */
   GHashTable *pending; /* NuaTxn* answered later (MESSAGE), owned */
+  GHashTable *answers; /* "METHOD STATUS" -> count (GSIZE_TO_POINTER) of our answers */
   gboolean shutdown_done;
 };
 
@@ -56,6 +57,7 @@ typedef struct {
   nua_handle_t *nh;
   guint status;          /* what the core answered, 0 before */
   gboolean with_expires; /* a 2xx carries Expires (SUBSCRIBE, PUBLISH) */
+  const char *method;    /* for the answer counts */
   nua_saved_event_t saved[1];
   gboolean is_saved;
   gboolean in_call; /* the core is still inside core_message() */
@@ -122,6 +124,11 @@ port_respond(gpointer txnp, const CoreResponse *r, gpointer user_data)
               TAG_IF(r->etag, SIPTAG_ETAG_STR(r->etag)),
               TAG_IF(extra->len, SIPTAG_HEADER_STR(extra->str)), TAG_END());
   t->status = r->status;
+  if (ad->answers != NULL && t->method != NULL) {
+    char *key = g_strdup_printf("%s %u", t->method, r->status);
+    gsize n = GPOINTER_TO_SIZE(g_hash_table_lookup(ad->answers, key));
+    g_hash_table_replace(ad->answers, key, GSIZE_TO_POINTER(n + 1));
+  }
   if (t->is_saved && !t->in_call)
     nua_txn_finish(t);
 }
@@ -378,7 +385,7 @@ on_initial_subscribe(NuaAdapter *ad, nua_handle_t *nh, sip_t const *sip)
   nua_handle_bind(nh, s);
   g_hash_table_add(ad->subs, s);
 
-  NuaTxn txn = {.ad = ad, .nh = nh, .with_expires = TRUE};
+  NuaTxn txn = {.ad = ad, .nh = nh, .with_expires = TRUE, .method = "SUBSCRIBE"};
   core_subscribe(ad->core, &txn, s, &info);
   if (txn.status == 0) {
     g_critical("core left a SUBSCRIBE unanswered");
@@ -449,7 +456,7 @@ on_publish(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
       .peer_addr = flow_info.peer_addr,
   };
 
-  NuaTxn txn = {.ad = ad, .nh = nh, .with_expires = TRUE};
+  NuaTxn txn = {.ad = ad, .nh = nh, .with_expires = TRUE, .method = "PUBLISH"};
   core_publish(ad->core, &txn, &info);
   if (txn.status == 0) {
     g_critical("core left a PUBLISH unanswered");
@@ -580,7 +587,7 @@ on_register(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
       .peer_addr = flow_info.peer_addr,
   };
 
-  NuaTxn txn = {.ad = ad, .nh = nh};
+  NuaTxn txn = {.ad = ad, .nh = nh, .method = "REGISTER"};
   core_register(ad->core, &txn, &info);
   if (txn.status == 0) {
     g_critical("core left a REGISTER unanswered");
@@ -633,6 +640,7 @@ on_message(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
   NuaTxn *t = g_new0(NuaTxn, 1);
   t->ad = ad;
   t->nh = nh;
+  t->method = "MESSAGE";
   t->is_saved = nua_save_event(ad->nua, t->saved) != 0;
   if (!t->is_saved) {
     g_warning("cannot keep a MESSAGE for its answer; 500");
@@ -753,6 +761,7 @@ nua_adapter_new(const SrvConfig *cfg, GError **error)
   g_autoptr(NuaAdapter) ad = g_new0(NuaAdapter, 1);
   ad->subs = g_hash_table_new_full(NULL, NULL, (GDestroyNotify)nua_sub_free, NULL);
   ad->legs = g_hash_table_new(NULL, NULL);
+  ad->answers = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   ad->pending = g_hash_table_new_full(NULL, NULL, (GDestroyNotify)nua_txn_free, NULL);
   ad->root = su_glib_root_create(ad);
   if (ad->root == NULL) {
@@ -787,6 +796,12 @@ nua_adapter_new(const SrvConfig *cfg, GError **error)
                  SIPTAG_USER_AGENT_STR(server), TAG_END());
   g_info("nua listening on 127.0.0.1:%u (tcp) as %s", ad->port, cfg->domains[0]);
   return g_steal_pointer(&ad);
+}
+
+GHashTable *
+nua_adapter_get_answer_counts(NuaAdapter *ad)
+{
+  return ad->answers;
 }
 
 guint16
@@ -842,6 +857,7 @@ nua_adapter_free(NuaAdapter *ad)
   g_clear_pointer(&ad->subs, g_hash_table_unref);
   g_clear_pointer(&ad->pending, g_hash_table_unref);
   g_clear_pointer(&ad->legs, g_hash_table_unref);
+  g_clear_pointer(&ad->answers, g_hash_table_unref);
   if (ad->nua) {
     if (!ad->shutdown_done) {
       /* nua_destroy() refuses a nua that was not shut down. */

@@ -27,6 +27,11 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(NuaAdapter, nua_adapter_free)
 
 guint16 nua_adapter_get_port(NuaAdapter *ad);
 
+/* How often the server answered each method with each status: keys
+ * "METHOD STATUS" (e.g. "PUBLISH 412"), values counts (GPOINTER_TO_SIZE).
+ * Borrowed; only answers the core gave are counted (not nua's own 489s). */
+GHashTable *nua_adapter_get_answer_counts(NuaAdapter *ad);
+
 /* The port to hand to core_service_new() together with @ad as port_data. */
 const CorePort *nua_adapter_get_core_port(void);
 

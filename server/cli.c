@@ -895,6 +895,57 @@ cli_aor_user(const char *aor)
   return g_strndup(aor + 4, at - (aor + 4));
 }
 
+/* ---- progress of long work ----
+ * On a terminal one line rewritten in place; otherwise a line at most every
+ * two seconds. The last step always prints, so the total is on record. */
+
+typedef struct {
+  const char *what;
+  const char *unit;
+  gboolean tty;
+  gint64 last_us;
+} CliProgress;
+
+static void
+cli_progress_init(CliProgress *p, const char *what, const char *unit)
+{
+  *p = (CliProgress){.what = what, .unit = unit, .tty = isatty(STDERR_FILENO)};
+  p->last_us = g_get_monotonic_time();
+}
+
+static void
+cli_progress(guint64 done, guint64 total, gpointer data)
+{
+  CliProgress *p = data;
+  gint64 now = g_get_monotonic_time();
+  gboolean last = total > 0 && done >= total;
+
+  if (!last && now - p->last_us < (p->tty ? 200000 : 2000000))
+    return;
+  p->last_us = now;
+  g_printerr("%s%s: %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " %s%s", p->tty ? "\r" : "",
+             p->what, done, total, p->unit, p->tty && !last ? "" : "\n");
+}
+
+/* Stores @user with the HA1 values of @password. Prints the failure. */
+static int
+cli_user_store_password(Cli *cli, StoreUser *user, const char *username, const char *password)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(CliSecret) ha1_sha256 = NULL;
+  g_autoptr(CliSecret) ha1_md5 = NULL;
+
+  ha1_sha256 = cli_ha1(GNUTLS_DIG_SHA256, username, user->realm, password);
+  ha1_md5 = cli_ha1(GNUTLS_DIG_MD5, username, user->realm, password);
+  if (ha1_sha256 == NULL || ha1_md5 == NULL)
+    return cli_fail(user->aor, "cannot compute the digest secrets");
+  user->ha1_sha256 = ha1_sha256;
+  user->ha1_md5 = ha1_md5;
+  if (!store_user_put(cli->db, user, &error))
+    return cli_fail(user->aor, error->message);
+  return CLI_EXIT_OK;
+}
+
 /* Reads the password and stores @user with its HA1 values. Prints the
  * failure. */
 static int
@@ -902,8 +953,6 @@ cli_user_store(Cli *cli, StoreUser *user, const char *username)
 {
   g_autoptr(GError) error = NULL;
   g_autoptr(CliSecret) password = NULL;
-  g_autoptr(CliSecret) ha1_sha256 = NULL;
-  g_autoptr(CliSecret) ha1_md5 = NULL;
 
   /* Named by the file it came from, else by the user it is for. */
   password = cli_get_password(opt.password_file, user->aor, &error);
@@ -913,14 +962,79 @@ cli_user_store(Cli *cli, StoreUser *user, const char *username)
   if (*password == '\0')
     return cli_fail(opt.password_file != NULL ? opt.password_file : user->aor,
                     "the password is empty");
-  ha1_sha256 = cli_ha1(GNUTLS_DIG_SHA256, username, user->realm, password);
-  ha1_md5 = cli_ha1(GNUTLS_DIG_MD5, username, user->realm, password);
-  if (ha1_sha256 == NULL || ha1_md5 == NULL)
-    return cli_fail(user->aor, "cannot compute the digest secrets");
-  user->ha1_sha256 = ha1_sha256;
-  user->ha1_md5 = ha1_md5;
-  if (!store_user_put(cli->db, user, &error))
-    return cli_fail(user->aor, error->message);
+  return cli_user_store_password(cli, user, username, password);
+}
+
+#define CLI_USER_FILE_MAX (64 * 1024 * 1024)
+
+/* user import FILE: "AOR PASSWORD" per line (the password is the rest of
+ * the line after one space or tab), '#' comments and blank lines skipped.
+ * Every line is checked before the first user is written. */
+static int
+cli_user_import(Cli *cli, char **args, guint n_args)
+{
+  g_autoptr(GError) error = NULL;
+  GStatBuf st;
+  const char *path = args[0];
+
+  if (g_stat(path, &st) != 0)
+    return cli_failf(path, "%s", g_strerror(errno));
+  /* It holds passwords in clear: like a key file, private or refused. */
+  if ((st.st_mode & 0077) != 0)
+    return cli_fail(path, "readable by group or others: it holds passwords (chmod 600)");
+  g_autoptr(GBytes) data = cli_read_file(path, CLI_USER_FILE_MAX, "user file");
+  if (data == NULL)
+    return CLI_EXIT_FAIL;
+  g_autoptr(CliSecret) text = g_strndup(g_bytes_get_data(data, NULL), g_bytes_get_size(data));
+  if (strlen(text) != g_bytes_get_size(data) || !g_utf8_validate(text, -1, NULL))
+    return cli_fail(path, "not UTF-8 text");
+  g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+  g_autoptr(GPtrArray) aors = g_ptr_array_new_with_free_func(g_free);
+  g_autoptr(GPtrArray) passwords = g_ptr_array_new_with_free_func((GDestroyNotify)cli_secret_free);
+  for (guint i = 0; lines[i] != NULL; i++) {
+    char *line = lines[i];
+    gsize n = strlen(line);
+    if (n > 0 && line[n - 1] == '\r')
+      line[--n] = '\0';
+    const char *p = line;
+    while (*p == ' ' || *p == '\t')
+      p++;
+    if (*p == '\0' || *p == '#')
+      continue;
+    gsize aor_len = strcspn(p, " \t");
+    if (p[aor_len] == '\0' || p[aor_len + 1] == '\0')
+      return cli_failf(path, "line %u: no password after the AOR", i + 1);
+    g_autofree char *raw = g_strndup(p, aor_len);
+    g_autofree char *aor = cli_aor(cli, raw);
+    if (aor == NULL)
+      return cli_failf(path, "line %u: the AOR above was refused", i + 1);
+    g_ptr_array_add(aors, g_steal_pointer(&aor));
+    g_ptr_array_add(passwords, g_strdup(p + aor_len + 1));
+  }
+  for (guint i = 0; lines[i] != NULL; i++)
+    explicit_bzero(lines[i], strlen(lines[i]));
+  if (aors->len == 0)
+    return cli_fail(path, "no users in it");
+  if (cli_store(cli) == NULL)
+    return CLI_EXIT_FAIL;
+  CliProgress progress;
+  cli_progress_init(&progress, "user import", "users");
+  for (guint i = 0; i < aors->len; i++) {
+    const char *aor = aors->pdata[i];
+    g_autofree char *username = cli_aor_user(aor);
+    StoreUser user = {
+        .aor = (char *)aor,
+        .realm = (char *)(opt.realm != NULL ? opt.realm : strrchr(aor, '@') + 1),
+        .flags = STORE_USER_ENABLED | (opt.may_generate ? STORE_USER_MAY_GENERATE : 0),
+    };
+    int status = cli_user_store_password(cli, &user, username, passwords->pdata[i]);
+    if (status != CLI_EXIT_OK) {
+      g_printerr("sipcred: user import: stopped after %u of %u users\n", i, aors->len);
+      return status;
+    }
+    cli_progress(i + 1, aors->len, &progress);
+  }
+  g_print("imported %u users from %s\n", aors->len, path);
   return CLI_EXIT_OK;
 }
 
@@ -1187,7 +1301,9 @@ cli_db_rekey(Cli *cli, char **args, guint n_args)
   } else if (cli_store(cli) == NULL) {
     return CLI_EXIT_FAIL;
   }
-  if (!store_db_rekey(cli->db, new_key, &error)) {
+  CliProgress progress;
+  cli_progress_init(&progress, "db rekey", "credential records");
+  if (!store_db_rekey_full(cli->db, new_key, cli_progress, &progress, &error)) {
     if (old_path == NULL && g_error_matches(error, STORE_ERROR, STORE_ERROR_KEY))
       g_prefix_error(&error, "give the current key with --master-key FILE: ");
     return cli_fail("master key", error->message);
@@ -2523,6 +2639,14 @@ static const GOptionEntry cli_user_add_entries[] = {
     {NULL},
 };
 
+static const GOptionEntry cli_user_import_entries[] = {
+    {"realm", 0, 0, G_OPTION_ARG_STRING, &opt.realm,
+     "Digest realm of every user (default: each AOR's host)", "REALM"},
+    {"may-generate", 0, 0, G_OPTION_ARG_NONE, &opt.may_generate,
+     "Allow the users to have the server generate a credential", NULL},
+    {NULL},
+};
+
 static const GOptionEntry cli_user_passwd_entries[] = {
     {"password-file", 0, 0, G_OPTION_ARG_FILENAME, &opt.password_file,
      "Read the password from the first line of FILE (default: prompt, or standard input)", "FILE"},
@@ -2621,6 +2745,9 @@ static const CliCommand cli_commands[] = {
      "Create a master key file: 32 random bytes, mode 0600, never overwritten", NULL, cli_keygen},
     {"user", "add", "AOR", 1, 1, "AOR [--password-file FILE] [--realm REALM] [--may-generate]",
      "Create or replace a user", cli_user_add_entries, cli_user_add},
+    {"user", "import", "FILE", 1, 1, "FILE [--realm REALM] [--may-generate]",
+     "Create or replace the users of FILE (\"AOR PASSWORD\" per line, mode 0600)",
+     cli_user_import_entries, cli_user_import},
     {"user", "passwd", "AOR", 1, 1, "AOR [--password-file FILE]", "Change the password of a user",
      cli_user_passwd_entries, cli_user_passwd},
     {"user", "del", "AOR", 1, 1, "AOR", "Remove a user", NULL, cli_user_del},

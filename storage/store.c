@@ -1681,6 +1681,8 @@ typedef struct {
   StoreMasterKey *old_key; /* may be NULL when the store never had a key */
   StoreMasterKey *new_key;
   guint n_rewrapped;
+  StoreProgressFunc progress;
+  gpointer progress_data;
 } StoreRekey;
 
 static void
@@ -1715,6 +1717,11 @@ store_rekey_cb(StoreTxn *txn, gpointer user_data)
                        mdb_cursor_open(txn->txn, txn->env->dbis[STORE_TABLE_CREDENTIALS], &cursor),
                        "opening a cursor"))
     return;
+  MDB_stat st = {0};
+  guint64 total = 0, done = 0;
+  if (rk->progress != NULL &&
+      mdb_stat(txn->txn, txn->env->dbis[STORE_TABLE_CREDENTIALS], &st) == MDB_SUCCESS)
+    total = st.ms_entries;
   while ((rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)) == MDB_SUCCESS) {
     g_autofree char *aor = store_aor_from_key(&k);
     g_autoptr(GBytes) value = NULL;
@@ -1722,6 +1729,8 @@ store_rekey_cb(StoreTxn *txn, gpointer user_data)
     g_auto(StoreCredRecord) rec = {0};
     GError *local = NULL;
 
+    if (rk->progress != NULL)
+      rk->progress(++done, total, rk->progress_data);
     if (aor == NULL) {
       store_txn_fail(txn, g_error_new(STORE_ERROR, STORE_ERROR_CORRUPT,
                                       "a key in credentials is not valid UTF-8"));
@@ -1772,8 +1781,15 @@ store_rekey_cb(StoreTxn *txn, gpointer user_data)
 gboolean
 store_db_rekey(StoreDb *db, StoreMasterKey *new_key, GError **error)
 {
+  return store_db_rekey_full(db, new_key, NULL, NULL, error);
+}
+
+gboolean
+store_db_rekey_full(StoreDb *db, StoreMasterKey *new_key, StoreProgressFunc progress,
+                    gpointer progress_data, GError **error)
+{
   g_autoptr(StoreMasterKey) old_key = NULL;
-  StoreRekey rk = {0};
+  StoreRekey rk = {.progress = progress, .progress_data = progress_data};
 
   g_return_val_if_fail(db != NULL, FALSE);
   g_return_val_if_fail(new_key != NULL, FALSE);
@@ -2238,8 +2254,7 @@ store_delete_cb(StoreTxn *txn, gpointer user_data)
   const StoreDelete *del = user_data;
 
   if (del->if_etag != NULL) {
-    g_autoptr(GBytes) old =
-        store_txn_get(txn, del->table, del->aor, "reading the credential");
+    g_autoptr(GBytes) old = store_txn_get(txn, del->table, del->aor, "reading the credential");
     if (!store_txn_ok(txn) || !store_txn_check_etag(txn, del->aor, old, del->if_etag))
       return;
   }
@@ -2458,8 +2473,7 @@ store_binding_free(StoreBinding *b)
 /* @s is NULL (allowed only when @optional), or 1 to @max bytes of UTF-8
  * without control characters (none belongs in a SIP header value). */
 static gboolean
-store_reg_text_check(const char *what, const char *s, gboolean optional, gsize max,
-                     GError **error)
+store_reg_text_check(const char *what, const char *s, gboolean optional, gsize max, GError **error)
 {
   gsize len;
 

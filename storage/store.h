@@ -15,14 +15,14 @@ G_BEGIN_DECLS
 GQuark store_error_quark(void);
 
 typedef enum {
-  STORE_ERROR_NOT_FOUND, /* no such record */
-  STORE_ERROR_FULL,      /* map or disk full and growing did not help */
-  STORE_ERROR_IO,        /* the file system refused */
-  STORE_ERROR_CORRUPT,   /* a record or the environment is damaged */
-  STORE_ERROR_SCHEMA,    /* schema version newer than this build knows */
-  STORE_ERROR_BUSY,      /* reader table full or lock held */
-  STORE_ERROR_INVALID,   /* caller passed something unstorable */
-  STORE_ERROR_KEY,       /* master key missing, unsafe (mode), malformed or not the store's */
+  STORE_ERROR_NOT_FOUND,    /* no such record */
+  STORE_ERROR_FULL,         /* map or disk full and growing did not help */
+  STORE_ERROR_IO,           /* the file system refused */
+  STORE_ERROR_CORRUPT,      /* a record or the environment is damaged */
+  STORE_ERROR_SCHEMA,       /* schema version newer than this build knows */
+  STORE_ERROR_BUSY,         /* reader table full or lock held */
+  STORE_ERROR_INVALID,      /* caller passed something unstorable */
+  STORE_ERROR_KEY,          /* master key missing, unsafe (mode), malformed or not the store's */
   STORE_ERROR_PRECONDITION, /* a conditional write found no record, or another ETag */
 } StoreError;
 
@@ -59,8 +59,8 @@ typedef struct {
   guint64 version;   /* starts at 1, +1 per write */
   char *etag;        /* opaque, changes on every write */
   StoreKeyKind key_kind;
-  GBytes *pkcs8;     /* PKCS#8 DER: as stored for USER_ENCRYPTED, unwrapped for SERVER_HELD
-                        (only when the store has its master key), else NULL */
+  GBytes *pkcs8; /* PKCS#8 DER: as stored for USER_ENCRYPTED, unwrapped for SERVER_HELD
+                    (only when the store has its master key), else NULL */
 } StoreCred;
 
 void store_cred_free(StoreCred *cred);
@@ -91,6 +91,14 @@ gboolean store_db_set_master_key(StoreDb *db, StoreMasterKey *key, GError **erro
  * records the new id; the store uses @new_key afterwards. */
 gboolean store_db_rekey(StoreDb *db, StoreMasterKey *new_key, GError **error);
 
+/* Called for each record a long operation visits: @done of @total (0 when
+ * unknown). Runs inside the write transaction: keep it short. */
+typedef void (*StoreProgressFunc)(guint64 done, guint64 total, gpointer user_data);
+
+/* store_db_rekey() reporting each credential record it visits. */
+gboolean store_db_rekey_full(StoreDb *db, StoreMasterKey *new_key, StoreProgressFunc progress,
+                             gpointer progress_data, GError **error);
+
 /* ---- Maintenance ------------------------------------------------------- */
 
 /* A consistent, compacted copy of the store at @path (a new file), safe
@@ -103,7 +111,7 @@ gboolean store_db_check(StoreDb *db, GError **error);
 typedef struct {
   guint64 map_size, map_used; /* bytes */
   guint64 n_users, n_credentials, n_server_held, n_registrations, n_changes;
-  guint64 last_change;        /* sequence number, 0 when none */
+  guint64 last_change; /* sequence number, 0 when none */
   guint schema_version;
 } StoreStats;
 gboolean store_db_get_stats(StoreDb *db, StoreStats *out, GError **error);
@@ -202,10 +210,10 @@ GPtrArray *store_user_list(StoreDb *db, GError **error);
 
 /* One contact binding of an AOR (RFC 3261 section 10, RFC 5626). */
 typedef struct {
-  char *contact;     /* the Contact URI as registered */
-  char *instance;    /* +sip.instance, or NULL */
-  guint32 reg_id;    /* RFC 5626 reg-id, 0 when none */
-  char *flow_token;  /* edge flow it arrived on, or NULL; flows do not survive a restart */
+  char *contact;    /* the Contact URI as registered */
+  char *instance;   /* +sip.instance, or NULL */
+  guint32 reg_id;   /* RFC 5626 reg-id, 0 when none */
+  char *flow_token; /* edge flow it arrived on, or NULL; flows do not survive a restart */
   char *call_id;
   guint32 cseq;
   gint64 expires_at; /* unix seconds */

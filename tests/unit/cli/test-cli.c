@@ -944,6 +944,54 @@ test_cred_show(Fixture *fx, gconstpointer data)
 
 /* ---- user passwd, del ---- */
 
+/* user import: many users from one private file, with progress that ends
+ * on the total; a file others can read, or a bad line, changes nothing. */
+static void
+test_user_import(Fixture *fx, gconstpointer data)
+{
+  const guint n = 1500;
+  g_autoptr(GString) text = g_string_new("# name password\n\n");
+  g_autoptr(GError) error = NULL;
+  Run r = {0};
+
+  for (guint i = 0; i < n; i++)
+    g_string_append_printf(text, "sip:u%u@example.com pass word %u\r\n", i, i);
+  g_autofree char *path = write_file(fx, "users", text->str, text->len);
+
+  g_assert_cmpint(g_chmod(path, 0644), ==, 0);
+  RUN(&r, NULL, "--state-dir", fx->state, "user", "import", path);
+  g_assert_cmpint(r.status, ==, 1);
+  g_assert_nonnull(strstr(r.err, "readable by group or others"));
+  run_clear(&r);
+
+  const char *bad_text = "sip:a@example.com pw\nsip:b@example.com\n";
+  g_autofree char *bad = write_file(fx, "bad", bad_text, strlen(bad_text));
+  g_assert_cmpint(g_chmod(bad, 0600), ==, 0);
+  RUN(&r, NULL, "--state-dir", fx->state, "user", "import", bad);
+  g_assert_cmpint(r.status, ==, 1);
+  g_assert_nonnull(strstr(r.err, "line 2: no password"));
+  run_clear(&r);
+
+  g_assert_cmpint(g_chmod(path, 0600), ==, 0);
+  RUN(&r, NULL, "--state-dir", fx->state, "user", "import", path);
+  g_assert_cmpint(r.status, ==, 0);
+  g_autofree char *last = g_strdup_printf("user import: %u of %u users\n", n, n);
+  g_assert_nonnull(strstr(r.err, last));
+  g_assert_null(strstr(r.err, "pass word"));
+  g_assert_null(strstr(r.out, "pass word"));
+  run_clear(&r);
+
+  g_autoptr(StoreDb) db = store_db_open(fx->state, 0, &error);
+  g_assert_no_error(error);
+  g_autoptr(GPtrArray) users = store_user_list(db, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(users->len, ==, n); /* "bad" wrote nothing */
+  g_autoptr(StoreUser) u7 = store_user_get(db, "sip:u7@example.com", &error);
+  g_assert_no_error(error);
+  g_autofree char *sha = expected_ha1(G_CHECKSUM_SHA256, "u7", "example.com", "pass word 7");
+  g_assert_cmpstr(u7->ha1_sha256, ==, sha);
+}
+
 static void
 test_user_passwd(Fixture *fx, gconstpointer data)
 {
@@ -1129,6 +1177,8 @@ test_db(Fixture *fx, gconstpointer data)
   g_assert_cmpint(r.status, ==, 0);
   assert_contains(r.out, new_key);
   assert_contains(r.out, "1 server-held");
+  /* Progress ends on the total of credential records visited. */
+  assert_contains(r.err, "db rekey: 1 of 1 credential records\n");
   run_clear(&r);
 
   /* Afterwards the old key is refused and the new one opens the same key. */
@@ -1164,10 +1214,11 @@ test_usage(Fixture *fx, gconstpointer data)
   g_assert_cmpint(r.status, ==, 0);
   {
     static const char *const commands[] = {
-        "keygen",        "user add",     "user passwd", "user del",  "user list",
-        "cred generate", "cred import",  "cred show",   "cred list", "cred export",
-        "cred revoke",   "db backup",    "db check",    "db stats",  "db rekey",
-        "Exit status:",  "--master-key", "--state-dir", "--config"};
+        "keygen",        "user add",    "user passwd",  "user del",     "user list",
+        "cred generate", "cred import", "cred show",    "cred list",    "cred export",
+        "cred revoke",   "db backup",   "db check",     "db stats",     "db rekey",
+        "user import",   "stats",       "Exit status:", "--master-key", "--state-dir",
+        "--config"};
     for (guint i = 0; i < G_N_ELEMENTS(commands); i++)
       assert_contains(r.out, commands[i]);
   }
@@ -1344,6 +1395,7 @@ main(int argc, char **argv)
   ADD("/cli/cred/export-pem", test_cred_export_pem);
   ADD("/cli/cred/show", test_cred_show);
   ADD("/cli/user/passwd", test_user_passwd);
+  ADD("/cli/user/import", test_user_import);
   ADD("/cli/db", test_db);
   ADD("/cli/config", test_config);
   ADD("/cli/config/master-key", test_config_master_key);

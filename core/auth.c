@@ -33,6 +33,16 @@ core_auth_init(CoreService *svc)
 }
 
 void
+core_auth_reload(CoreService *svc)
+{
+  GHashTableIter iter;
+  gpointer value;
+  g_hash_table_iter_init(&iter, svc->digests);
+  while (g_hash_table_iter_next(&iter, NULL, &value))
+    core_digest_set_limits(value, MAX(svc->cfg.nonce_lifetime, 1), &svc->cfg.digest_limits);
+}
+
+void
 core_auth_clear(CoreService *svc)
 {
   g_clear_pointer(&svc->digests, g_hash_table_unref);

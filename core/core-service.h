@@ -73,6 +73,8 @@ void core_relay_clear(CoreService *svc);
 /* Creates the per-realm digest state. */
 void core_auth_init(CoreService *svc);
 void core_auth_clear(CoreService *svc);
+/* Applies svc->cfg's nonce lifetime and limits to every realm. */
+void core_auth_reload(CoreService *svc);
 
 /* Digest authentication alone (RFC 3261 22, RFC 7616) in @realm, a served
  * domain: returns the canonical AOR of the authenticated user, or NULL when

@@ -271,6 +271,31 @@ core_service_set_cred_get_cb(CoreService *svc, CoreCredGetCb func, gpointer user
   svc->cred_get_data = user_data;
 }
 
+static void core_fanout_pump(CoreService *svc);
+
+void
+core_service_reload(CoreService *svc, const CoreConfig *cfg)
+{
+  g_return_if_fail(svc != NULL && cfg != NULL);
+  CoreConfig *c = &svc->cfg;
+  c->default_expires = cfg->default_expires;
+  c->max_expires = cfg->max_expires;
+  c->min_expires = cfg->min_expires;
+  c->notify_window = MAX(cfg->notify_window, 1);
+  if (svc->port.schedule != NULL)
+    c->min_notify_interval = cfg->min_notify_interval;
+  c->nonce_lifetime = cfg->nonce_lifetime;
+  c->digest_limits = cfg->digest_limits;
+  c->reg_default_expires = cfg->reg_default_expires;
+  c->reg_min_expires = cfg->reg_min_expires;
+  c->reg_max_expires = cfg->reg_max_expires;
+  c->reg_max_bindings = cfg->reg_max_bindings;
+  c->message_max_body = cfg->message_max_body;
+  core_auth_reload(svc);
+  /* A wider window may let queued NOTIFYs go now. */
+  core_fanout_pump(svc);
+}
+
 void
 core_service_get_stats(CoreService *svc, CoreStats *out)
 {

@@ -298,6 +298,12 @@ typedef struct {
 
 void core_service_get_stats(CoreService *svc, CoreStats *out);
 
+/* Takes the limits of @cfg (expiries, fan-out window and interval, nonce
+ * lifetime, failed-attempt limits, registrar and message limits) from now
+ * on. The served domains and credential generation stay as they were
+ * (they need a restart); live subscriptions keep what they were granted. */
+void core_service_reload(CoreService *svc, const CoreConfig *cfg);
+
 /* Number of live subscriptions (all packages). */
 guint core_service_get_n_subscriptions(CoreService *svc);
 

@@ -7,7 +7,7 @@
 #include <stdarg.h>
 #include <string.h>
 
-G_DEFINE_QUARK(sipcred-core-digest-error-quark, core_digest_error)
+G_DEFINE_QUARK(sipcred - core - digest - error - quark, core_digest_error)
 
 /* Nonce layout before base64url: issue time (8 bytes, big endian), random
  * bytes, HMAC-SHA256(secret, time || random || realm). */
@@ -178,7 +178,7 @@ hash_hex(CoreDigestAlgorithm alg, const char *data)
 {
   guint8 out[32];
   gnutls_digest_algorithm_t g =
-    alg == CORE_DIGEST_ALGORITHM_SHA256 ? GNUTLS_DIG_SHA256 : GNUTLS_DIG_MD5;
+      alg == CORE_DIGEST_ALGORITHM_SHA256 ? GNUTLS_DIG_SHA256 : GNUTLS_DIG_MD5;
   if (gnutls_hash_fast(g, data, strlen(data), out) < 0) {
     g_critical("digest: hash failed");
     return NULL;
@@ -212,7 +212,7 @@ core_digest_response(CoreDigestAlgorithm algorithm, const char *ha1_hex, const c
   if (ha2 == NULL)
     return NULL;
   g_autofree char *kd =
-    g_strconcat(ha1, ":", nonce, ":", nc, ":", cnonce, ":", qop, ":", ha2, NULL);
+      g_strconcat(ha1, ":", nonce, ":", nc, ":", cnonce, ":", qop, ":", ha2, NULL);
   char *response = hash_hex(algorithm, kd);
   memset(ha1, 0, strlen(ha1));
   memset(kd, 0, strlen(kd));
@@ -227,13 +227,22 @@ digest_mac(const CoreDigest *d, const guint8 *data, gsize len, guint8 out[NONCE_
   g_autofree guint8 *buf = g_malloc(len + strlen(d->realm));
   memcpy(buf, data, len);
   memcpy(buf + len, d->realm, strlen(d->realm));
-  return gnutls_hmac_fast(GNUTLS_MAC_SHA256, d->secret, d->secret_len, buf,
-                          len + strlen(d->realm), out) >= 0;
+  return gnutls_hmac_fast(GNUTLS_MAC_SHA256, d->secret, d->secret_len, buf, len + strlen(d->realm),
+                          out) >= 0;
+}
+
+void
+core_digest_set_limits(CoreDigest *digest, guint nonce_lifetime_s, const CoreDigestLimits *limits)
+{
+  g_return_if_fail(digest != NULL && nonce_lifetime_s > 0 && limits != NULL);
+  g_return_if_fail(limits->max_entries > 0 && limits->max_nonces > 0);
+  digest->lifetime = nonce_lifetime_s;
+  digest->limits = *limits;
 }
 
 CoreDigest *
-core_digest_new(const char *realm, const guint8 *secret, gsize secret_len,
-                guint nonce_lifetime_s, const CoreDigestLimits *limits)
+core_digest_new(const char *realm, const guint8 *secret, gsize secret_len, guint nonce_lifetime_s,
+                const CoreDigestLimits *limits)
 {
   g_return_val_if_fail(realm != NULL && realm[0] != '\0', NULL);
   g_return_val_if_fail(secret != NULL && secret_len >= MIN_SECRET_LEN, NULL);
@@ -299,8 +308,8 @@ core_digest_nonce_new(CoreDigest *d, gint64 now)
     for (int i = 0; i < NONCE_RANDOM_LEN; i++)
       raw[NONCE_TIME_LEN + i] = (guint8)g_random_int();
   }
-  if (!digest_mac(d, raw, NONCE_TIME_LEN + NONCE_RANDOM_LEN, raw + NONCE_TIME_LEN +
-                                                                  NONCE_RANDOM_LEN)) {
+  if (!digest_mac(d, raw, NONCE_TIME_LEN + NONCE_RANDOM_LEN,
+                  raw + NONCE_TIME_LEN + NONCE_RANDOM_LEN)) {
     g_critical("digest: HMAC-SHA256 failed");
     return NULL;
   }
@@ -413,17 +422,17 @@ credentials_field(CoreDigestCredentials *c, const char *name)
     const char *name;
     gsize offset;
   } fields[] = {
-    {"username", G_STRUCT_OFFSET(CoreDigestCredentials, username)},
-    {"realm", G_STRUCT_OFFSET(CoreDigestCredentials, realm)},
-    {"nonce", G_STRUCT_OFFSET(CoreDigestCredentials, nonce)},
-    {"uri", G_STRUCT_OFFSET(CoreDigestCredentials, uri)},
-    {"response", G_STRUCT_OFFSET(CoreDigestCredentials, response)},
-    {"algorithm", G_STRUCT_OFFSET(CoreDigestCredentials, algorithm)},
-    {"cnonce", G_STRUCT_OFFSET(CoreDigestCredentials, cnonce)},
-    {"opaque", G_STRUCT_OFFSET(CoreDigestCredentials, opaque)},
-    {"qop", G_STRUCT_OFFSET(CoreDigestCredentials, qop)},
-    {"nc", G_STRUCT_OFFSET(CoreDigestCredentials, nc)},
-    {"userhash", G_STRUCT_OFFSET(CoreDigestCredentials, userhash)},
+      {"username", G_STRUCT_OFFSET(CoreDigestCredentials, username)},
+      {"realm", G_STRUCT_OFFSET(CoreDigestCredentials, realm)},
+      {"nonce", G_STRUCT_OFFSET(CoreDigestCredentials, nonce)},
+      {"uri", G_STRUCT_OFFSET(CoreDigestCredentials, uri)},
+      {"response", G_STRUCT_OFFSET(CoreDigestCredentials, response)},
+      {"algorithm", G_STRUCT_OFFSET(CoreDigestCredentials, algorithm)},
+      {"cnonce", G_STRUCT_OFFSET(CoreDigestCredentials, cnonce)},
+      {"opaque", G_STRUCT_OFFSET(CoreDigestCredentials, opaque)},
+      {"qop", G_STRUCT_OFFSET(CoreDigestCredentials, qop)},
+      {"nc", G_STRUCT_OFFSET(CoreDigestCredentials, nc)},
+      {"userhash", G_STRUCT_OFFSET(CoreDigestCredentials, userhash)},
   };
   for (gsize i = 0; i < G_N_ELEMENTS(fields); i++)
     if (g_ascii_strcasecmp(name, fields[i].name) == 0)
@@ -705,8 +714,8 @@ core_digest_check(CoreDigest *d, const CoreDigestCredentials *c, const char *met
   if (c->opaque != NULL && strcmp(c->opaque, d->opaque) != 0)
     return refuse(error, CORE_DIGEST_RESULT_BAD, "opaque is not ours");
 
-  g_autofree char *expected = core_digest_response(c->alg, ha1_hex, c->nonce, c->nc, c->cnonce,
-                                                   c->qop, method, c->uri);
+  g_autofree char *expected =
+      core_digest_response(c->alg, ha1_hex, c->nonce, c->nc, c->cnonce, c->qop, method, c->uri);
   if (expected == NULL)
     return refuse(error, CORE_DIGEST_RESULT_BAD, "no usable HA1 for this algorithm");
   g_autofree char *got = g_ascii_strdown(c->response, -1);
@@ -799,8 +808,8 @@ attempts_note(CoreDigest *d, GHashTable *table, const char *kind, const char *ke
   delay = MIN(delay, (guint64)d->limits.max_delay_s);
   a->blocked_until = now + (gint64)delay;
   g_autofree char *shown = g_strescape(key, NULL);
-  g_message("digest: %s \"%.64s\" locked out for %" G_GUINT64_FORMAT " s after %u failures",
-            kind, shown, delay, a->failures);
+  g_message("digest: %s \"%.64s\" locked out for %" G_GUINT64_FORMAT " s after %u failures", kind,
+            shown, delay, a->failures);
 }
 
 void

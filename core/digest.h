@@ -75,6 +75,11 @@ CoreDigest *core_digest_new(const char *realm, const guint8 *secret, gsize secre
                             guint nonce_lifetime_s, const CoreDigestLimits *limits);
 void core_digest_free(CoreDigest *digest);
 
+/* New nonce lifetime and limits (a configuration reload). The secret, the
+ * nonces handed out and the failure records stay. */
+void core_digest_set_limits(CoreDigest *digest, guint nonce_lifetime_s,
+                            const CoreDigestLimits *limits);
+
 /* The WWW-Authenticate (or Proxy-Authenticate) values to send, SHA-256
  * first, then MD5, NULL-terminated; both share one fresh nonce. */
 char **core_digest_challenges(CoreDigest *digest, gint64 now, gboolean stale);
@@ -113,8 +118,8 @@ char *core_digest_ha1(CoreDigestAlgorithm algorithm, const char *username, const
 /* The response a client computes for qop=auth, in lower hex. NULL when
  * @ha1_hex is not hex of the algorithm's length. */
 char *core_digest_response(CoreDigestAlgorithm algorithm, const char *ha1_hex, const char *nonce,
-                           const char *nc, const char *cnonce, const char *qop,
-                           const char *method, const char *uri);
+                           const char *nc, const char *cnonce, const char *qop, const char *method,
+                           const char *uri);
 
 /* Failed-attempt limiting. @source is the peer's address as text; either
  * @source or @user may be NULL. Note every BAD result (and a missing user),
@@ -123,8 +128,8 @@ char *core_digest_response(CoreDigestAlgorithm algorithm, const char *ha1_hex, c
  * failure to note. Lockouts are logged (message level). */
 void core_digest_note_failure(CoreDigest *digest, const char *source, const char *user,
                               gint64 now);
-gboolean core_digest_may_try(CoreDigest *digest, const char *source, const char *user,
-                             gint64 now, guint *retry_after);
+gboolean core_digest_may_try(CoreDigest *digest, const char *source, const char *user, gint64 now,
+                             guint *retry_after);
 /* A successful login forgets the user's failures (not the address's: one
  * account an attacker holds must not reset the count for guessing others). */
 void core_digest_note_success(CoreDigest *digest, const char *user);

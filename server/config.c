@@ -385,6 +385,13 @@ loader_read_domains(const Loader *ld, SrvConfig *cfg, GError **error)
         return loader_fail(ld, error, group, keys[k], "cannot read %s: %s", *dest[k],
                            g_strerror(errno));
     }
+    /* A private key others can read is no longer private. Group access is
+     * allowed: Debian's ssl-cert group shares keys that way (0640). */
+    GStatBuf st;
+    if (g_stat(d->key_file, &st) == 0 && (st.st_mode & S_IRWXO) != 0)
+      return loader_fail(ld, error, group, "key",
+                         "%s is readable or writable by others (mode %04o); chmod o-rwx it",
+                         d->key_file, (unsigned)(st.st_mode & 07777));
     /* The pair must load and match now, not at the first handshake. */
     gnutls_certificate_credentials_t creds;
     gnutls_certificate_allocate_credentials(&creds);

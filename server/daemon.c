@@ -27,6 +27,7 @@ typedef struct {
   SrvConfig *cfg;
   GMainLoop *loop;
   Edge *edge;
+  CoreService *core;
   CertServer *certs; /* the built-in Identity-Info endpoint, or NULL */
   gboolean verbose;
 } Daemon;
@@ -165,8 +166,38 @@ on_terminate(gpointer user_data)
   return G_SOURCE_CONTINUE;
 }
 
-/* SIGHUP: re-read the configuration and swap in new TLS certificates and
- * keys. Existing connections keep theirs. Other settings need a restart. */
+/* Settings a reload cannot change: the running values stay, and the log
+ * says which ones wait for a restart. */
+static void
+daemon_warn_restart_only(const SrvConfig *old, const SrvConfig *fresh)
+{
+  struct {
+    const char *name;
+    gboolean changed;
+  } checks[] = {
+      {"[server] domains",
+       !g_strv_equal((const char *const *)old->domains, (const char *const *)fresh->domains)},
+      {"[server] listen",
+       !g_strv_equal((const char *const *)old->listen, (const char *const *)fresh->listen)},
+      {"[server] state-dir", g_strcmp0(old->state_dir, fresh->state_dir) != 0},
+      {"[server] control-socket", g_strcmp0(old->control_socket, fresh->control_socket) != 0},
+      {"[metrics] listen", g_strcmp0(old->metrics_listen, fresh->metrics_listen) != 0},
+      {"[tls] priority", g_strcmp0(old->tls_priority, fresh->tls_priority) != 0},
+      {"[identity]", old->identity_enabled != fresh->identity_enabled ||
+                         g_strcmp0(old->identity_algorithm, fresh->identity_algorithm) != 0 ||
+                         g_strcmp0(old->identity_backend, fresh->identity_backend) != 0},
+      {"[credential] generate",
+       old->core.generate_credentials != fresh->core.generate_credentials},
+      {"[store] master-key", g_strcmp0(old->master_key, fresh->master_key) != 0},
+  };
+  for (guint i = 0; i < G_N_ELEMENTS(checks); i++)
+    if (checks[i].changed)
+      g_warning("reload: %s changed; it takes effect after a restart", checks[i].name);
+}
+
+/* SIGHUP: re-read the configuration; swap in new TLS certificates and keys
+ * (signing keys too) and the limits. Connections and subscriptions stay.
+ * An invalid file changes nothing. */
 static gboolean
 on_reload(gpointer user_data)
 {
@@ -178,7 +209,11 @@ on_reload(gpointer user_data)
     g_warning("reload failed, keeping the running configuration: %s", error->message);
     return G_SOURCE_CONTINUE;
   }
-  g_message("reloaded TLS certificates and keys from %s", d->config_path);
+  edge_reload_limits(d->edge, fresh);
+  if (d->core != NULL)
+    core_service_reload(d->core, &fresh->core);
+  daemon_warn_restart_only(d->cfg, fresh);
+  g_message("reloaded TLS certificates, keys and limits from %s", d->config_path);
   return G_SOURCE_CONTINUE;
 }
 
@@ -229,6 +264,7 @@ run(Daemon *d)
     return 1;
   }
   d->edge = edge;
+  d->core = core;
   StatsSources sources = {.core = core, .edge = edge, .nua = nua};
   g_autoptr(StatsServer) stats =
       stats_server_new(&sources, cfg->control_socket, cfg->metrics_listen, &error);
@@ -261,6 +297,7 @@ run(Daemon *d)
   g_source_remove(sig_int);
   g_source_remove(sig_hup);
   d->edge = NULL;
+  d->core = NULL;
   g_clear_pointer(&d->certs, cert_server_free);
   g_clear_pointer(&d->loop, g_main_loop_unref);
   g_message("stopped");

@@ -2267,6 +2267,20 @@ edge_reload_credentials(Edge *edge, const SrvConfig *cfg, GError **error)
   return TRUE;
 }
 
+void
+edge_reload_limits(Edge *edge, const SrvConfig *cfg)
+{
+  g_return_if_fail(edge != NULL && cfg != NULL);
+  /* Counts and timeouts apply from the next connection, message or timer;
+   * the message size bounds the framers of new connections. */
+  edge->handshake_timeout_ms = cfg->handshake_timeout_ms;
+  edge->idle_timeout_ms = cfg->idle_timeout_ms;
+  edge->max_connections = cfg->max_connections;
+  edge->max_connections_per_ip = cfg->max_connections_per_ip;
+  edge->max_message_size = cfg->max_message_size > 0 ? cfg->max_message_size : 65535;
+  edge->client_outbuf_max = MAX(EDGE_CLIENT_OUTBUF_MIN, 64 * edge->max_message_size);
+}
+
 /* domain -> IdentSigner from the key and certificate of each [domain]. */
 static GHashTable *
 edge_signers_load(const SrvConfig *cfg, IdentSignerBackend backend, GError **error)

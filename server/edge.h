@@ -58,6 +58,10 @@ guint16 edge_get_public_port(Edge *edge);
  * changes. */
 gboolean edge_reload_credentials(Edge *edge, const SrvConfig *cfg, GError **error);
 
+/* Takes the [tls] limits of @cfg (connections, per-IP connections,
+ * timeouts, message size) for what comes next; nothing open is cut. */
+void edge_reload_limits(Edge *edge, const SrvConfig *cfg);
+
 /* The identity stage (RFC 4474, RFC 6072 section 8): from now on every
  * NOTIFY to a client leaves signed, after every header rewrite, by the key
  * and certificate of the [domain] group that its From host names, with

@@ -2,7 +2,9 @@
 """SIGHUP reloads the TLS certificates and keys without dropping connections: after the domain
 certificate is replaced on disk and sipcredd gets SIGHUP, new connections get the new
 certificate while a connection made before keeps working; a broken certificate file makes the
-reload fail and leaves the running certificate in place."""
+reload fail and leaves the running certificate in place. Under a live subscription, a reload
+applies new limits to what comes next and keeps the subscription; an invalid file changes
+nothing; a setting that needs a restart is named in the log."""
 
 import os
 import signal
@@ -41,6 +43,101 @@ def wait_log(dep, text, timeout=5.0):
     return False
 
 
+def count_log(dep, text):
+    with open(dep.log, 'rb') as f:
+        return f.read().count(text.encode())
+
+
+def stat_value(dep, name):
+    # --socket: the configuration file may be the invalid one under test.
+    rc, out = h.run([h.binary('sipcred'), 'stats', '--socket',
+                     os.path.join(dep.dir, 'state', 'control.sock')])
+    for line in out.splitlines():
+        if line.rpartition(' ')[0] == name:
+            return int(line.rpartition(' ')[2])
+    return None
+
+
+def accepted(dep):
+    """Whether a new TLS connection gets a SIP answer (not closed by a limit)."""
+    try:
+        with dep.connect() as c:
+            return options_on(c, dep) == 200
+    except (OSError, h.Closed):
+        return False
+
+
+def live_subscriptions(tap):
+    """A reload under a live subscription: new limits apply to what comes next, the
+    subscription and its connection stay and still get NOTIFYs; an invalid file changes
+    nothing and the log says why; a setting that needs a restart is named."""
+    alice = 'sip:alice@example.com'
+    extra = '\n[fanout]\nmin-interval=0\n'
+    with h.Deployment(tap, users=(alice,), extra=extra) as dep:
+        dep.start()
+        dep.import_certs()
+        sub_conn = dep.connect()
+        sub = h.Subscription(sub_conn, alice)
+        final, notify = sub.exchange(3600)
+        tap.ok(final is not None and final.code == 200 and notify is not None,
+               'a live certificate subscription before the reload')
+        text = open(dep.conf).read()
+        with open(dep.conf, 'w') as f:
+            f.write(text.replace('[tls]\n', '[tls]\nmax-connections-per-ip=2\n', 1))
+        n = count_log(dep, 'reloaded TLS certificates')
+        dep.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while count_log(dep, 'reloaded TLS certificates') == n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        tap.ok(count_log(dep, 'reloaded TLS certificates') == n + 1,
+               'SIGHUP reloads the file with a new [tls] max-connections-per-ip')
+        tap.ok(accepted(dep), 'a second connection from this address is still allowed')
+        # The daemon counts a closed connection until it has seen the close.
+        deadline = time.monotonic() + 5
+        while stat_value(dep, 'sipcred_connections') != 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with dep.connect() as second:
+            tap.ok(options_on(second, dep) == 200 and not accepted(dep),
+                   'with two open, a third one is refused: the new limit of 2 applies')
+        tap.ok(stat_value(dep, 'sipcred_subscriptions{package="certificate"}') == 1,
+               'the subscription is still there after the reload')
+        rc, out = dep.sipcred('cred', 'revoke', alice)
+        got = None
+        deadline = time.monotonic() + 10
+        while got is None and time.monotonic() < deadline:
+            try:
+                msg = sub_conn.read(1.0)
+            except TimeoutError:
+                continue
+            if msg.is_request and msg.method == 'NOTIFY':
+                sub_conn.answer(msg)
+                got = msg
+        tap.ok(got is not None and len(got.body) == 0,
+               'and gets the revocation NOTIFY on its old connection')
+
+        with open(dep.conf, 'w') as f:
+            f.write(text.replace('[tls]\n', '[tls]\nmax-connections-per-ip=many\n', 1) +
+                    '\n')
+        n_failed = count_log(dep, 'reload failed')
+        dep.proc.send_signal(signal.SIGHUP)
+        tap.ok(wait_log(dep, 'reload failed, keeping the running configuration') and
+               count_log(dep, 'reload failed') == n_failed + 1 and
+               wait_log(dep, 'max-connections-per-ip'),
+               'an invalid file is refused; the log names the key and keeps the running '
+               'configuration')
+        tap.ok(stat_value(dep, 'sipcred_subscriptions{package="certificate"}') == 1,
+               'the subscription survives the failed reload too')
+
+        with open(dep.conf, 'w') as f:
+            f.write(text.replace('listen=%s:%d' % (h.HOST, dep.port),
+                                 'listen=%s:%d' % (h.HOST, dep.port + 1), 1))
+        dep.proc.send_signal(signal.SIGHUP)
+        tap.ok(wait_log(dep, '[server] listen changed; it takes effect after a restart'),
+               'a changed listen address is named as waiting for a restart')
+        tap.ok(h.options_ok(dep), 'the daemon still serves on the old address')
+        sub_conn.close()
+
+
 def main(tap):
     h.require_tools('certtool')
     with h.Deployment(tap) as dep:
@@ -72,6 +169,7 @@ def main(tap):
         tap.ok(options_on(before, dep) == 200, 'the earlier connection survives a failed reload')
         before.close()
         tap.ok(dep.alive() and h.options_ok(dep), 'the daemon still serves')
+    live_subscriptions(tap)
 
 
 if __name__ == '__main__':

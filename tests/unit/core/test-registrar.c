@@ -1,0 +1,506 @@
+#define G_LOG_DOMAIN "sipcred-test-registrar"
+
+/* Unit tests of core/registrar.c and core/relay.c: REGISTER (RFC 3261
+ * 10.3, RFC 5626) and the MESSAGE relay (RFC 3428, best response per RFC
+ * 3261 16.7), driven through a fake CorePort with a fake clock over a real
+ * LMDB store. Digest answers are computed here from the challenges, with
+ * GChecksum (not with core/digest.c). */
+
+#include <glib/gstdio.h>
+#include <string.h>
+
+#include "core/core.h"
+#include "storage/store.h"
+#include "tests/common/testutil.h"
+
+#define DOMAIN "example.com"
+#define ALICE "sip:alice@example.com"
+#define BOB "sip:bob@example.com"
+#define PASSWORD "reg-test-password"
+
+static const char *const domains[] = {DOMAIN, NULL};
+
+typedef struct {
+  gpointer txn;
+  guint status;
+  char *phrase;
+  guint32 min_expires;
+  GStrv contacts;
+  GStrv challenges;
+  gboolean date;
+  char *require;
+} Answer;
+
+typedef struct {
+  gpointer leg;
+  char *request_uri, *flow, *from, *to, *ctype, *cte, *disposition;
+  GBytes *body;
+} Leg;
+
+typedef struct {
+  char *dir;
+  StoreDb *store;
+  CoreService *core;
+  GPtrArray *answers; /* Answer */
+  GPtrArray *legs;    /* Leg */
+  gint64 now;
+  guint nc;
+} Fixture;
+
+static void
+answer_free(gpointer p)
+{
+  Answer *a = p;
+  g_free(a->phrase);
+  g_strfreev(a->contacts);
+  g_strfreev(a->challenges);
+  g_free(a->require);
+  g_free(a);
+}
+
+static void
+leg_free(gpointer p)
+{
+  Leg *l = p;
+  g_free(l->request_uri);
+  g_free(l->flow);
+  g_free(l->from);
+  g_free(l->to);
+  g_free(l->ctype);
+  g_free(l->cte);
+  g_free(l->disposition);
+  g_bytes_unref(l->body);
+  g_free(l);
+}
+
+static void
+fake_respond(gpointer txn, const CoreResponse *r, gpointer data)
+{
+  Fixture *fx = data;
+  Answer *a = g_new0(Answer, 1);
+  a->txn = txn;
+  a->status = r->status;
+  a->phrase = g_strdup(r->phrase);
+  a->min_expires = r->min_expires;
+  a->contacts = g_strdupv((char **)r->contacts);
+  a->challenges = g_strdupv((char **)r->www_authenticate);
+  a->date = r->date;
+  a->require = g_strdup(r->require);
+  g_ptr_array_add(fx->answers, a);
+}
+
+static void
+fake_notify(gpointer sub, const CoreNotify *n, gpointer data)
+{
+  g_assert_not_reached();
+}
+
+static gint64
+fake_now(gpointer data)
+{
+  return ((Fixture *)data)->now;
+}
+
+static void
+fake_relay(gpointer leg, const CoreRelayRequest *req, gpointer data)
+{
+  Fixture *fx = data;
+  Leg *l = g_new0(Leg, 1);
+  l->leg = leg;
+  l->request_uri = g_strdup(req->request_uri);
+  l->flow = g_strdup(req->flow_token);
+  l->from = g_strdup(req->from_uri);
+  l->to = g_strdup(req->to_uri);
+  l->ctype = g_strdup(req->content_type);
+  l->cte = g_strdup(req->content_transfer_encoding);
+  l->disposition = g_strdup(req->content_disposition);
+  l->body = g_bytes_ref(req->body);
+  g_ptr_array_add(fx->legs, l);
+}
+
+static const CorePort port = {
+    .respond = fake_respond,
+    .notify = fake_notify,
+    .now = fake_now,
+    .relay = fake_relay,
+};
+
+static char *
+hex_digest(GChecksumType type, const char *text)
+{
+  return g_compute_checksum_for_string(type, text, -1);
+}
+
+static void
+add_user(Fixture *fx, const char *aor)
+{
+  g_autoptr(GError) error = NULL;
+  const char *user_start = aor + 4;
+  g_autofree char *user = g_strndup(user_start, strchr(aor, '@') - user_start);
+  g_autofree char *in = g_strdup_printf("%s:%s:%s", user, DOMAIN, PASSWORD);
+  g_autofree char *sha = hex_digest(G_CHECKSUM_SHA256, in);
+  g_autofree char *md5 = hex_digest(G_CHECKSUM_MD5, in);
+  StoreUser u = {.aor = (char *)aor,
+                 .realm = DOMAIN,
+                 .ha1_sha256 = sha,
+                 .ha1_md5 = md5,
+                 .flags = STORE_USER_ENABLED};
+  g_assert_true(store_user_put(fx->store, &u, &error));
+  g_assert_no_error(error);
+}
+
+static void
+fx_setup(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(GError) error = NULL;
+  fx->dir = g_dir_make_tmp("sipcred-test-registrar-XXXXXX", &error);
+  g_assert_no_error(error);
+  fx->store = store_db_open(fx->dir, 0, &error);
+  g_assert_no_error(error);
+  fx->answers = g_ptr_array_new_with_free_func(answer_free);
+  fx->legs = g_ptr_array_new_with_free_func(leg_free);
+  fx->now = 1700000000;
+  CoreConfig cfg;
+  core_config_init_defaults(&cfg);
+  cfg.domains = domains;
+  cfg.reg_min_expires = 60;
+  cfg.reg_max_expires = 7200;
+  cfg.reg_default_expires = 600;
+  cfg.reg_max_bindings = 3;
+  cfg.message_max_body = 100;
+  fx->core = core_service_new(&cfg, fx->store, &port, fx);
+  add_user(fx, ALICE);
+  add_user(fx, BOB);
+}
+
+static void
+fx_teardown(Fixture *fx, gconstpointer data)
+{
+  g_clear_pointer(&fx->core, core_service_free);
+  g_clear_pointer(&fx->store, store_db_free);
+  test_util_rm_rf(fx->dir);
+  g_free(fx->dir);
+  g_ptr_array_unref(fx->answers);
+  g_ptr_array_unref(fx->legs);
+}
+
+static Answer *
+last(Fixture *fx)
+{
+  g_assert_cmpuint(fx->answers->len, >, 0);
+  return g_ptr_array_index(fx->answers, fx->answers->len - 1);
+}
+
+/* The Digest value of a SHA-256 challenge answering @method @uri as @user. */
+static char *
+authorization(Fixture *fx, const char *const *challenges, const char *user, const char *method,
+              const char *uri)
+{
+  const char *c = challenges[0];
+  g_assert_nonnull(strstr(c, "algorithm=SHA-256"));
+  const char *n = strstr(c, "nonce=\"") + 7;
+  g_autofree char *nonce = g_strndup(n, strchr(n, '"') - n);
+  g_autofree char *in1 = g_strdup_printf("%s:%s:%s", user, DOMAIN, PASSWORD);
+  g_autofree char *ha1 = hex_digest(G_CHECKSUM_SHA256, in1);
+  g_autofree char *in2 = g_strdup_printf("%s:%s", method, uri);
+  g_autofree char *ha2 = hex_digest(G_CHECKSUM_SHA256, in2);
+  g_autofree char *nc = g_strdup_printf("%08x", ++fx->nc);
+  g_autofree char *in3 = g_strdup_printf("%s:%s:%s:cn0nce:auth:%s", ha1, nonce, nc, ha2);
+  g_autofree char *resp = hex_digest(G_CHECKSUM_SHA256, in3);
+  return g_strdup_printf("Digest username=\"%s\", realm=\"%s\", nonce=\"%s\", uri=\"%s\", "
+                         "response=\"%s\", algorithm=SHA-256, cnonce=\"cn0nce\", nc=%s, qop=auth",
+                         user, DOMAIN, nonce, uri, resp, nc);
+}
+
+/* REGISTER as @user for @aor: first without credentials (expects 401), then
+ * answering the challenge. Returns the final answer. */
+static Answer *
+do_register(Fixture *fx, const char *user, const char *aor, const CoreContact *contacts, guint n,
+            gboolean has_expires, guint32 expires, const char *call_id, guint32 cseq,
+            const char *flow)
+{
+  CoreRegisterInfo info = {
+      .request_uri = "sip:" DOMAIN,
+      .to_uri = aor,
+      .from_uri = aor,
+      .call_id = call_id,
+      .cseq = cseq,
+      .has_expires = has_expires,
+      .expires = expires,
+      .contacts = contacts,
+      .n_contacts = n,
+      .outbound = TRUE,
+      .flow_token = flow,
+      .direct = TRUE,
+      .peer_addr = "127.0.0.1:5000",
+  };
+  core_register(fx->core, GUINT_TO_POINTER(1), &info);
+  Answer *challenge = last(fx);
+  if (challenge->status != 401)
+    return challenge;
+  g_autofree char *auth = authorization(fx, (const char *const *)challenge->challenges, user,
+                                        "REGISTER", "sip:" DOMAIN);
+  const char *auths[] = {auth, NULL};
+  info.authorization = auths;
+  core_register(fx->core, GUINT_TO_POINTER(2), &info);
+  return last(fx);
+}
+
+static void
+test_register_basic(Fixture *fx, gconstpointer data)
+{
+  CoreContact c = {.uri = "sips:bob@192.0.2.1:5061;transport=tls", .q = 0.5f};
+  Answer *a = do_register(fx, "bob", BOB, &c, 1, FALSE, 0, "call-1", 1, "FLOW1");
+
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_true(a->date);
+  g_assert_null(a->require); /* no instance, no outbound */
+  g_assert_cmpuint(g_strv_length(a->contacts), ==, 1);
+  g_assert_cmpstr(a->contacts[0], ==, "<sips:bob@192.0.2.1:5061;transport=tls>;expires=600;q=0.5");
+
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GPtrArray) stored = store_reg_get(fx->store, BOB, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(stored->len, ==, 1);
+  StoreBinding *b = g_ptr_array_index(stored, 0);
+  g_assert_cmpstr(b->flow_token, ==, "FLOW1");
+  g_assert_cmpstr(b->call_id, ==, "call-1");
+  g_assert_cmpuint(b->cseq, ==, 1);
+  g_assert_cmpint(b->expires_at, ==, fx->now + 600);
+
+  /* alice may not register bob. */
+  a = do_register(fx, "alice", BOB, &c, 1, FALSE, 0, "call-2", 1, "FLOW2");
+  g_assert_cmpuint(a->status, ==, 403);
+
+  /* Not a served domain. */
+  a = do_register(fx, "bob", "sip:bob@example.org", &c, 1, FALSE, 0, "call-3", 1, "FLOW1");
+  g_assert_cmpuint(a->status, ==, 404);
+}
+
+static void
+test_register_expiry_rules(Fixture *fx, gconstpointer data)
+{
+  CoreContact brief = {.uri = "sip:bob@192.0.2.1", .has_expires = TRUE, .expires = 30, .q = -1};
+  Answer *a = do_register(fx, "bob", BOB, &brief, 1, FALSE, 0, "c", 1, "F");
+  g_assert_cmpuint(a->status, ==, 423);
+  g_assert_cmpuint(a->min_expires, ==, 60);
+
+  CoreContact longc = {.uri = "sip:bob@192.0.2.1", .q = -1};
+  a = do_register(fx, "bob", BOB, &longc, 1, TRUE, 999999, "c", 2, "F");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_cmpstr(a->contacts[0], ==, "<sip:bob@192.0.2.1>;expires=7200");
+
+  /* Out of order: the same Call-ID, CSeq not higher. Nothing changes. */
+  CoreContact other = {.uri = "sip:bob@192.0.2.1", .has_expires = TRUE, .expires = 100, .q = -1};
+  a = do_register(fx, "bob", BOB, &other, 1, FALSE, 0, "c", 2, "F");
+  g_assert_cmpuint(a->status, ==, 500);
+  a = do_register(fx, "bob", BOB, NULL, 0, FALSE, 0, "q", 1, "F");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_cmpstr(a->contacts[0], ==, "<sip:bob@192.0.2.1>;expires=7200");
+
+  /* The clock passes: the remaining time shrinks, then the binding is gone. */
+  fx->now += 7000;
+  a = do_register(fx, "bob", BOB, NULL, 0, FALSE, 0, "q", 2, "F");
+  g_assert_cmpstr(a->contacts[0], ==, "<sip:bob@192.0.2.1>;expires=200");
+  fx->now += 200;
+  a = do_register(fx, "bob", BOB, NULL, 0, FALSE, 0, "q", 3, "F");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_cmpuint(g_strv_length(a->contacts), ==, 0);
+}
+
+static void
+test_register_wildcard_and_limits(Fixture *fx, gconstpointer data)
+{
+  CoreContact three[] = {
+      {.uri = "sip:b1@192.0.2.1", .q = -1},
+      {.uri = "sip:b2@192.0.2.1", .q = -1},
+      {.uri = "sip:b3@192.0.2.1", .q = -1},
+  };
+  Answer *a = do_register(fx, "bob", BOB, three, 3, FALSE, 0, "w", 1, "F");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_cmpuint(g_strv_length(a->contacts), ==, 3);
+
+  CoreContact fourth = {.uri = "sip:b4@192.0.2.1", .q = -1};
+  a = do_register(fx, "bob", BOB, &fourth, 1, FALSE, 0, "w", 2, "F");
+  g_assert_cmpuint(a->status, ==, 403);
+  g_assert_nonnull(strstr(a->phrase, "limit 3"));
+
+  /* Removing one by expires=0, matched case-insensitively on the host. */
+  CoreContact gone = {.uri = "sip:b1@192.0.2.1", .has_expires = TRUE, .expires = 0, .q = -1};
+  a = do_register(fx, "bob", BOB, &gone, 1, FALSE, 0, "w", 3, "F");
+  g_assert_cmpuint(g_strv_length(a->contacts), ==, 2);
+
+  CoreContact star = {.uri = "*", .q = -1};
+  a = do_register(fx, "bob", BOB, &star, 1, TRUE, 3600, "w", 4, "F");
+  g_assert_cmpuint(a->status, ==, 400);
+  CoreContact star_and_more[] = {{.uri = "*", .q = -1}, {.uri = "sip:x@192.0.2.9", .q = -1}};
+  a = do_register(fx, "bob", BOB, star_and_more, 2, TRUE, 0, "w", 5, "F");
+  g_assert_cmpuint(a->status, ==, 400);
+  a = do_register(fx, "bob", BOB, &star, 1, TRUE, 0, "w", 6, "F");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_cmpuint(g_strv_length(a->contacts), ==, 0);
+
+  CoreContact tel = {.uri = "tel:+15551234", .q = -1};
+  a = do_register(fx, "bob", BOB, &tel, 1, FALSE, 0, "w", 7, "F");
+  g_assert_cmpuint(a->status, ==, 400);
+}
+
+static void
+test_register_outbound(Fixture *fx, gconstpointer data)
+{
+  CoreContact c1 = {.uri = "sips:bob@192.0.2.1:40000;transport=tls",
+                    .q = -1,
+                    .instance = "<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>",
+                    .reg_id = 1};
+  Answer *a = do_register(fx, "bob", BOB, &c1, 1, FALSE, 0, "o1", 1, "FLOWA");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_cmpstr(a->require, ==, "outbound");
+  g_assert_nonnull(strstr(a->contacts[0], ";+sip.instance=\"<urn:uuid:"));
+  g_assert_nonnull(strstr(a->contacts[0], ";reg-id=1"));
+
+  /* The device reconnects: new flow, new port, new Call-ID; same instance
+   * and reg-id: it replaces the binding. */
+  CoreContact c2 = c1;
+  c2.uri = "sips:bob@192.0.2.1:40001;transport=tls";
+  a = do_register(fx, "bob", BOB, &c2, 1, FALSE, 0, "o2", 1, "FLOWB");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_cmpuint(g_strv_length(a->contacts), ==, 1);
+  g_assert_nonnull(strstr(a->contacts[0], ":40001"));
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GPtrArray) stored = store_reg_get(fx->store, BOB, &error);
+  g_assert_cmpstr(((StoreBinding *)g_ptr_array_index(stored, 0))->flow_token, ==, "FLOWB");
+}
+
+/* ---- MESSAGE ---- */
+
+static void
+send_message(Fixture *fx, gpointer txn, const char *user, const char *from, const char *to,
+             GBytes *body)
+{
+  CoreMessageInfo info = {
+      .request_uri = to,
+      .to_uri = to,
+      .from_uri = from,
+      .content_type = "application/pkcs7-mime;smime-type=enveloped-data",
+      .content_disposition = "attachment;handling=required",
+      .content_transfer_encoding = "binary",
+      .body = body,
+      .direct = TRUE,
+      .peer_addr = "127.0.0.1:6000",
+  };
+  core_message(fx->core, txn, &info);
+  Answer *challenge = last(fx);
+  if (challenge->status != 401)
+    return;
+  g_autofree char *auth =
+      authorization(fx, (const char *const *)challenge->challenges, user, "MESSAGE", to);
+  const char *auths[] = {auth, NULL};
+  info.authorization = auths;
+  core_message(fx->core, txn, &info);
+}
+
+static void
+register_bob(Fixture *fx, guint n)
+{
+  for (guint i = 0; i < n; i++) {
+    g_autofree char *uri = g_strdup_printf("sips:bob@192.0.2.%u", i + 1);
+    g_autofree char *flow = g_strdup_printf("FLOW%u", i + 1);
+    g_autofree char *call = g_strdup_printf("reg-%u", i);
+    CoreContact c = {.uri = uri, .q = -1};
+    Answer *a = do_register(fx, "bob", BOB, &c, 1, FALSE, 0, call, 1, flow);
+    g_assert_cmpuint(a->status, ==, 200);
+  }
+}
+
+static void
+test_message_relay(Fixture *fx, gconstpointer data)
+{
+  static const guint8 bytes[] = {0x30, 0x82, 0x00, 0x0d, '\r', '\n', 0xff, 0x00};
+  g_autoptr(GBytes) body = g_bytes_new_static(bytes, sizeof bytes);
+  register_bob(fx, 2);
+  guint answered = fx->answers->len;
+
+  send_message(fx, GUINT_TO_POINTER(77), "alice", ALICE, BOB, body);
+  /* Relayed, not answered yet (the 401 came first). */
+  g_assert_cmpuint(fx->legs->len, ==, 2);
+  g_assert_cmpuint(fx->answers->len, ==, answered + 1);
+  Leg *l0 = g_ptr_array_index(fx->legs, 0);
+  g_assert_cmpstr(l0->from, ==, ALICE);
+  g_assert_cmpstr(l0->to, ==, BOB);
+  g_assert_cmpstr(l0->ctype, ==, "application/pkcs7-mime;smime-type=enveloped-data");
+  g_assert_cmpstr(l0->disposition, ==, "attachment;handling=required");
+  g_assert_cmpstr(l0->cte, ==, "binary");
+  g_assert_true(g_bytes_equal(l0->body, body));
+  Leg *l1 = g_ptr_array_index(fx->legs, 1);
+  g_assert_cmpstr(l0->flow, !=, l1->flow);
+
+  /* 486 from one device, 200 from the other: the 200 wins, once. */
+  core_relay_done(fx->core, l0->leg, 486, "Busy Here");
+  g_assert_cmpuint(fx->answers->len, ==, answered + 1);
+  core_relay_done(fx->core, l1->leg, 200, "OK");
+  g_assert_cmpuint(fx->answers->len, ==, answered + 2);
+  g_assert_cmpuint(last(fx)->status, ==, 200);
+  g_assert_true(last(fx)->txn == GUINT_TO_POINTER(77));
+  /* A late or repeated report is ignored. */
+  core_relay_done(fx->core, l1->leg, 500, "late");
+  g_assert_cmpuint(fx->answers->len, ==, answered + 2);
+
+  /* A gone flow (430) loses to a device's own 4xx, whatever the order. */
+  send_message(fx, GUINT_TO_POINTER(78), "alice", ALICE, BOB, body);
+  Leg *a = g_ptr_array_index(fx->legs, 2), *b = g_ptr_array_index(fx->legs, 3);
+  core_relay_done(fx->core, a->leg, 430, "Flow Failed");
+  core_relay_done(fx->core, b->leg, 486, "Busy Here");
+  g_assert_cmpuint(last(fx)->status, ==, 486);
+
+  /* Every flow gone: 480. */
+  send_message(fx, GUINT_TO_POINTER(79), "alice", ALICE, BOB, body);
+  a = g_ptr_array_index(fx->legs, 4);
+  b = g_ptr_array_index(fx->legs, 5);
+  core_relay_done(fx->core, a->leg, 430, "Flow Failed");
+  core_relay_done(fx->core, b->leg, 430, "Flow Failed");
+  g_assert_cmpuint(last(fx)->status, ==, 480);
+
+  /* A 6xx beats a 4xx. */
+  send_message(fx, GUINT_TO_POINTER(80), "alice", ALICE, BOB, body);
+  a = g_ptr_array_index(fx->legs, 6);
+  b = g_ptr_array_index(fx->legs, 7);
+  core_relay_done(fx->core, a->leg, 404, "Not Found");
+  core_relay_done(fx->core, b->leg, 603, "Decline");
+  g_assert_cmpuint(last(fx)->status, ==, 603);
+}
+
+static void
+test_message_refusals(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(GBytes) small = g_bytes_new_static("hi", 2);
+  g_autoptr(GBytes) big = g_bytes_new_take(g_malloc0(101), 101);
+
+  send_message(fx, NULL, "alice", ALICE, BOB, small);
+  g_assert_cmpuint(last(fx)->status, ==, 480); /* bob has no binding */
+  send_message(fx, NULL, "alice", ALICE, "sip:nobody@" DOMAIN, small);
+  g_assert_cmpuint(last(fx)->status, ==, 404);
+  send_message(fx, NULL, "alice", ALICE, "sip:bob@example.org", small);
+  g_assert_cmpuint(last(fx)->status, ==, 404);
+  send_message(fx, NULL, "alice", ALICE, BOB, big);
+  g_assert_cmpuint(last(fx)->status, ==, 413);
+  /* alice authenticates, but the From says bob. */
+  send_message(fx, NULL, "alice", BOB, ALICE, small);
+  g_assert_cmpuint(last(fx)->status, ==, 403);
+  g_assert_nonnull(strstr(last(fx)->phrase, "authenticated user"));
+  g_assert_cmpuint(fx->legs->len, ==, 0);
+}
+
+int
+main(int argc, char **argv)
+{
+  g_test_init(&argc, &argv, NULL);
+#define ADD(path, fn) g_test_add(path, Fixture, NULL, fx_setup, fn, fx_teardown)
+  ADD("/registrar/basic", test_register_basic);
+  ADD("/registrar/expiry-rules", test_register_expiry_rules);
+  ADD("/registrar/wildcard-and-limits", test_register_wildcard_and_limits);
+  ADD("/registrar/outbound", test_register_outbound);
+  ADD("/relay/message", test_message_relay);
+  ADD("/relay/refusals", test_message_refusals);
+#undef ADD
+  return g_test_run();
+}

@@ -1270,6 +1270,7 @@ test_config(Fixture *fx, gconstpointer data)
   g_autofree char *domain_key = test_cert_get_key_pem(domain);
   g_autofree char *cert_file = write_file(fx, "domain.pem", domain_pem, strlen(domain_pem));
   g_autofree char *key_file = write_file(fx, "domain.key", domain_key, strlen(domain_key));
+  g_assert_cmpint(g_chmod(key_file, 0600), ==, 0);
   g_autofree char *alice_file = write_file(fx, "alice.der", g_bytes_get_data(alice->der, NULL),
                                            g_bytes_get_size(alice->der));
   g_autofree char *eve_file =
@@ -1321,6 +1322,7 @@ test_config_master_key(Fixture *fx, gconstpointer data)
   g_autofree char *domain_key = test_cert_get_key_pem(domain);
   g_autofree char *cert_file = write_file(fx, "domain.pem", domain_pem, strlen(domain_pem));
   g_autofree char *key_file = write_file(fx, "domain.key", domain_key, strlen(domain_key));
+  g_assert_cmpint(g_chmod(key_file, 0600), ==, 0);
   g_autofree char *conf = g_strdup_printf("[server]\n"
                                           "domains=example.com\n"
                                           "state-dir=state\n"

@@ -43,6 +43,7 @@ write_cert_pair(const char *dir, const char *name)
   gnutls_free(out.data);
   g_assert_cmpint(gnutls_x509_privkey_export2(key, GNUTLS_X509_FMT_PEM, &out), ==, 0);
   g_assert_true(g_file_set_contents(key_path, (char *)out.data, out.size, NULL));
+  g_assert_cmpint(g_chmod(key_path, 0600), ==, 0); /* others may not read a key */
   gnutls_free(out.data);
   gnutls_x509_crt_deinit(crt);
   gnutls_x509_privkey_deinit(key);

@@ -45,7 +45,7 @@ CSV_FIELDS = [
     'date', 'n', 'mode', 'conns', 'identity', 'backend', 'algorithm', 'key_bits', 'window',
     'status', 'delivered', 'duplicates', 'stale', 'identity_notifies', 'establish_s',
     'first_ms', 'last_ms', 'notify_per_s', 'cpu_ms_fanout', 'cpu_us_per_notify',
-    'cpu_ms_establish', 'rss_idle_kb', 'rss_subs_kb', 'rss_fanout_peak_kb',
+    'cpu_ms_establish', 'loadgen_cpu_ms', 'rss_idle_kb', 'rss_subs_kb', 'rss_fanout_peak_kb',
     'rss_per_sub_bytes', 'sign_raw_per_s', 'sign_allcores_per_s', 'sign_pool_per_s',
     'ratio_to_sign', 'cores', 'note',
 ]
@@ -267,6 +267,12 @@ def run_one(args, n, mode, identity, ref, log):
             except OSError:
                 pass
 
+        perf = None
+        if args.perf:
+            perf = h.spawn(['perf', 'record', '-g', '-o', '%s-n%d-%s-%s.data' % (
+                args.perf, n, mode, row['identity']), '-p', str(pid)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
         gen.stdin.write(b'GO\n')
         gen.stdin.flush()
         pub = h.spawn([h.binary('sipcred'), 'publish', AOR] + common +
@@ -277,6 +283,13 @@ def run_one(args, n, mode, identity, ref, log):
         result = read_line(gen, ('RESULT',), time.monotonic() + fan_timeout + 30, sample,
                            tick_s=0.01)
         cpu_end = proc_cpu_ms(pid)
+        if perf is not None:
+            perf.send_signal(2)  # SIGINT: perf writes its file and exits
+            try:
+                perf.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+            h.stop(perf)
         try:
             pub_out = pub.communicate(timeout=90)[0].decode('utf-8', 'replace')
         except subprocess.TimeoutExpired:
@@ -292,7 +305,8 @@ def run_one(args, n, mode, identity, ref, log):
         row.update(delivered=delivered, duplicates=res.get('duplicates', ''),
                    stale=res.get('stale', ''), identity_notifies=res.get('identity', ''),
                    first_ms=res.get('first_ms', ''), last_ms=res.get('last_ms', ''),
-                   notify_per_s=res.get('notify_per_s', ''))
+                   notify_per_s=res.get('notify_per_s', ''),
+                   loadgen_cpu_ms=res.get('cpu_ms', ''))
         row['cpu_ms_fanout'] = '%.0f' % (cpu_end - cpu_subs)
         if delivered:
             row['cpu_us_per_notify'] = '%.0f' % ((cpu_end - cpu_subs) * 1000.0 / delivered)
@@ -427,13 +441,13 @@ def summary(path, rows, ref, args, plot_path, plot_why):
         lines.append('| (bench-identity failed) | | | |')
     lines += ['', '## Runs', '',
               '| N | mode | conns | identity | status | delivered | first ms | last ms | '
-              'NOTIFY/s | / sign rate | CPU us/NOTIFY | RSS idle kB | RSS subs kB | '
-              'RSS peak kB | RSS B/sub | establish s |',
-              '|' + '---|' * 16]
+              'NOTIFY/s | / sign rate | CPU us/NOTIFY | loadgen CPU ms | RSS idle kB | '
+              'RSS subs kB | RSS peak kB | RSS B/sub | establish s |',
+              '|' + '---|' * 17]
     for r in rows:
         lines.append('| %s |' % ' | '.join(str(num(r[k])) for k in (
             'n', 'mode', 'conns', 'identity', 'status', 'delivered', 'first_ms', 'last_ms',
-            'notify_per_s', 'ratio_to_sign', 'cpu_us_per_notify', 'rss_idle_kb',
+            'notify_per_s', 'ratio_to_sign', 'cpu_us_per_notify', 'loadgen_cpu_ms', 'rss_idle_kb',
             'rss_subs_kb', 'rss_fanout_peak_kb', 'rss_per_sub_bytes', 'establish_s')))
     failed = [r for r in rows if r['status'] != 'ok']
     lines += ['']
@@ -492,6 +506,9 @@ def parse_args():
     p.add_argument('--establish-timeout', type=float, default=600.0)
     p.add_argument('--sign-seconds', type=float, default=2.0,
                    help='seconds per bench-identity figure (default 2)')
+    p.add_argument('--perf', metavar='PREFIX',
+                   help='record the daemon with `perf record -g` from GO to the last NOTIFY, '
+                        'into PREFIX-nN-MODE-IDENTITY.data (perf adds its own CPU load)')
     p.add_argument('--check', action='store_true',
                    help='correctness run for the test suite: N=100, both modes, identity on, '
                         'TAP output, no timing assertions')

@@ -18,6 +18,7 @@
 #include "server/edge.h"
 #include "server/certserver.h"
 #include "server/nua-adapter.h"
+#include "server/sdnotify.h"
 #include "server/stats.h"
 #include "sipcred-config.h"
 #include "storage/store.h"
@@ -203,10 +204,12 @@ on_reload(gpointer user_data)
 {
   Daemon *d = user_data;
   g_autoptr(GError) error = NULL;
+  srv_sdnotify_reloading();
   g_autoptr(SrvConfig) fresh = srv_config_load(d->config_path, &error);
   if (fresh == NULL || !edge_reload_credentials(d->edge, fresh, &error) ||
       !daemon_certs_reload(d, fresh, &error)) {
     g_warning("reload failed, keeping the running configuration: %s", error->message);
+    srv_sdnotify_ready("reload failed, running the previous configuration");
     return G_SOURCE_CONTINUE;
   }
   edge_reload_limits(d->edge, fresh);
@@ -214,6 +217,7 @@ on_reload(gpointer user_data)
     core_service_reload(d->core, &fresh->core);
   daemon_warn_restart_only(d->cfg, fresh);
   g_message("reloaded TLS certificates, keys and limits from %s", d->config_path);
+  srv_sdnotify_ready("reloaded");
   return G_SOURCE_CONTINUE;
 }
 
@@ -285,7 +289,10 @@ run(Daemon *d)
   g_autofree char *domains = g_strjoinv(", ", cfg->domains);
   g_autofree char *listen = g_strjoinv(", ", cfg->listen);
   g_message("ready: serving %s on %s (TLS), store %s", domains, listen, cfg->state_dir);
+  g_autofree char *status = g_strdup_printf("serving %s on %s", domains, listen);
+  srv_sdnotify_ready(status);
   g_main_loop_run(d->loop);
+  srv_sdnotify_stopping();
 
   /* Subscribers get their terminating NOTIFYs through the edge, so nua
    * shuts down first, within a bound, and the edge closes afterwards. */

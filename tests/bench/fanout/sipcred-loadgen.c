@@ -42,7 +42,7 @@
 #define STDIN_TAG UINT32_MAX
 
 typedef enum {
-  CONN_IDLE,      /* not opened yet */
+  CONN_IDLE, /* not opened yet */
   CONN_CONNECTING,
   CONN_HANDSHAKE,
   CONN_READY,
@@ -73,7 +73,7 @@ typedef struct {
   SubState state;
   guint16 final_status;
   gboolean initial_seen;
-  guint64 initial_hash; /* FNV-1a of the initial NOTIFY body, with its length */
+  guint64 initial_hash;  /* FNV-1a of the initial NOTIFY body, with its length */
   guint pre_go_notifies; /* NOTIFYs after the initial one but before GO */
   guint new_notifies;    /* after GO, carrying a new state */
   guint stale_notifies;  /* after GO, carrying the initial state again */
@@ -284,8 +284,7 @@ sub_index_of(const char *call_id)
     return G_MAXUINT;
   char *end = NULL;
   guint64 v = g_ascii_strtoull(call_id + 2, &end, 10);
-  if (end == call_id + 2 || *end != '.' || strncmp(end + 1, gen.run_id, 16) != 0 ||
-      v >= gen.subs)
+  if (end == call_id + 2 || *end != '.' || strncmp(end + 1, gen.run_id, 16) != 0 || v >= gen.subs)
     return G_MAXUINT;
   return (guint)v;
 }
@@ -293,8 +292,7 @@ sub_index_of(const char *call_id)
 static void
 sub_maybe_established(Sub *s)
 {
-  if (s->state == SUB_SENT && s->final_status >= 200 && s->final_status < 300 &&
-      s->initial_seen) {
+  if (s->state == SUB_SENT && s->final_status >= 200 && s->final_status < 300 && s->initial_seen) {
     s->state = SUB_ESTABLISHED;
     gen.in_flight--;
     gen.established++;
@@ -629,8 +627,8 @@ main(int argc, char **argv)
   }
   if (conns <= 0)
     conns = subs;
-  if (server == NULL || ca == NULL || aor == NULL || subs <= 0 || conns > subs ||
-      pipeline <= 0 || handshakes <= 0 || expires <= 0) {
+  if (server == NULL || ca == NULL || aor == NULL || subs <= 0 || conns > subs || pipeline <= 0 ||
+      handshakes <= 0 || expires <= 0) {
     g_printerr("loadgen: need --server, --ca, --aor, 0 < --conns <= --subs\n");
     return 2;
   }
@@ -644,8 +642,9 @@ main(int argc, char **argv)
   gen.server_port = (guint16)atoi(colon + 1);
   gen.ca = ca;
   gen.aor = aor;
-  gen.tls_name = tls_name != NULL ? tls_name : g_strdup(strchr(aor, '@') ? strchr(aor, '@') + 1
-                                                                          : "example.com");
+  gen.tls_name = tls_name != NULL
+                     ? tls_name
+                     : g_strdup(strchr(aor, '@') ? strchr(aor, '@') + 1 : "example.com");
   gen.subs = (guint)subs;
   gen.conns = (guint)conns;
   gen.expires = (guint)expires;
@@ -683,8 +682,8 @@ main(int argc, char **argv)
     poll_once(50);
     if (now_us() - last_report > 5 * G_USEC_PER_SEC) {
       last_report = now_us();
-      g_printerr("loadgen: %u/%u connections, %u/%u subscriptions\n", gen.conns_ready,
-                 gen.conns, gen.established, gen.subs);
+      g_printerr("loadgen: %u/%u connections, %u/%u subscriptions\n", gen.conns_ready, gen.conns,
+                 gen.established, gen.subs);
     }
   }
   double establish_ms = ms_since(start, now_us());
@@ -698,8 +697,7 @@ main(int argc, char **argv)
     fflush(stdout);
     return 1;
   }
-  printf("READY %u conns=%u establish_ms=%.0f\n", gen.established, gen.conns_ready,
-         establish_ms);
+  printf("READY %u conns=%u establish_ms=%.0f\n", gen.established, gen.conns_ready, establish_ms);
   fflush(stdout);
 
   /* Wait for GO (still answering whatever arrives), then count. The wait is

@@ -77,6 +77,35 @@ contact_scheme_ok(const char *uri)
   return g_ascii_strncasecmp(uri, "sip:", 4) == 0 || g_ascii_strncasecmp(uri, "sips:", 5) == 0;
 }
 
+/* The host of a sip:/sips: Request-URI, lower-cased, without port,
+ * parameters or headers; NULL when there is none. */
+static char *
+registrar_uri_host(const char *uri)
+{
+  const char *p;
+  if (uri == NULL)
+    return NULL;
+  if (g_ascii_strncasecmp(uri, "sip:", 4) == 0)
+    p = uri + 4;
+  else if (g_ascii_strncasecmp(uri, "sips:", 5) == 0)
+    p = uri + 5;
+  else
+    return NULL;
+  const char *end = p + strcspn(p, ";?>");
+  for (const char *q = p; q < end; q++)
+    if (*q == '@')
+      p = q + 1; /* a Request-URI of REGISTER has no user, but may */
+  gsize len;
+  if (*p == '[') {
+    const char *close = memchr(p, ']', end - p);
+    len = close ? (gsize)(close - p + 1) : 0;
+  } else {
+    len = strcspn(p, ":;?>");
+    len = MIN(len, (gsize)(end - p));
+  }
+  return len > 0 ? g_ascii_strdown(p, len) : NULL;
+}
+
 /* The 200: every binding, with its remaining time, a Date, and outbound. */
 static void
 registrar_ok(CoreService *svc, gpointer txn, GPtrArray *bindings, gint64 now, gboolean outbound)
@@ -117,26 +146,20 @@ core_register(CoreService *svc, gpointer txn, const CoreRegisterInfo *info)
 
   g_return_if_fail(svc != NULL && info != NULL);
   /* Step 1: a registrar for our domains only. */
-  g_autofree char *ruri = info->request_uri ? g_ascii_strdown(info->request_uri, -1) : NULL;
-  const char *host = ruri ? strchr(ruri, ':') : NULL;
-  g_autofree char *domain = host ? g_strndup(host + 1, strcspn(host + 1, ":;?>")) : NULL;
-  if (domain != NULL && strchr(domain, '@') != NULL) {
-    char *d = g_strdup(strrchr(domain, '@') + 1);
-    g_free(domain);
-    domain = d;
-  }
+  g_autofree char *domain = registrar_uri_host(info->request_uri);
   if (domain == NULL || !g_strv_contains((const char *const *)svc->domains, domain)) {
     core_respond_error(svc, txn, 404, "Domain not served here");
     return;
   }
-  /* Step 3: the AOR, a sip: or sips: URI of a served domain. */
+  /* Step 3: the AOR, a sip: or sips: URI with a user, of a served domain. */
   g_autofree char *aor = info->to_uri ? core_aor_canonicalize(info->to_uri, &error) : NULL;
   if (aor == NULL) {
-    /* A sip: URI we cannot take as an AOR (an escaped NUL in the user
-     * part, RFC 4475 3.1.1.4) is valid SIP naming no user of ours. */
-    gboolean sip_scheme = info->to_uri != NULL && contact_scheme_ok(info->to_uri) &&
-                          strchr(info->to_uri, '@') != NULL;
-    if (sip_scheme) {
+    /* A sip: URI with a user we cannot take as an AOR (an escaped NUL in
+     * the user part, RFC 4475 3.1.1.4) is valid SIP naming no user of
+     * ours: 404. No user part at all is a malformed AOR: 400. */
+    const char *at = info->to_uri ? strchr(info->to_uri, '@') : NULL;
+    gboolean has_user = at != NULL && at > info->to_uri && at[-1] != ':' && at[-1] != '<';
+    if (has_user && contact_scheme_ok(info->to_uri + (*info->to_uri == '<'))) {
       g_autofree char *phrase = g_strdup_printf("No such user here (%s)", error->message);
       core_respond_error(svc, txn, 404, phrase);
     } else {
@@ -148,6 +171,11 @@ core_register(CoreService *svc, gpointer txn, const CoreRegisterInfo *info)
       core_aor_canonicalize_served((const char *const *)svc->domains, aor, NULL);
   if (served == NULL) {
     core_respond_error(svc, txn, 404, "Not a user of a domain served here");
+    return;
+  }
+  /* RFC 3261 10.3 step 3: the AOR must be valid for the Request-URI's domain. */
+  if (strcmp(strrchr(aor, '@') + 1, domain) != 0) {
+    core_respond_error(svc, txn, 404, "To is not an AOR of the Request-URI's domain");
     return;
   }
   /* Contacts are checked before authentication: a malformed request gets
@@ -223,7 +251,11 @@ core_register(CoreService *svc, gpointer txn, const CoreRegisterInfo *info)
         return;
       }
     }
-    /* Step 7: apply each Contact. */
+    /* Step 7: apply each Contact. A binding this request already set (the
+     * same Contact twice) is not out of order against itself: the later one
+     * wins. */
+    g_autoptr(GPtrArray) touched = g_ptr_array_new();
+    guint before = bindings->len;
     for (guint i = 0; i < info->n_contacts; i++) {
       const CoreContact *c = &info->contacts[i];
       guint32 asked = c->has_expires      ? c->expires
@@ -239,22 +271,26 @@ core_register(CoreService *svc, gpointer txn, const CoreRegisterInfo *info)
           found_at = j;
         }
       }
-      if (found != NULL && g_strcmp0(found->call_id, info->call_id) == 0 &&
-          info->cseq <= found->cseq) {
+      if (found != NULL && !g_ptr_array_find(touched, found, NULL) &&
+          g_strcmp0(found->call_id, info->call_id) == 0 && info->cseq <= found->cseq) {
         core_respond_error(svc, txn, 500, "Out-of-order REGISTER: CSeq not above the binding's");
         return;
       }
       if (binding_key(c->instance, c->reg_id, info->outbound) == KEY_INSTANCE_REG_ID)
         outbound_used = TRUE;
       if (granted == 0) {
-        if (found != NULL)
+        if (found != NULL) {
+          g_ptr_array_remove(touched, found);
           g_ptr_array_remove_index(bindings, found_at);
+        }
         continue;
       }
       if (found == NULL) {
         found = g_new0(StoreBinding, 1);
         g_ptr_array_add(bindings, found);
       }
+      if (!g_ptr_array_find(touched, found, NULL))
+        g_ptr_array_add(touched, found);
       g_free(found->contact);
       found->contact = g_strdup(c->uri);
       g_free(found->instance);
@@ -269,7 +305,9 @@ core_register(CoreService *svc, gpointer txn, const CoreRegisterInfo *info)
       found->expires_at = now + granted;
       found->q = c->q >= 0 && c->q <= 1 ? c->q : -1;
     }
-    if (bindings->len > svc->cfg.reg_max_bindings) {
+    /* Only a request that adds bindings is refused: after a reload lowered
+     * the limit, an AOR above it can still refresh and remove its own. */
+    if (bindings->len > svc->cfg.reg_max_bindings && bindings->len > before) {
       g_autofree char *phrase =
           g_strdup_printf("Too many bindings for this AOR (limit %u)", svc->cfg.reg_max_bindings);
       core_respond_error(svc, txn, 403, phrase);

@@ -9,6 +9,7 @@
 #include <glib/gstdio.h>
 #include <string.h>
 
+#include "core/core-service.h" /* core_registrar_current_bindings */
 #include "core/core.h"
 #include "storage/store.h"
 #include "tests/common/testutil.h"
@@ -18,7 +19,8 @@
 #define BOB "sip:bob@example.com"
 #define PASSWORD "reg-test-password"
 
-static const char *const domains[] = {DOMAIN, NULL};
+/* example.net is served too, with no users: an AOR must match its Request-URI. */
+static const char *const domains[] = {DOMAIN, "example.net", NULL};
 
 typedef struct {
   gpointer txn;
@@ -29,6 +31,7 @@ typedef struct {
   GStrv challenges;
   gboolean date;
   char *require;
+  char *supported;
 } Answer;
 
 typedef struct {
@@ -55,6 +58,7 @@ answer_free(gpointer p)
   g_strfreev(a->contacts);
   g_strfreev(a->challenges);
   g_free(a->require);
+  g_free(a->supported);
   g_free(a);
 }
 
@@ -86,6 +90,7 @@ fake_respond(gpointer txn, const CoreResponse *r, gpointer data)
   a->challenges = g_strdupv((char **)r->www_authenticate);
   a->date = r->date;
   a->require = g_strdup(r->require);
+  a->supported = g_strdup(r->supported);
   g_ptr_array_add(fx->answers, a);
 }
 
@@ -150,6 +155,18 @@ add_user(Fixture *fx, const char *aor)
 }
 
 static void
+fx_config(CoreConfig *cfg)
+{
+  core_config_init_defaults(cfg);
+  cfg->domains = domains;
+  cfg->reg_min_expires = 60;
+  cfg->reg_max_expires = 7200;
+  cfg->reg_default_expires = 600;
+  cfg->reg_max_bindings = 3;
+  cfg->message_max_body = 100;
+}
+
+static void
 fx_setup(Fixture *fx, gconstpointer data)
 {
   g_autoptr(GError) error = NULL;
@@ -161,13 +178,7 @@ fx_setup(Fixture *fx, gconstpointer data)
   fx->legs = g_ptr_array_new_with_free_func(leg_free);
   fx->now = 1700000000;
   CoreConfig cfg;
-  core_config_init_defaults(&cfg);
-  cfg.domains = domains;
-  cfg.reg_min_expires = 60;
-  cfg.reg_max_expires = 7200;
-  cfg.reg_default_expires = 600;
-  cfg.reg_max_bindings = 3;
-  cfg.message_max_body = 100;
+  fx_config(&cfg);
   fx->core = core_service_new(&cfg, fx->store, &port, fx);
   add_user(fx, ALICE);
   add_user(fx, BOB);
@@ -212,12 +223,31 @@ authorization(Fixture *fx, const char *const *challenges, const char *user, cons
                          user, DOMAIN, nonce, uri, resp, nc);
 }
 
-/* REGISTER as @user for @aor: first without credentials (expects 401), then
- * answering the challenge. Returns the final answer. */
+/* Sends @info without credentials; when that gets a 401, answers the
+ * challenge as @user and sends it again. Returns the final answer. */
 static Answer *
-do_register(Fixture *fx, const char *user, const char *aor, const CoreContact *contacts, guint n,
-            gboolean has_expires, guint32 expires, const char *call_id, guint32 cseq,
-            const char *flow)
+register_info(Fixture *fx, const char *user, CoreRegisterInfo *info)
+{
+  const char *const *saved = info->authorization;
+  info->authorization = NULL;
+  core_register(fx->core, GUINT_TO_POINTER(1), info);
+  Answer *challenge = last(fx);
+  if (challenge->status != 401) {
+    info->authorization = saved;
+    return challenge;
+  }
+  g_autofree char *auth = authorization(fx, (const char *const *)challenge->challenges, user,
+                                        "REGISTER", info->request_uri);
+  const char *auths[] = {auth, NULL};
+  info->authorization = auths;
+  core_register(fx->core, GUINT_TO_POINTER(2), info);
+  info->authorization = saved;
+  return last(fx);
+}
+
+static CoreRegisterInfo
+reg_info(const char *aor, const CoreContact *contacts, guint n, gboolean has_expires,
+         guint32 expires, const char *call_id, guint32 cseq, const char *flow)
 {
   CoreRegisterInfo info = {
       .request_uri = "sip:" DOMAIN,
@@ -234,16 +264,36 @@ do_register(Fixture *fx, const char *user, const char *aor, const CoreContact *c
       .direct = TRUE,
       .peer_addr = "127.0.0.1:5000",
   };
-  core_register(fx->core, GUINT_TO_POINTER(1), &info);
-  Answer *challenge = last(fx);
-  if (challenge->status != 401)
-    return challenge;
-  g_autofree char *auth = authorization(fx, (const char *const *)challenge->challenges, user,
-                                        "REGISTER", "sip:" DOMAIN);
-  const char *auths[] = {auth, NULL};
-  info.authorization = auths;
-  core_register(fx->core, GUINT_TO_POINTER(2), &info);
-  return last(fx);
+  return info;
+}
+
+/* REGISTER as @user for @aor (Supported: outbound): first without
+ * credentials, then answering the challenge. Returns the final answer. */
+static Answer *
+do_register(Fixture *fx, const char *user, const char *aor, const CoreContact *contacts, guint n,
+            gboolean has_expires, guint32 expires, const char *call_id, guint32 cseq,
+            const char *flow)
+{
+  CoreRegisterInfo info = reg_info(aor, contacts, n, has_expires, expires, call_id, cseq, flow);
+  return register_info(fx, user, &info);
+}
+
+/* What the store holds for @aor, expired bindings included. */
+static GPtrArray *
+stored(Fixture *fx, const char *aor)
+{
+  g_autoptr(GError) error = NULL;
+  GPtrArray *all = store_reg_get(fx->store, aor, &error);
+  g_assert_no_error(error);
+  g_assert_nonnull(all);
+  return all;
+}
+
+static StoreBinding *
+binding_at(GPtrArray *bindings, guint i)
+{
+  g_assert_cmpuint(i, <, bindings->len);
+  return g_ptr_array_index(bindings, i);
 }
 
 static void
@@ -369,6 +419,383 @@ test_register_outbound(Fixture *fx, gconstpointer data)
   g_autoptr(GError) error = NULL;
   g_autoptr(GPtrArray) stored = store_reg_get(fx->store, BOB, &error);
   g_assert_cmpstr(((StoreBinding *)g_ptr_array_index(stored, 0))->flow_token, ==, "FLOWB");
+}
+
+static void
+test_register_challenge(Fixture *fx, gconstpointer data)
+{
+  CoreContact c = {.uri = "sips:bob@192.0.2.1:5061;transport=tls", .q = -1};
+  CoreRegisterInfo info = reg_info(BOB, &c, 1, FALSE, 0, "call-1", 1, "FLOW1");
+
+  /* Without credentials: a 401 with challenges, and nothing stored. */
+  core_register(fx->core, NULL, &info);
+  Answer *a = last(fx);
+  g_assert_cmpuint(a->status, ==, 401);
+  g_assert_nonnull(a->challenges);
+  g_assert_nonnull(strstr(a->challenges[0], "realm=\"" DOMAIN "\""));
+  g_assert_false(a->date);
+  g_autoptr(GPtrArray) none = stored(fx, BOB);
+  g_assert_cmpuint(none->len, ==, 0);
+
+  /* Answered: 200, Date, Supported: outbound, no Require without reg-id. */
+  a = register_info(fx, "bob", &info);
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_true(a->date);
+  g_assert_cmpstr(a->supported, ==, "outbound");
+  g_assert_null(a->require);
+  g_assert_cmpstrv(a->contacts, ((const char *[]){
+                                    "<sips:bob@192.0.2.1:5061;transport=tls>;expires=600", NULL}));
+
+  /* A wrong digest response for the right user is challenged again, and
+   * nothing is stored. */
+  fx->now += 10;
+  CoreContact other = {.uri = "sip:bob@192.0.2.7", .q = -1};
+  CoreRegisterInfo bad = reg_info(BOB, &other, 1, FALSE, 0, "call-1", 2, "FLOW1");
+  core_register(fx->core, NULL, &bad);
+  g_assert_cmpuint(last(fx)->status, ==, 401);
+  g_autofree char *wrong =
+      authorization(fx, (const char *const *)last(fx)->challenges, "bob", "INVITE", "sip:" DOMAIN);
+  const char *auths[] = {wrong, NULL};
+  bad.authorization = auths;
+  core_register(fx->core, NULL, &bad);
+  g_assert_cmpuint(last(fx)->status, ==, 401);
+  g_autoptr(GPtrArray) one = stored(fx, BOB);
+  g_assert_cmpuint(one->len, ==, 1);
+}
+
+/* Each refusal before authentication: nothing stored, no challenge. */
+static void
+test_register_refusals(Fixture *fx, gconstpointer data)
+{
+  static const struct {
+    const char *ruri, *to;
+    guint status;
+    const char *phrase;
+  } cases[] = {
+      {"sip:example.org", BOB, 404, "Domain not served here"},
+      {"tel:+15551234", BOB, 404, "Domain not served here"},
+      {NULL, BOB, 404, "Domain not served here"},
+      {"sip:" DOMAIN, "sip:bob@example.org", 404, "Not a user of a domain served here"},
+      {"sip:example.net", BOB, 404, "To is not an AOR of the Request-URI's domain"},
+      {"sip:" DOMAIN, "sip:" DOMAIN, 400, "To is not a sip: or sips: AOR with a user"},
+      {"sip:" DOMAIN, "sip:@" DOMAIN, 400, "To is not a sip: or sips: AOR with a user"},
+      {"sip:" DOMAIN, "tel:+15551234", 400, "To is not a sip: or sips: AOR with a user"},
+      {"sip:" DOMAIN, NULL, 400, "To is not a sip: or sips: AOR with a user"},
+  };
+  CoreContact c = {.uri = "sip:bob@192.0.2.1", .q = -1};
+  for (guint i = 0; i < G_N_ELEMENTS(cases); i++) {
+    CoreRegisterInfo info = reg_info(cases[i].to, &c, 1, FALSE, 0, "r", i + 1, "F");
+    info.request_uri = cases[i].ruri;
+    core_register(fx->core, NULL, &info);
+    g_test_message("case %u: %s / %s", i, cases[i].ruri, cases[i].to);
+    g_assert_cmpuint(last(fx)->status, ==, cases[i].status);
+    g_assert_cmpstr(last(fx)->phrase, ==, cases[i].phrase);
+  }
+  /* The Request-URI's host is compared case-insensitively, without port. */
+  CoreRegisterInfo info = reg_info(BOB, &c, 1, FALSE, 0, "r", 100, "F");
+  info.request_uri = "SIPS:Example.COM:5061;transport=tls";
+  core_register(fx->core, NULL, &info);
+  g_assert_cmpuint(last(fx)->status, ==, 401);
+
+  /* Contacts that are not sip:/sips:, and no Call-ID. */
+  CoreContact tel = {.uri = "tel:+15551234", .q = -1};
+  info = reg_info(BOB, &tel, 1, FALSE, 0, "r", 101, "F");
+  core_register(fx->core, NULL, &info);
+  g_assert_cmpuint(last(fx)->status, ==, 400);
+  g_assert_cmpstr(last(fx)->phrase, ==, "Contact is not a sip: or sips: URI");
+  info = reg_info(BOB, &c, 1, FALSE, 0, NULL, 102, "F");
+  core_register(fx->core, NULL, &info);
+  g_assert_cmpuint(last(fx)->status, ==, 400);
+
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GPtrArray) aors = store_reg_list(fx->store, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(aors->len, ==, 0);
+}
+
+/* A refresh with a higher CSeq, a new Call-ID, and out-of-order requests. */
+static void
+test_register_refresh(Fixture *fx, gconstpointer data)
+{
+  CoreContact c = {.uri = "sip:bob@192.0.2.1;transport=tls", .q = -1};
+  Answer *a = do_register(fx, "bob", BOB, &c, 1, FALSE, 0, "call-1", 5, "F1");
+  g_assert_cmpuint(a->status, ==, 200);
+
+  fx->now += 100;
+  a = do_register(fx, "bob", BOB, &c, 1, TRUE, 1200, "call-1", 6, "F2");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_cmpstrv(a->contacts,
+                   ((const char *[]){"<sip:bob@192.0.2.1;transport=tls>;expires=1200", NULL}));
+  g_autoptr(GPtrArray) b1 = stored(fx, BOB);
+  g_assert_cmpuint(b1->len, ==, 1);
+  g_assert_cmpstr(binding_at(b1, 0)->flow_token, ==, "F2");
+  g_assert_cmpuint(binding_at(b1, 0)->cseq, ==, 6);
+  g_assert_cmpint(binding_at(b1, 0)->expires_at, ==, fx->now + 1200);
+
+  /* The same CSeq again (a retransmission) and a lower one: 500, even to
+   * remove it; nothing changes. */
+  a = do_register(fx, "bob", BOB, &c, 1, TRUE, 0, "call-1", 6, "F3");
+  g_assert_cmpuint(a->status, ==, 500);
+  g_assert_cmpstr(a->phrase, ==, "Out-of-order REGISTER: CSeq not above the binding's");
+  a = do_register(fx, "bob", BOB, &c, 1, TRUE, 3000, "call-1", 2, "F3");
+  g_assert_cmpuint(a->status, ==, 500);
+  g_autoptr(GPtrArray) b2 = stored(fx, BOB);
+  g_assert_cmpuint(b2->len, ==, 1);
+  g_assert_cmpstr(binding_at(b2, 0)->flow_token, ==, "F2");
+  g_assert_cmpint(binding_at(b2, 0)->expires_at, ==, fx->now + 1200);
+
+  /* A different Call-ID (the UA rebooted) replaces it, whatever its CSeq. */
+  a = do_register(fx, "bob", BOB, &c, 1, FALSE, 0, "call-2", 1, "F4");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_autoptr(GPtrArray) b3 = stored(fx, BOB);
+  g_assert_cmpuint(b3->len, ==, 1);
+  g_assert_cmpstr(binding_at(b3, 0)->call_id, ==, "call-2");
+  g_assert_cmpuint(binding_at(b3, 0)->cseq, ==, 1);
+  g_assert_cmpstr(binding_at(b3, 0)->flow_token, ==, "F4");
+  g_assert_cmpint(binding_at(b3, 0)->expires_at, ==, fx->now + 600);
+}
+
+/* Several Contacts at once; each its own expiry; removal by expires=0 with
+ * the URI matched on a case-insensitive scheme and host only. */
+static void
+test_register_several(Fixture *fx, gconstpointer data)
+{
+  CoreContact three[] = {
+      {.uri = "sip:bob@host.example.net;transport=tls", .q = 1.0f},
+      {.uri = "sip:bob@192.0.2.2", .has_expires = TRUE, .expires = 120, .q = 0.25f},
+      {.uri = "sips:bob@192.0.2.3", .q = -1},
+  };
+  Answer *a = do_register(fx, "bob", BOB, three, 3, TRUE, 900, "s", 1, "F");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_cmpstrv(a->contacts, ((const char *[]){
+                                    "<sip:bob@host.example.net;transport=tls>;expires=900;q=1",
+                                    "<sip:bob@192.0.2.2>;expires=120;q=0.25",
+                                    "<sips:bob@192.0.2.3>;expires=900",
+                                    NULL,
+                                }));
+
+  /* A different user part is another binding: expires=0 on it removes
+   * nothing. The same URI in other case of scheme and host removes the
+   * first, and the same Contact twice leaves one binding (the later wins). */
+  CoreContact change[] = {
+      {.uri = "sip:BOB@host.example.net;transport=tls", .has_expires = TRUE, .expires = 0},
+      {.uri = "SIP:bob@HOST.Example.NET;transport=tls", .has_expires = TRUE, .expires = 0},
+      {.uri = "sips:bob@192.0.2.3", .has_expires = TRUE, .expires = 300, .q = -1},
+      {.uri = "sips:bob@192.0.2.3", .has_expires = TRUE, .expires = 400, .q = -1},
+  };
+  a = do_register(fx, "bob", BOB, change, G_N_ELEMENTS(change), FALSE, 0, "s", 2, "F");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_cmpstrv(a->contacts, ((const char *[]){
+                                    "<sip:bob@192.0.2.2>;expires=120;q=0.25",
+                                    "<sips:bob@192.0.2.3>;expires=400",
+                                    NULL,
+                                }));
+  g_autoptr(GPtrArray) b = stored(fx, BOB);
+  g_assert_cmpuint(b->len, ==, 2);
+  g_assert_cmpstr(binding_at(b, 0)->contact, ==, "sip:bob@192.0.2.2");
+
+  /* Contact: * with Expires: 0 removes them all, and the AOR's record. */
+  CoreContact star = {.uri = "*", .q = -1};
+  a = do_register(fx, "bob", BOB, &star, 1, TRUE, 0, "s", 3, "F");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_cmpuint(g_strv_length(a->contacts), ==, 0);
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GPtrArray) aors = store_reg_list(fx->store, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(aors->len, ==, 0);
+}
+
+/* A 423 for one Contact changes nothing, not even the others'. */
+static void
+test_register_brief_changes_nothing(Fixture *fx, gconstpointer data)
+{
+  CoreContact c = {.uri = "sip:bob@192.0.2.1", .q = -1};
+  Answer *a = do_register(fx, "bob", BOB, &c, 1, FALSE, 0, "b", 1, "F1");
+  g_assert_cmpuint(a->status, ==, 200);
+
+  CoreContact two[] = {
+      {.uri = "sip:bob@192.0.2.1", .has_expires = TRUE, .expires = 3000, .q = -1},
+      {.uri = "sip:bob@192.0.2.2", .has_expires = TRUE, .expires = 59, .q = -1},
+  };
+  a = do_register(fx, "bob", BOB, two, 2, FALSE, 0, "b", 2, "F2");
+  g_assert_cmpuint(a->status, ==, 423);
+  g_assert_cmpuint(a->min_expires, ==, 60);
+  g_autoptr(GPtrArray) b = stored(fx, BOB);
+  g_assert_cmpuint(b->len, ==, 1);
+  g_assert_cmpint(binding_at(b, 0)->expires_at, ==, fx->now + 600);
+  g_assert_cmpstr(binding_at(b, 0)->flow_token, ==, "F1");
+
+  /* The Expires header applies to Contacts without their own: 423 too. */
+  CoreContact plain = {.uri = "sip:bob@192.0.2.3", .q = -1};
+  a = do_register(fx, "bob", BOB, &plain, 1, TRUE, 1, "b", 3, "F2");
+  g_assert_cmpuint(a->status, ==, 423);
+  /* Exactly the minimum is fine. */
+  a = do_register(fx, "bob", BOB, &plain, 1, TRUE, 60, "b", 4, "F2");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_cmpuint(g_strv_length(a->contacts), ==, 2);
+}
+
+/* Over the limit: 403 and nothing changed; after a reload lowers the
+ * limit, an AOR above it may still refresh and shrink. */
+static void
+test_register_max_bindings(Fixture *fx, gconstpointer data)
+{
+  CoreContact three[] = {
+      {.uri = "sip:b1@192.0.2.1", .q = -1},
+      {.uri = "sip:b2@192.0.2.1", .q = -1},
+      {.uri = "sip:b3@192.0.2.1", .q = -1},
+  };
+  Answer *a = do_register(fx, "bob", BOB, three, 3, FALSE, 0, "m", 1, "F");
+  g_assert_cmpuint(a->status, ==, 200);
+
+  CoreContact more[] = {
+      {.uri = "sip:b1@192.0.2.1", .has_expires = TRUE, .expires = 0, .q = -1},
+      {.uri = "sip:b4@192.0.2.1", .q = -1},
+      {.uri = "sip:b5@192.0.2.1", .q = -1},
+  };
+  a = do_register(fx, "bob", BOB, more, 3, FALSE, 0, "m", 2, "F");
+  g_assert_cmpuint(a->status, ==, 403);
+  g_assert_cmpstr(a->phrase, ==, "Too many bindings for this AOR (limit 3)");
+  g_autoptr(GPtrArray) b = stored(fx, BOB);
+  g_assert_cmpuint(b->len, ==, 3);
+  g_assert_cmpstr(binding_at(b, 0)->contact, ==, "sip:b1@192.0.2.1");
+
+  /* Replacing one with another keeps the count: allowed. */
+  CoreContact swap[] = {
+      {.uri = "sip:b1@192.0.2.1", .has_expires = TRUE, .expires = 0, .q = -1},
+      {.uri = "sip:b4@192.0.2.1", .q = -1},
+  };
+  a = do_register(fx, "bob", BOB, swap, 2, FALSE, 0, "m", 3, "F");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_cmpuint(g_strv_length(a->contacts), ==, 3);
+
+  CoreConfig cfg;
+  fx_config(&cfg);
+  cfg.reg_max_bindings = 1;
+  core_service_reload(fx->core, &cfg);
+  a = do_register(fx, "bob", BOB, &three[1], 1, FALSE, 0, "m", 4, "F");
+  g_assert_cmpuint(a->status, ==, 200); /* a refresh */
+  CoreContact gone = {.uri = "sip:b3@192.0.2.1", .has_expires = TRUE, .expires = 0, .q = -1};
+  a = do_register(fx, "bob", BOB, &gone, 1, FALSE, 0, "m", 5, "F");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_cmpuint(g_strv_length(a->contacts), ==, 2);
+  CoreContact newer = {.uri = "sip:b9@192.0.2.1", .q = -1};
+  a = do_register(fx, "bob", BOB, &newer, 1, FALSE, 0, "m", 6, "F");
+  g_assert_cmpuint(a->status, ==, 403);
+  g_assert_cmpstr(a->phrase, ==, "Too many bindings for this AOR (limit 1)");
+}
+
+/* Expired bindings vanish from answers as the clock passes, and from the
+ * store the next time the AOR is written. */
+static void
+test_register_expired_dropped(Fixture *fx, gconstpointer data)
+{
+  CoreContact two[] = {
+      {.uri = "sip:bob@192.0.2.1", .has_expires = TRUE, .expires = 100, .q = -1},
+      {.uri = "sip:bob@192.0.2.2", .has_expires = TRUE, .expires = 1000, .q = -1},
+  };
+  Answer *a = do_register(fx, "bob", BOB, two, 2, FALSE, 0, "e", 1, "F");
+  g_assert_cmpuint(a->status, ==, 200);
+
+  fx->now += 100; /* the first expires exactly now */
+  a = do_register(fx, "bob", BOB, NULL, 0, FALSE, 0, "q", 1, "F");
+  g_assert_cmpstrv(a->contacts, ((const char *[]){"<sip:bob@192.0.2.2>;expires=900", NULL}));
+  g_autoptr(GPtrArray) before = stored(fx, BOB); /* a query writes nothing */
+  g_assert_cmpuint(before->len, ==, 2);
+
+  CoreContact third = {.uri = "sip:bob@192.0.2.3", .q = -1};
+  a = do_register(fx, "bob", BOB, &third, 1, FALSE, 0, "e", 2, "F");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_autoptr(GPtrArray) after = stored(fx, BOB);
+  g_assert_cmpuint(after->len, ==, 2);
+  g_assert_cmpstr(binding_at(after, 0)->contact, ==, "sip:bob@192.0.2.2");
+  g_assert_cmpstr(binding_at(after, 1)->contact, ==, "sip:bob@192.0.2.3");
+
+  /* The helper the relay uses sees the same. */
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GPtrArray) cur = core_registrar_current_bindings(fx->core, BOB, fx->now + 600, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(cur->len, ==, 1); /* the third expires at now + 600 */
+  g_assert_cmpstr(binding_at(cur, 0)->contact, ==, "sip:bob@192.0.2.2");
+}
+
+/* RFC 5626 without Supported: outbound, and a reg-id without an instance. */
+static void
+test_register_instance_only(Fixture *fx, gconstpointer data)
+{
+  const char *inst = "<urn:uuid:00000000-0000-1000-8000-000000000001>";
+  CoreContact c1 = {.uri = "sips:bob@192.0.2.1:40000", .q = -1, .instance = inst, .reg_id = 1};
+  CoreRegisterInfo info = reg_info(BOB, &c1, 1, FALSE, 0, "i1", 1, "FA");
+  info.outbound = FALSE;
+  Answer *a = register_info(fx, "bob", &info);
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_null(a->require);
+  g_assert_cmpstrv(a->contacts,
+                   ((const char *[]){"<sips:bob@192.0.2.1:40000>;expires=600;+sip.instance="
+                                     "\"<urn:uuid:00000000-0000-1000-8000-000000000001>\"",
+                                     NULL}));
+  g_autoptr(GPtrArray) b1 = stored(fx, BOB);
+  g_assert_cmpuint(binding_at(b1, 0)->reg_id, ==, 0);
+
+  /* The same instance from another address replaces it (keyed by instance). */
+  CoreContact c2 = c1;
+  c2.uri = "sips:bob@192.0.2.9:40002";
+  info = reg_info(BOB, &c2, 1, FALSE, 0, "i2", 1, "FB");
+  info.outbound = FALSE;
+  a = register_info(fx, "bob", &info);
+  g_assert_cmpuint(a->status, ==, 200);
+  g_autoptr(GPtrArray) b2 = stored(fx, BOB);
+  g_assert_cmpuint(b2->len, ==, 1);
+  g_assert_cmpstr(binding_at(b2, 0)->contact, ==, "sips:bob@192.0.2.9:40002");
+  g_assert_cmpstr(binding_at(b2, 0)->flow_token, ==, "FB");
+
+  /* A reg-id without +sip.instance is ignored, even with outbound. */
+  CoreContact c3 = {.uri = "sip:bob@192.0.2.5", .q = -1, .reg_id = 2};
+  a = do_register(fx, "bob", BOB, &c3, 1, FALSE, 0, "i3", 1, "FC");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_null(a->require);
+  g_assert_cmpstr(a->contacts[1], ==, "<sip:bob@192.0.2.5>;expires=600");
+  g_autoptr(GPtrArray) b3 = stored(fx, BOB);
+  g_assert_cmpuint(binding_at(b3, 1)->reg_id, ==, 0);
+  g_assert_null(binding_at(b3, 1)->instance);
+}
+
+/* Bindings survive closing and reopening the store (a restart). */
+static void
+test_register_restart(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(GError) error = NULL;
+  CoreContact c = {.uri = "sips:bob@192.0.2.1",
+                   .q = 0.5f,
+                   .instance = "<urn:uuid:00000000-0000-1000-8000-000000000002>",
+                   .reg_id = 3};
+  Answer *a = do_register(fx, "bob", BOB, &c, 1, FALSE, 0, "r1", 7, "FLOW-OLD");
+  g_assert_cmpuint(a->status, ==, 200);
+
+  g_clear_pointer(&fx->core, core_service_free);
+  g_clear_pointer(&fx->store, store_db_free);
+  fx->store = store_db_open(fx->dir, 0, &error);
+  g_assert_no_error(error);
+  CoreConfig cfg;
+  fx_config(&cfg);
+  fx->core = core_service_new(&cfg, fx->store, &port, fx);
+  fx->now += 60;
+
+  a = do_register(fx, "bob", BOB, NULL, 0, FALSE, 0, "q", 1, "F");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_null(a->require); /* a query uses no flow */
+  g_assert_cmpstrv(a->contacts,
+                   ((const char *[]){"<sips:bob@192.0.2.1>;expires=540;q=0.5;+sip.instance="
+                                     "\"<urn:uuid:00000000-0000-1000-8000-000000000002>\";"
+                                     "reg-id=3",
+                                     NULL}));
+  /* The order state survived too. */
+  a = do_register(fx, "bob", BOB, &c, 1, FALSE, 0, "r1", 7, "FLOW-NEW");
+  g_assert_cmpuint(a->status, ==, 500);
+  a = do_register(fx, "bob", BOB, &c, 1, FALSE, 0, "r1", 8, "FLOW-NEW");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_autoptr(GPtrArray) b = stored(fx, BOB);
+  g_assert_cmpstr(binding_at(b, 0)->flow_token, ==, "FLOW-NEW");
 }
 
 /* ---- MESSAGE ---- */
@@ -499,6 +926,15 @@ main(int argc, char **argv)
   ADD("/registrar/expiry-rules", test_register_expiry_rules);
   ADD("/registrar/wildcard-and-limits", test_register_wildcard_and_limits);
   ADD("/registrar/outbound", test_register_outbound);
+  ADD("/registrar/challenge", test_register_challenge);
+  ADD("/registrar/refusals", test_register_refusals);
+  ADD("/registrar/refresh", test_register_refresh);
+  ADD("/registrar/several", test_register_several);
+  ADD("/registrar/brief-changes-nothing", test_register_brief_changes_nothing);
+  ADD("/registrar/max-bindings", test_register_max_bindings);
+  ADD("/registrar/expired-dropped", test_register_expired_dropped);
+  ADD("/registrar/instance-only", test_register_instance_only);
+  ADD("/registrar/restart", test_register_restart);
   ADD("/relay/message", test_message_relay);
   ADD("/relay/refusals", test_message_refusals);
 #undef ADD

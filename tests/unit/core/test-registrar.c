@@ -419,6 +419,29 @@ test_register_outbound(Fixture *fx, gconstpointer data)
   g_autoptr(GError) error = NULL;
   g_autoptr(GPtrArray) stored = store_reg_get(fx->store, BOB, &error);
   g_assert_cmpstr(((StoreBinding *)g_ptr_array_index(stored, 0))->flow_token, ==, "FLOWB");
+
+  /* A second flow of the same instance (reg-id 2) is a binding of its own;
+   * a new flow for reg-id 1 replaces only reg-id 1's. */
+  CoreContact c3 = c1;
+  c3.uri = "sips:bob@192.0.2.1:40002;transport=tls";
+  c3.reg_id = 2;
+  a = do_register(fx, "bob", BOB, &c3, 1, FALSE, 0, "o3", 1, "FLOWC");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_cmpuint(g_strv_length(a->contacts), ==, 2);
+  CoreContact c4 = c1;
+  c4.uri = "sips:bob@192.0.2.1:40003;transport=tls";
+  a = do_register(fx, "bob", BOB, &c4, 1, FALSE, 0, "o4", 1, "FLOWD");
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_cmpstr(a->require, ==, "outbound");
+  g_autoptr(GPtrArray) two = store_reg_get(fx->store, BOB, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(two->len, ==, 2);
+  for (guint i = 0; i < two->len; i++) {
+    StoreBinding *b = binding_at(two, i);
+    g_assert_cmpstr(b->flow_token, ==, b->reg_id == 1 ? "FLOWD" : "FLOWC");
+    g_assert_cmpstr(b->contact, ==,
+                    b->reg_id == 1 ? c4.uri : "sips:bob@192.0.2.1:40002;transport=tls");
+  }
 }
 
 static void

@@ -27,9 +27,11 @@ usage() {
 }
 
 build_pkgs=(meson ninja-build pkg-config gcc libglib2.0-dev libsofia-sip-ua-dev
-    libsofia-sip-ua-glib-dev libgnutls28-dev liblmdb-dev libssl-dev gnutls-bin)
+    libsofia-sip-ua-glib-dev libgnutls28-dev liblmdb-dev libssl-dev gnutls-bin
+    libsystemd-dev)
 test_pkgs=(python3 sip-tester stunnel4 sipsak sslscan curl openssl kamailio kamailio-tls-modules
-    gnuplot-nox faketime)
+    gnuplot-nox faketime
+    systemd groff-base)
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'

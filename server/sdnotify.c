@@ -46,8 +46,8 @@ srv_sdnotify_send_to(const char *socket_path, const char *state, GError **error)
   memcpy(sa.sun_path, socket_path, len);
   if (socket_path[0] == '@')
     sa.sun_path[0] = '\0';
-  socklen_t sa_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len +
-                                 (socket_path[0] == '/' ? 1 : 0));
+  socklen_t sa_len =
+      (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + (socket_path[0] == '/' ? 1 : 0));
 
   int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
@@ -109,8 +109,8 @@ srv_sdnotify_ready(const char *status)
   /* STATUS= shows in `systemctl status`; a newline would start a new field. */
   g_autofree char *clean = g_strdup(status != NULL ? status : "");
   g_strdelimit(clean, "\n", ' ');
-  g_autofree char *msg = status != NULL ? g_strdup_printf("READY=1\nSTATUS=%s", clean)
-                                        : g_strdup("READY=1");
+  g_autofree char *msg =
+      status != NULL ? g_strdup_printf("READY=1\nSTATUS=%s", clean) : g_strdup("READY=1");
   sdnotify_or_warn(msg);
 }
 

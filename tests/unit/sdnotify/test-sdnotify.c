@@ -188,12 +188,11 @@ main(int argc, char **argv)
              fixture_teardown);
   g_test_add("/sdnotify/send-to/abstract", Fixture, NULL, fixture_abstract_setup, test_send_to,
              fixture_teardown);
-  g_test_add("/sdnotify/daemon-calls/path", Fixture, NULL, fixture_path_setup,
-             test_daemon_calls, fixture_teardown);
+  g_test_add("/sdnotify/daemon-calls/path", Fixture, NULL, fixture_path_setup, test_daemon_calls,
+             fixture_teardown);
   g_test_add("/sdnotify/daemon-calls/abstract", Fixture, NULL, fixture_abstract_setup,
              test_daemon_calls, fixture_teardown);
-  g_test_add("/sdnotify/unset", Fixture, NULL, fixture_path_setup, test_unset,
-             fixture_teardown);
+  g_test_add("/sdnotify/unset", Fixture, NULL, fixture_path_setup, test_unset, fixture_teardown);
   g_test_add_func("/sdnotify/bad-address", test_bad_address);
   return g_test_run();
 }

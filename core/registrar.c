@@ -198,6 +198,16 @@ core_register(CoreService *svc, gpointer txn, const CoreRegisterInfo *info)
     core_respond_error(svc, txn, 400, "Contact: * needs Expires: 0 and no other Contact");
     return;
   }
+  /* RFC 5626 6: outbound needs the registrar to be the first hop (we have
+   * no Path support). A REGISTER that came through another proxy and asks
+   * for outbound gets 439; one that does not ask is registered as usual. */
+  for (guint i = 0; i < info->n_contacts && !info->direct; i++) {
+    const CoreContact *c = &info->contacts[i];
+    if (binding_key(c->instance, c->reg_id, info->outbound) == KEY_INSTANCE_REG_ID) {
+      core_respond_error(svc, txn, 439, "First Hop Lacks Outbound Support");
+      return;
+    }
+  }
   if (info->call_id == NULL || *info->call_id == '\0') {
     core_respond_error(svc, txn, 400, "Missing Call-ID");
     return;

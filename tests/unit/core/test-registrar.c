@@ -821,6 +821,30 @@ test_register_restart(Fixture *fx, gconstpointer data)
   g_assert_cmpstr(binding_at(b, 0)->flow_token, ==, "FLOW-NEW");
 }
 
+/* Through another proxy (not direct): allowed, but not outbound (RFC 5626
+ * 6: 439 when the REGISTER asks for it, as we do not support Path). */
+static void
+test_register_not_direct(Fixture *fx, gconstpointer data)
+{
+  const char *inst = "<urn:uuid:00000000-0000-1000-8000-000000000003>";
+  CoreContact ob = {.uri = "sips:bob@192.0.2.1", .q = -1, .instance = inst, .reg_id = 1};
+  CoreRegisterInfo info = reg_info(BOB, &ob, 1, FALSE, 0, "n", 1, "PROXYFLOW");
+  info.direct = FALSE;
+  core_register(fx->core, NULL, &info);
+  g_assert_cmpuint(last(fx)->status, ==, 439);
+  g_assert_cmpstr(last(fx)->phrase, ==, "First Hop Lacks Outbound Support");
+
+  /* Without Supported: outbound the reg-id is ignored and it registers. */
+  info.outbound = FALSE;
+  Answer *a = register_info(fx, "bob", &info);
+  g_assert_cmpuint(a->status, ==, 200);
+  g_assert_null(a->require);
+  g_autoptr(GPtrArray) b = stored(fx, BOB);
+  g_assert_cmpuint(b->len, ==, 1);
+  g_assert_cmpuint(binding_at(b, 0)->reg_id, ==, 0);
+  g_assert_cmpstr(binding_at(b, 0)->flow_token, ==, "PROXYFLOW");
+}
+
 /* ---- MESSAGE ---- */
 
 static void
@@ -958,6 +982,7 @@ main(int argc, char **argv)
   ADD("/registrar/expired-dropped", test_register_expired_dropped);
   ADD("/registrar/instance-only", test_register_instance_only);
   ADD("/registrar/restart", test_register_restart);
+  ADD("/registrar/not-direct", test_register_not_direct);
   ADD("/relay/message", test_message_relay);
   ADD("/relay/refusals", test_message_refusals);
 #undef ADD

@@ -13,6 +13,10 @@
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
+#include <sofia-sip/msg.h>
+#include <sofia-sip/sip.h>
+#include <sofia-sip/sip_header.h>
+#include <sofia-sip/sip_util.h>
 
 #include "server/sipwire.h"
 
@@ -1445,6 +1449,38 @@ client_handle_response(EdgeConn *c, SipwireMsg *msg)
   edge_conn_unref(target);
 }
 
+/* Would nua refuse @wire as malformed? nta answers such a request 400 "Bad
+ * X Header" and then closes the connection it came on (nta.c,
+ * agent_recv_request), and for the edge that connection carries every
+ * client's requests. So the edge asks Sofia's own parser first, with nta's
+ * default error mask, and answers those itself. *@badname: the header. */
+static gboolean
+edge_nua_would_refuse(GBytes *wire, char **badname)
+{
+  gsize len = 0;
+  const void *data = g_bytes_get_data(wire, &len);
+  msg_t *m = msg_make(sip_default_mclass(), 0, data, (ssize_t)len);
+  *badname = NULL;
+  if (m == NULL)
+    return TRUE;
+  sip_t const *sip = sip_object(m);
+  unsigned mask = ~(unsigned)(sip_mask_response | sip_mask_proxy | sip_mask_registrar |
+                              sip_mask_pref | sip_mask_privacy);
+  gboolean refused = sip == NULL || (msg_extract_errors(m) & mask) != 0 ||
+                     (sip->sip_flags & MSG_FLG_ERROR) != 0 || sip_sanity_check(sip) < 0;
+  if (refused && sip != NULL) {
+    for (sip_header_t const *h = (sip_header_t const *)sip->sip_error; h && !*badname;
+         h = h->sh_next) {
+      const char *bad =
+          h->sh_class == sip_error_class ? h->sh_error->er_name : h->sh_class->hc_name;
+      if (bad != NULL)
+        *badname = g_strdup(bad);
+    }
+  }
+  msg_destroy(m);
+  return refused;
+}
+
 static void
 client_handle_message(EdgeConn *c, GBytes *frame)
 {
@@ -1458,6 +1494,18 @@ client_handle_message(EdgeConn *c, GBytes *frame)
   }
   if (!sipwire_msg_is_request(msg)) {
     client_handle_response(c, msg);
+    return;
+  }
+  if (!sipwire_msg_check_request_headers(msg, &err)) {
+    g_info("flow %s (%s): rejecting a request: %s", c->token, c->peer, err->message);
+    /* No response to an ACK (RFC 3261 17.2.1); anything else gets the 400. */
+    if (g_strcmp0(sipwire_msg_get_method(msg), "ACK") != 0) {
+      g_autofree char *phrase = edge_phrase_from_error(err, "Bad Request");
+      g_autofree char *clean = edge_phrase_sanitize(phrase);
+      g_autoptr(GBytes) reply = sipwire_build_response_partial(msg, 400, clean);
+      if (reply != NULL)
+        edge_flow_send_message(c, reply);
+    }
     return;
   }
   SipwireRelayCtx ctx;
@@ -1476,6 +1524,22 @@ client_handle_message(EdgeConn *c, GBytes *frame)
     return;
   }
   g_autoptr(GBytes) wire = sipwire_msg_serialize(msg);
+  g_autofree char *badname = NULL;
+  if (edge_nua_would_refuse(wire, &badname)) {
+    g_info("flow %s (%s): rejecting a request nua cannot parse (%s)", c->token, c->peer,
+           badname != NULL ? badname : "sanity check");
+    if (g_strcmp0(sipwire_msg_get_method(msg), "ACK") != 0) {
+      g_autofree char *phrase =
+          badname != NULL ? g_strdup_printf("Bad %s Header", badname) : g_strdup("Bad Request");
+      g_autofree char *clean = edge_phrase_sanitize(phrase);
+      g_autoptr(SipwireMsg) orig = sipwire_msg_parse(data, len, NULL);
+      g_autoptr(GBytes) reply =
+          orig != NULL ? sipwire_build_response_partial(orig, 400, clean) : NULL;
+      if (reply != NULL)
+        edge_flow_send_message(c, reply);
+    }
+    return;
+  }
   if (g_strcmp0(sipwire_msg_get_method(msg), "ACK") != 0)
     c->awaiting++;
   edge_nua_send(c->edge, wire, c->token, frame);

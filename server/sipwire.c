@@ -1802,6 +1802,50 @@ set_error_spoofed(GError **error, const char *why)
 }
 
 gboolean
+sipwire_msg_check_request_headers(const SipwireMsg *msg, GError **error)
+{
+  static const char *const once[] = {"Call-ID", "CSeq", "From", "To"};
+
+  g_return_val_if_fail(msg != NULL, FALSE);
+  for (guint i = 0; i < G_N_ELEMENTS(once); i++) {
+    g_autoptr(GPtrArray) values = sipwire_msg_get_values(msg, once[i]);
+    if (values->len != 1) {
+      g_autofree char *why =
+          g_strdup_printf("%s %s", values->len == 0 ? "no" : "more than one", once[i]);
+      return set_error_malformed(error, why);
+    }
+    const char *v = values->pdata[0];
+    if (v[strspn(v, " \t")] == '\0') {
+      g_autofree char *why = g_strdup_printf("empty %s", once[i]);
+      return set_error_malformed(error, why);
+    }
+  }
+  g_autoptr(GPtrArray) mf = sipwire_msg_get_values(msg, "Max-Forwards");
+  if (mf->len > 1)
+    return set_error_malformed(error, "more than one Max-Forwards");
+  /* "CSeq: 1*DIGIT LWS Method" */
+  const char *cseq = sipwire_msg_get_first(msg, "CSeq");
+  const char *p = cseq;
+  while (*p == ' ' || *p == '\t')
+    p++;
+  const char *digits = p;
+  while (g_ascii_isdigit(*p))
+    p++;
+  gboolean spaced = *p == ' ' || *p == '\t';
+  while (*p == ' ' || *p == '\t')
+    p++;
+  if (p == digits || !spaced || *p == '\0')
+    return set_error_malformed(error, "CSeq is not a number and a method");
+  /* RFC 3261 8.1.1.5: the CSeq method matches the request's (also for ACK
+   * and CANCEL, which carry their own). */
+  gsize mlen = strcspn(p, " \t");
+  if (p[mlen + strspn(p + mlen, " \t")] != '\0' || mlen != strlen(msg->method) ||
+      strncmp(p, msg->method, mlen) != 0)
+    return set_error_malformed(error, "CSeq method does not match the request method");
+  return TRUE;
+}
+
+gboolean
 sipwire_relay_response_out(SipwireMsg *msg, const SipwireRelayCtx *ctx, char **flow_token,
                            GError **error)
 {
@@ -1910,8 +1954,8 @@ sipwire_relay_response_in_restore(SipwireMsg *msg, const char *saved_via)
   sipwire_msg_set_values(msg, "Via", vias);
 }
 
-GBytes *
-sipwire_build_response(const SipwireMsg *request, guint status, const char *phrase)
+static GBytes *
+build_response(const SipwireMsg *request, guint status, const char *phrase, gboolean partial)
 {
   g_return_val_if_fail(request != NULL, NULL);
   g_return_val_if_fail(status >= 100 && status <= 699, NULL);
@@ -1924,12 +1968,13 @@ sipwire_build_response(const SipwireMsg *request, guint status, const char *phra
   const char *to = sipwire_msg_get_first(request, "To");
   const char *call_id = sipwire_msg_get_first(request, "Call-ID");
   const char *cseq = sipwire_msg_get_first(request, "CSeq");
-  if (vias->len == 0 || from == NULL || to == NULL || call_id == NULL || cseq == NULL)
+  if (vias->len == 0 ||
+      (!partial && (from == NULL || to == NULL || call_id == NULL || cseq == NULL)))
     return NULL;
 
-  g_autofree char *tag = sipwire_param_get(to, "tag");
+  g_autofree char *tag = to != NULL ? sipwire_param_get(to, "tag") : NULL;
   g_autofree char *to_tagged = NULL;
-  if (tag == NULL || *tag == '\0') {
+  if (to != NULL && (tag == NULL || *tag == '\0')) {
     g_autofree char *new_tag = random_alnum(16);
     to_tagged = sipwire_param_set(to, "tag", new_tag);
     to = to_tagged;
@@ -1939,10 +1984,25 @@ sipwire_build_response(const SipwireMsg *request, guint status, const char *phra
   g_string_append_printf(s, "SIP/2.0 %u %s\r\n", status, phrase);
   for (guint i = 0; i < vias->len; i++)
     g_string_append_printf(s, "Via: %s\r\n", (const char *)vias->pdata[i]);
-  g_string_append_printf(s, "From: %s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: %s\r\n", from, to, call_id,
-                         cseq);
+  const char *names[] = {"From", "To", "Call-ID", "CSeq"};
+  const char *values[] = {from, to, call_id, cseq};
+  for (guint i = 0; i < G_N_ELEMENTS(names); i++)
+    if (values[i] != NULL)
+      g_string_append_printf(s, "%s: %s\r\n", names[i], values[i]);
   g_string_append(s, "Content-Length: 0\r\n\r\n");
   return g_string_free_to_bytes(s);
+}
+
+GBytes *
+sipwire_build_response(const SipwireMsg *request, guint status, const char *phrase)
+{
+  return build_response(request, status, phrase, FALSE);
+}
+
+GBytes *
+sipwire_build_response_partial(const SipwireMsg *request, guint status, const char *phrase)
+{
+  return build_response(request, status, phrase, TRUE);
 }
 
 /* ---- Answers to requests that do not parse ------------------------------ */

@@ -18,11 +18,11 @@ G_BEGIN_DECLS
 GQuark sipwire_error_quark(void);
 
 typedef enum {
-  SIPWIRE_ERROR_TOO_BIG,     /* message over the size limit: close */
-  SIPWIRE_ERROR_FRAMING,     /* Content-Length missing/invalid/duplicated: framing lost, close */
-  SIPWIRE_ERROR_MALFORMED,   /* framed, but not a SIP message we can relay: answer 400 */
-  SIPWIRE_ERROR_VERSION,     /* not SIP/2.0: answer 505 */
-  SIPWIRE_ERROR_SPOOFED,     /* claims to be from the internal side: drop */
+  SIPWIRE_ERROR_TOO_BIG,   /* message over the size limit: close */
+  SIPWIRE_ERROR_FRAMING,   /* Content-Length missing/invalid/duplicated: framing lost, close */
+  SIPWIRE_ERROR_MALFORMED, /* framed, but not a SIP message we can relay: answer 400 */
+  SIPWIRE_ERROR_VERSION,   /* not SIP/2.0: answer 505 */
+  SIPWIRE_ERROR_SPOOFED,   /* claims to be from the internal side: drop */
 } SipwireError;
 
 /* ---- Framing ---------------------------------------------------------- */
@@ -74,7 +74,7 @@ gboolean sipwire_msg_is_request(const SipwireMsg *msg);
 const char *sipwire_msg_get_method(const SipwireMsg *msg);      /* NULL for responses */
 const char *sipwire_msg_get_request_uri(const SipwireMsg *msg); /* NULL for responses */
 void sipwire_msg_set_request_uri(SipwireMsg *msg, const char *uri);
-guint sipwire_msg_get_status(const SipwireMsg *msg);            /* 0 for requests */
+guint sipwire_msg_get_status(const SipwireMsg *msg); /* 0 for requests */
 
 /* All values of header @name, split at commas outside quotes and <> for
  * list headers (Via, Route, Record-Route, Contact, Accept, Allow, Supported,
@@ -101,6 +101,12 @@ GBytes *sipwire_msg_serialize(const SipwireMsg *msg);
  * added when missing, Content-Length: 0) for a request the edge itself
  * rejects. NULL when the request lacks what a response needs. */
 GBytes *sipwire_build_response(const SipwireMsg *request, guint status, const char *phrase);
+
+/* The same, for a request refused because one of From, To, Call-ID or CSeq
+ * is missing (RFC 4475 3.3.1): those present are copied, the others left
+ * out. NULL without a Via, which the answer needs to find the client. */
+GBytes *sipwire_build_response_partial(const SipwireMsg *request, guint status,
+                                       const char *phrase);
 
 /* ---- Answers to requests that do not parse ------------------------------ */
 
@@ -147,14 +153,14 @@ gboolean sipwire_nameaddr_get_host_port(const char *value, char **user, char **h
 
 /* What the edge knows when relaying. Strings borrowed. */
 typedef struct {
-  const char *flow_token;         /* [A-Za-z0-9]+, identifies the client TLS flow */
-  const char *peer_ip;            /* client address as seen on the socket */
+  const char *flow_token; /* [A-Za-z0-9]+, identifies the client TLS flow */
+  const char *peer_ip;    /* client address as seen on the socket */
   guint16 peer_port;
-  const char *internal_host;      /* "127.0.0.1" */
-  guint16 edge_internal_port;     /* the edge's listener that nua sends requests to */
-  guint16 nua_port;               /* nua's TCP listener */
-  const char *public_host;        /* the served domain this flow speaks for (SNI) */
-  guint16 public_port;            /* the TLS listener's port */
+  const char *internal_host;  /* "127.0.0.1" */
+  guint16 edge_internal_port; /* the edge's listener that nua sends requests to */
+  guint16 nua_port;           /* nua's TCP listener */
+  const char *public_host;    /* the served domain this flow speaks for (SNI) */
+  guint16 public_port;        /* the TLS listener's port */
   const char *const *served_domains;
   /* Written into a SUBSCRIBE that has no Expires; 0 leaves it alone. nua
    * takes a missing Expires as 3600 s and never grants more than requested,
@@ -177,20 +183,28 @@ typedef struct {
  * flows get different ones. Fails with MALFORMED when there is no Via. */
 gboolean sipwire_relay_request_in(SipwireMsg *msg, const SipwireRelayCtx *ctx, GError **error);
 
+/* The headers RFC 3261 8.1.1 requires of every request, checked before a
+ * request reaches nua: exactly one Call-ID, CSeq, From and To, at most one
+ * Max-Forwards, and a CSeq of a number and the request's method. MALFORMED
+ * (answer 400)
+ * names the first one wrong. nua answers such requests itself but then
+ * closes the connection they came on, which for the edge is the one shared
+ * by every client. */
+gboolean sipwire_msg_check_request_headers(const SipwireMsg *msg, GError **error);
+
 /* nua -> client response. Pops the edge's Via and returns its flow token in
  * @flow_token; removes the internal Record-Route; rewrites nua's Contact to
  * <sips:public_host:public_port>. Fails with SPOOFED when the top Via is not
  * the edge's. */
-gboolean sipwire_relay_response_out(SipwireMsg *msg, const SipwireRelayCtx *ctx,
-                                    char **flow_token, GError **error);
+gboolean sipwire_relay_response_out(SipwireMsg *msg, const SipwireRelayCtx *ctx, char **flow_token,
+                                    GError **error);
 
 /* nua -> client request (NOTIFY, ...). Pops the internal Route and returns
  * its token; replaces nua's Via by "SIP/2.0/TLS public_host:public_port;
  * branch=<nua's branch>" and returns nua's original Via in @saved_via and its
  * branch in @branch; rewrites nua's Contact like responses. */
-gboolean sipwire_relay_request_out(SipwireMsg *msg, const SipwireRelayCtx *ctx,
-                                   char **flow_token, char **saved_via, char **branch,
-                                   GError **error);
+gboolean sipwire_relay_request_out(SipwireMsg *msg, const SipwireRelayCtx *ctx, char **flow_token,
+                                   char **saved_via, char **branch, GError **error);
 
 /* Client -> nua response to a request from nua: the top Via's branch in
  * @branch (to find the saved state). The caller then replaces the top Via by

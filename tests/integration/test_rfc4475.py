@@ -127,12 +127,17 @@ def md5_ok(d, names):
                == sums.get(n + '.dat') for n in names)
 
 
-def send_one(dep, data, await_close):
+def send_one(dep, data, await_close, bytewise=False):
     """Sends one file on a new TLS connection. Returns (outcome, final response or None):
     outcome is a status code, 'close' (closed without a final response) or 'none'. With
-    await_close, silence is followed until the close the idle timeout brings at the latest."""
+    await_close, silence is followed until the close the idle timeout brings at the latest.
+    bytewise sends one byte per TLS record."""
     with dep.connect() as c:
-        c.send(data)
+        if bytewise:
+            for i in range(len(data)):
+                c.send(data[i:i + 1])
+        else:
+            c.send(data)
         deadline = time.monotonic() + ANSWER_S
         while True:
             left = deadline - time.monotonic()
@@ -164,6 +169,43 @@ def with_digest(data, challenge_resp, user):
                   .encode(), data, count=1)
     line, sep, rest = data.partition(b'\r\n')
     return line + sep + b'Authorization: ' + auth.encode() + b'\r\n' + rest
+
+
+def unique_branch(data):
+    """@data with its first Via branch made unique: the files share z9hG4bKkdjuw, and on one
+    connection that would make them retransmissions of each other."""
+    return re.sub(rb'branch=z9hG4bK[^;,\s]*', b'branch=z9hG4bK' + h.new_id().encode(), data,
+                  count=1)
+
+
+def pipelined(tap, dep, datas, alone):
+    """Every file in @datas (name -> bytes) back to back in one write on one connection:
+    each must get the answer it got alone (@alone: name -> status)."""
+    stream = b''
+    by_key = {}
+    for name, data in datas.items():
+        data = unique_branch(data)
+        stream += data
+        head = h.parse_head(data.split(b'\r\n\r\n', 1)[0])[1]
+        call_ids = [v for k, v in head if k == 'call-id']  # the answer copies the first
+        by_key[call_ids[0] if call_ids else None] = name
+    got = {}
+    with dep.connect() as c:
+        c.send(stream)
+        deadline = time.monotonic() + 15
+        while len(got) < len(datas) and time.monotonic() < deadline:
+            try:
+                msg = c.read(max(0.1, deadline - time.monotonic()))
+            except (TimeoutError, h.Closed):
+                break
+            if msg.is_request or not msg.code or msg.code < 200:
+                continue
+            name = by_key.get(msg.get('call-id'))
+            if name is not None:
+                got[name] = msg.code
+    wrong = {n: (alone[n], got.get(n)) for n in datas if got.get(n) != alone[n]}
+    tap.ok(not wrong, '%d messages pipelined on one connection each get the answer they got '
+           'alone (differences: %s)' % (len(datas), wrong))
 
 
 def matches(outcome, msg, allowed, framing_close):
@@ -198,6 +240,7 @@ def main(tap):
            all(RULES[n][0] == e for n, _, _, e in rows),
            "this test's rules cover exactly index.tsv's files and expectations")
 
+    first = {}
     with h.Deployment(tap, tls={'idle-timeout': int(IDLE_S * 1000)}) as dep:
         dep.start()
         for user in sorted(set(REGISTER_USERS.values())):
@@ -206,6 +249,7 @@ def main(tap):
             data = open(os.path.join(d, name + '.dat'), 'rb').read()
             _, allowed, todo = RULES.get(name, (expect, set(), None))
             outcome, msg = send_one(dep, data, 'close' in allowed)
+            first[name] = outcome
             if name in REGISTER_USERS and outcome == 401:
                 outcome, msg = send_one(dep, with_digest(data, msg, REGISTER_USERS[name]),
                                         'close' in allowed)
@@ -220,6 +264,56 @@ def main(tap):
                    todo=todo)
             tap.ok(dep.alive() and h.options_ok(dep),
                    'after %s the daemon answers OPTIONS on a new connection with 200' % name)
+
+        # The same files one byte per TLS record: framing must not depend on how the bytes
+        # arrive, so each gets what it got whole. A restart first: nua still holds the
+        # transactions of the first run, and a request with the same Call-ID, From tag and
+        # CSeq would rightly get 482 as a merged request (RFC 3261 8.2.2.2).
+        dep.stop()
+        dep.start()
+        differ = {}
+        for name, section, kind, expect in rows:
+            data = open(os.path.join(d, name + '.dat'), 'rb').read()
+            allowed = RULES.get(name, (expect, set(), None))[1]
+            outcome, _ = send_one(dep, data, 'close' in allowed, bytewise=True)
+            # dblreq holds two requests; either answer may come first.
+            same = outcome in (401, 405) if name == 'dblreq' else outcome == first[name]
+            if not same:
+                differ[name] = (first[name], outcome)
+        tap.ok(not differ, 'sent byte by byte, all 49 get what they got whole (differences: %s)'
+               % differ)
+        tap.ok(dep.alive() and h.options_ok(dep), 'after the byte-by-byte run the daemon serves')
+
+        # Pipelined: the files that keep their framing and get an answer, in one write. A
+        # file without Content-Length ends only where the connection does (RFC 3261 18.3
+        # requires it on streams), so it cannot be followed by another.
+        dep.stop()
+        dep.start()
+        datas = {}
+        for name, section, kind, expect in rows:
+            allowed = RULES.get(name, (expect, set(), None))[1]
+            data = open(os.path.join(d, name + '.dat'), 'rb').read()
+            fields = dict(h.parse_head(data.split(b'\r\n\r\n', 1)[0])[1])
+            if isinstance(first[name], int) and 'close' not in allowed and \
+                    'content-length' in fields and name != 'dblreq':  # dblreq is two messages
+                datas[name] = data
+        pipelined(tap, dep, datas, {n: first[n] for n in datas})
+        tap.ok(dep.alive() and h.options_ok(dep), 'after the pipelined run the daemon serves')
+        # nua closes a connection that brings it a request it cannot parse; the edge's one
+        # connection to nua carries every client, so the edge must answer those itself.
+        closed_while_serving = 0
+        serving = False
+        with open(dep.log, 'rb') as f:
+            for line in f:
+                if b'sipcred-daemon: ready:' in line:
+                    serving = True
+                elif b'sipcred-daemon: shutting down' in line:
+                    serving = False  # the restarts between the runs close it, rightly
+                elif serving and b'connection to nua closed' in line:
+                    closed_while_serving += 1
+        tap.ok(closed_while_serving == 0,
+               'no torture message made nua close the connection all clients share (%d)'
+               % closed_while_serving)
 
 
 h.run_tap(main)

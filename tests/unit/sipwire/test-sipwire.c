@@ -1601,6 +1601,59 @@ raw_to_tag(GBytes *bytes)
   return sipwire_param_get(sipwire_msg_get_first(msg, "To"), "tag");
 }
 
+/* The headers every request needs, checked before nua sees it (nua would
+ * answer 400 and close the shared connection). */
+static void
+test_check_request_headers(void)
+{
+  static const struct {
+    const char *from, *to, *why; /* replace @from by @to in CLIENT_SUBSCRIBE */
+  } bad[] = {
+      {"Call-ID: sub1@10.0.0.5\r\n", "", "no Call-ID"},
+      {"Call-ID: sub1@10.0.0.5\r\n", "Call-ID: a\r\ni: b\r\n", "more than one Call-ID"},
+      {"CSeq: 1 SUBSCRIBE\r\n", "", "no CSeq"},
+      {"CSeq: 1 SUBSCRIBE\r\n", "CSeq: 1 SUBSCRIBE\r\nCSeq: 2 SUBSCRIBE\r\n",
+       "more than one CSeq"},
+      {"CSeq: 1 SUBSCRIBE\r\n", "CSeq: one SUBSCRIBE\r\n", "not a number and a method"},
+      {"CSeq: 1 SUBSCRIBE\r\n", "CSeq: 1\r\n", "not a number and a method"},
+      {"CSeq: 1 SUBSCRIBE\r\n", "CSeq: 1 NOTIFY\r\n", "does not match"},
+      {"From: <sip:alice@example.com>;tag=a1\r\n", "", "no From"},
+      {"To: <sip:alice@example.com>\r\n", "t: <sip:a@b>\r\nTo: <sip:c@d>\r\n", "more than one To"},
+      {"Max-Forwards: 70\r\n", "Max-Forwards: 70\r\nMax-Forwards: 5\r\n",
+       "more than one Max-Forwards"},
+  };
+  g_autoptr(SipwireMsg) good = parse_str(CLIENT_SUBSCRIBE);
+  g_assert_true(sipwire_msg_check_request_headers(good, NULL));
+  for (gsize i = 0; i < G_N_ELEMENTS(bad); i++) {
+    g_autoptr(GString) text = g_string_new(CLIENT_SUBSCRIBE);
+    g_assert_cmpuint(g_string_replace(text, bad[i].from, bad[i].to, 1), ==, 1);
+    g_autoptr(SipwireMsg) m = parse_str(text->str);
+    g_autoptr(GError) error = NULL;
+    g_assert_false(sipwire_msg_check_request_headers(m, &error));
+    g_assert_error(error, SIPWIRE_ERROR, SIPWIRE_ERROR_MALFORMED);
+    g_assert_nonnull(strstr(error->message, bad[i].why));
+  }
+
+  /* The 400 for a request without Call-ID and From still reaches the client:
+   * the Via is there, the missing headers are left out. */
+  g_autoptr(GString) text = g_string_new(CLIENT_SUBSCRIBE);
+  g_string_replace(text, "Call-ID: sub1@10.0.0.5\r\n", "", 1);
+  g_string_replace(text, "From: <sip:alice@example.com>;tag=a1\r\n", "", 1);
+  g_autoptr(SipwireMsg) m = parse_str(text->str);
+  g_assert_null(sipwire_build_response(m, 400, "No Call-ID"));
+  g_autoptr(GBytes) r = sipwire_build_response_partial(m, 400, "No Call-ID");
+  g_assert_nonnull(r);
+  g_autofree char *rs = g_strndup(g_bytes_get_data(r, NULL), g_bytes_get_size(r));
+  g_assert_true(g_str_has_prefix(rs, "SIP/2.0 400 No Call-ID\r\nVia: SIP/2.0/TLS 10.0.0.5"));
+  g_assert_null(strstr(rs, "Call-ID:"));
+  g_assert_null(strstr(rs, "From:"));
+  g_assert_nonnull(strstr(rs, "\r\nCSeq: 1 SUBSCRIBE\r\n"));
+  g_assert_nonnull(strstr(rs, "\r\nTo: <sip:alice@example.com>;tag="));
+  /* Without a Via there is nowhere to send it. */
+  sipwire_msg_remove_header(m, "Via");
+  g_assert_null(sipwire_build_response_partial(m, 400, "No Via"));
+}
+
 static void
 test_build_response_raw(void)
 {
@@ -2159,6 +2212,7 @@ main(int argc, char **argv)
   g_test_add_func("/sipwire/relay/request-out-errors", test_relay_request_out_errors);
   g_test_add_func("/sipwire/build-response", test_build_response);
   g_test_add_func("/sipwire/build-response-raw", test_build_response_raw);
+  g_test_add_func("/sipwire/check-request-headers", test_check_request_headers);
   g_test_add_func("/sipwire/raw-method", test_raw_method);
   g_test_add_func("/sipwire/rfc4475/all", test_rfc4475_all);
   g_test_add_func("/sipwire/rfc4475/specific", test_rfc4475_specific);

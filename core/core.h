@@ -250,7 +250,9 @@ void core_publish(CoreService *svc, gpointer txn, const CorePublishInfo *info);
 
 /* A REGISTER arrived (RFC 3261 10.3, RFC 5626 6). Answered through
  * port->respond before the call returns: 401/403 (digest: only the AOR
- * itself may register), 404 (a domain or user we do not serve), 400, 423,
+ * itself may register), 404 (a domain or user we do not serve), 400
+ * (malformed, or a Contact, Call-ID or instance the store refuses as too
+ * long), 423, 439 (outbound asked for through a proxy: we have no Path),
  * 500 (out-of-order CSeq; store failure), or 200 with every current
  * binding and a Date. A 2xx leaves only after the store committed. */
 void core_register(CoreService *svc, gpointer txn, const CoreRegisterInfo *info);

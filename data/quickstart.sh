@@ -3,7 +3,8 @@
 #
 #   data/quickstart.sh demo   install what is missing, build, and run sipcredd in the
 #                             foreground on 127.0.0.1:5061 with a generated demo setup
-#   data/quickstart.sh test   install what is missing (test tools too), build, run meson test
+#   data/quickstart.sh test   install what is missing (test tools too), build, run meson test;
+#                             then the same tests in an ASan/UBSan build, and meson dist
 #
 # Environment:
 #   SIPCRED_DEMO_DIR   where the demo keeps everything it generates (default: ./demo, relative
@@ -82,6 +83,34 @@ cmd_test() {
     cd "$root"
     local rc=0
     meson test -C "$build" --print-errorlogs --no-suite bench || rc=$?
+
+    # The same tests in an ASan/UBSan build: memory errors, leaks and undefined behaviour
+    # fail them (SIPCRED_TEST_SANITIZE=0 skips this part).
+    if [ "${SIPCRED_TEST_SANITIZE:-1}" != 0 ]; then
+        local asan="$root/build-asan"
+        say "building with AddressSanitizer and UndefinedBehaviorSanitizer in $asan"
+        if [ -f "$asan/meson-private/coredata.dat" ]; then
+            meson setup --reconfigure "$asan" >/dev/null || rc=1
+        else
+            meson setup "$asan" -Db_sanitize=address,undefined -Db_lundef=false \
+                -Dintegration-tests=enabled >/dev/null || rc=1
+        fi
+        if ninja -C "$asan" >/dev/null; then
+            say "running the tests under the sanitizers"
+            UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+                meson test -C "$asan" --print-errorlogs --no-suite bench || rc=$?
+        else
+            say "the sanitizer build failed"
+            rc=1
+        fi
+    fi
+
+    # meson dist: the release tarball builds and passes its tests
+    # (SIPCRED_CI_DIST=0 skips this part; it needs a git checkout).
+    if [ "${SIPCRED_CI_DIST:-1}" != 0 ] && [ -d "$root/.git" ]; then
+        say "meson dist: building and testing the release tarball"
+        meson dist -C "$build" --allow-dirty --formats xztar || rc=$?
+    fi
     return $rc
 }
 

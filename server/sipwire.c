@@ -1574,7 +1574,8 @@ edge_branch_derive(const SipwireMsg *msg, const char *client_via, const SipwireR
     checksum_add_field(sum, host_lower);
     checksum_add_field(sum, port_str);
   } else {
-    g_autofree char *from_tag = sipwire_param_get(sipwire_msg_get_first(msg, "From"), "tag");
+    const char *from = sipwire_msg_get_first(msg, "From");
+    g_autofree char *from_tag = from != NULL ? sipwire_param_get(from, "tag") : NULL;
     g_autofree char *cseq = cseq_number(sipwire_msg_get_first(msg, "CSeq"));
     checksum_add_field(sum, "rfc2543");
     checksum_add_field(sum, msg->uri);

@@ -146,7 +146,9 @@ static void
 secret_buf_free(gpointer p)
 {
   SecretBuf *b = p;
-  explicit_bzero(b->data, b->len);
+  /* An empty part may have no buffer at all; explicit_bzero takes none. */
+  if (b->data != NULL)
+    explicit_bzero(b->data, b->len);
   g_free(b->data);
   g_free(b);
 }

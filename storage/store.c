@@ -56,6 +56,7 @@ typedef struct {
   /* mdb_env_set_mapsize() must not run while any transaction of this
    * process is open: transactions hold it shared, resizing exclusive. */
   GRWLock resize_lock;
+  guint64 map_max; /* the map grows up to this; under resize_lock */
   MDB_dbi dbis[STORE_TABLE_N];
 } StoreEnv;
 
@@ -167,11 +168,14 @@ store_env_adopt_map_size(StoreEnv *env, GError **error)
   return TRUE;
 }
 
-/* Doubles the map after a MAP_FULL in a transaction that saw @seen bytes. */
+/* Doubles the map after a MAP_FULL in a transaction that saw @seen bytes,
+ * never past the cap. At the cap the write fails with STORE_ERROR_FULL; the
+ * failed transaction was aborted, so nothing of it is in the store. */
 static gboolean
 store_env_grow(StoreEnv *env, gsize seen, GError **error)
 {
   gsize current, wanted;
+  guint64 cap;
   int rc;
 
   g_rw_lock_writer_lock(&env->resize_lock);
@@ -181,14 +185,16 @@ store_env_grow(StoreEnv *env, gsize seen, GError **error)
     g_rw_lock_writer_unlock(&env->resize_lock);
     return TRUE;
   }
-  if (current >= STORE_MAP_SIZE_MAX) {
+  cap = MIN(env->map_max, (guint64)G_MAXSIZE);
+  if (current >= cap) {
     g_rw_lock_writer_unlock(&env->resize_lock);
     g_set_error(error, STORE_ERROR, STORE_ERROR_FULL,
-                "the store in %s reached its maximum size of %" G_GUINT64_FORMAT " bytes",
-                env->path, (guint64)STORE_MAP_SIZE_MAX);
+                "the store in %s is full: its map has %" G_GSIZE_FORMAT
+                " bytes and may not grow past %" G_GUINT64_FORMAT " bytes",
+                env->path, current, cap);
     return FALSE;
   }
-  wanted = (gsize)MIN((guint64)current * 2, STORE_MAP_SIZE_MAX);
+  wanted = (gsize)MIN((guint64)current * 2, cap);
   rc = mdb_env_set_mapsize(env->env, wanted);
   g_rw_lock_writer_unlock(&env->resize_lock);
   if (!store_error_from_mdb(rc, error, "growing the store map"))
@@ -233,6 +239,7 @@ store_env_open(const char *dir, const char *key, guint64 map_size, GError **erro
   int rc, dead = 0;
 
   g_rw_lock_init(&env->resize_lock);
+  env->map_max = STORE_MAP_SIZE_MAX;
   env->key = g_strdup(key);
   env->path = g_strdup(dir);
 
@@ -246,7 +253,10 @@ store_env_open(const char *dir, const char *key, guint64 map_size, GError **erro
   rc = mdb_env_set_maxdbs(env->env, STORE_TABLE_N + 3);
   if (rc == MDB_SUCCESS)
     rc = mdb_env_set_mapsize(env->env, (gsize)map_size);
-  /* MDB_NOTLS: read transactions may be used from a GLib thread pool. */
+  /* MDB_NOTLS: read transactions may be used from a GLib thread pool.
+   * Never MDB_WRITEMAP: through a writable map a full file system kills the
+   * process with SIGBUS; written with pwrite(), ENOSPC comes back from the
+   * commit, which aborts, and the last committed state stays readable. */
   if (rc == MDB_SUCCESS)
     rc = mdb_env_open(env->env, dir, MDB_NOTLS, 0600);
   if (rc != MDB_SUCCESS) {
@@ -1619,6 +1629,16 @@ store_db_free(StoreDb *db)
   G_LOCK(store_envs);
   store_db_unref_locked(db);
   G_UNLOCK(store_envs);
+}
+
+void
+store_db_set_map_size_max(StoreDb *db, guint64 max_size)
+{
+  g_return_if_fail(db != NULL);
+
+  g_rw_lock_writer_lock(&db->env->resize_lock);
+  db->env->map_max = max_size == 0 ? STORE_MAP_SIZE_MAX : max_size;
+  g_rw_lock_writer_unlock(&db->env->resize_lock);
 }
 
 guint

@@ -38,6 +38,13 @@ StoreDb *store_db_open(const char *dir, guint64 map_size, GError **error);
 void store_db_free(StoreDb *db);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(StoreDb, store_db_free)
 
+/* Caps the growth of the map at @max_size bytes (0: the default, 64 GiB).
+ * A write that finds the map full at the cap fails with STORE_ERROR_FULL and
+ * leaves the store as it was; reads go on. A map already larger (grown by
+ * another process) is kept, it only stops growing. Applies to every StoreDb
+ * of the same directory in this process; may be called at any time. */
+void store_db_set_map_size_max(StoreDb *db, guint64 max_size);
+
 /* Schema version recorded in the store's meta table. */
 guint store_db_get_schema_version(StoreDb *db);
 

@@ -598,6 +598,129 @@ test_db_map_growth(Fixture *fx, gconstpointer data)
   store_db_free(db);
 }
 
+/* Fills the map up to a cap of 4 x TINY_MAP; returns how many certificates
+ * (sip:userNNNN, 2000 bytes each) went in before the store said FULL. */
+static guint
+fill_to_cap(StoreDb *db)
+{
+  guint n = 0;
+
+  for (; n < 2000; n++) {
+    g_autofree char *aor = g_strdup_printf("sip:user%04u@example.com", n);
+    g_autoptr(GBytes) der = fake_der(n, 2000);
+    g_autoptr(GError) error = NULL;
+
+    if (!store_cred_put_cert(db, aor, der, n, n + 1, &error)) {
+      g_assert_error(error, STORE_ERROR, STORE_ERROR_FULL);
+      g_test_message("full after %u certificates: %s", n, error->message);
+      break;
+    }
+  }
+  g_assert_cmpuint(n, <, 2000);
+  return n;
+}
+
+static void
+test_db_map_cap(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(StoreDb) db = open_db(fx->state, TINY_MAP);
+  g_autoptr(GBytes) other = fake_der(777, 2000);
+  g_autoptr(GBytes) big = fake_der(778, 64 * 1024);
+  g_autoptr(GError) error = NULL;
+  g_autoptr(StoreCred) before = NULL;
+  g_autoptr(StoreCred) after = NULL;
+  g_autoptr(StoreCred) missing = NULL;
+  g_autoptr(GPtrArray) list = NULL;
+  StoreStats st;
+  guint64 seq;
+  guint n;
+
+  store_db_set_map_size_max(db, 4 * TINY_MAP);
+  n = fill_to_cap(db);
+  g_assert_cmpuint(n, >, 10);
+  g_assert_true(store_db_get_stats(db, &st, &error));
+  g_assert_no_error(error);
+  g_assert_cmpuint(st.map_size, ==, 4 * TINY_MAP);
+  seq = store_change_get_last_seq(db, &error);
+  g_assert_no_error(error);
+  before = store_cred_get(db, "sip:user0000@example.com", &error);
+  g_assert_no_error(error);
+
+  /* Neither a new record nor a bigger replacement gets in, not even in part. */
+  g_assert_false(store_cred_put_cert(db, "sip:other@example.com", other, 1, 2, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_FULL);
+  g_clear_error(&error);
+  g_assert_false(store_cred_put_cert(db, "sip:user0000@example.com", big, 5, 6, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_FULL);
+  g_clear_error(&error);
+
+  missing = store_cred_get(db, "sip:other@example.com", &error);
+  g_assert_null(missing);
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_NOT_FOUND);
+  g_clear_error(&error);
+  after = store_cred_get(db, "sip:user0000@example.com", &error);
+  g_assert_no_error(error);
+  g_assert_true(g_bytes_equal(after->cert_der, before->cert_der));
+  g_assert_cmpuint(after->version, ==, before->version);
+  g_assert_cmpstr(after->etag, ==, before->etag);
+  g_assert_cmpuint(store_change_get_last_seq(db, &error), ==, seq);
+  g_assert_no_error(error);
+  list = store_cred_list(db, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(list->len, ==, n);
+  /* Reads go on. */
+  check_many(db, n, 2000);
+  g_assert_true(store_db_check(db, &error));
+  g_assert_no_error(error);
+  g_assert_true(store_db_get_stats(db, &st, &error));
+  g_assert_cmpuint(st.map_size, ==, 4 * TINY_MAP);
+
+  /* Removing credentials frees pages that later writes reuse. */
+  for (guint i = 0; i < n / 2; i++) {
+    g_autofree char *aor = g_strdup_printf("sip:user%04u@example.com", i);
+    g_assert_true(store_cred_delete(db, aor, &error));
+    g_assert_no_error(error);
+  }
+  put_cert(db, "sip:other@example.com", other, 1, 2);
+  g_assert_true(store_db_get_stats(db, &st, &error));
+  g_assert_cmpuint(st.map_size, ==, 4 * TINY_MAP);
+
+  /* A raised cap lets the map grow again. */
+  store_db_set_map_size_max(db, 16 * TINY_MAP);
+  put_cert(db, "sip:user0000@example.com", big, 5, 6);
+  g_assert_true(store_db_get_stats(db, &st, &error));
+  g_assert_cmpuint(st.map_size, >, 4 * TINY_MAP);
+  g_assert_cmpuint(st.map_size, <=, 16 * TINY_MAP);
+}
+
+/* A map that another process grew past our cap stays usable: reads and
+ * writes that fit; the cap only stops further growth. */
+static void
+test_db_map_cap_larger_file(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(GError) error = NULL;
+  StoreStats st;
+  StoreDb *db;
+
+  db = open_db(fx->state, TINY_MAP);
+  put_many(db, 100, 2000);
+  store_db_get_stats(db, &st, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(st.map_size, >, 2 * TINY_MAP);
+  store_db_free(db);
+
+  db = open_db(fx->state, TINY_MAP);
+  store_db_set_map_size_max(db, TINY_MAP);
+  check_many(db, 100, 2000);
+  {
+    g_autoptr(GBytes) der = fake_der(0, 2000);
+    put_cert(db, "sip:user0000@example.com", der, 7, 8);
+  }
+  fill_to_cap(db);
+  check_many(db, 100, 2000);
+  store_db_free(db);
+}
+
 static void
 test_db_modes(Fixture *fx, gconstpointer data)
 {
@@ -2790,10 +2913,10 @@ bindings_sample(void)
                                  "\"<urn:uuid:00000000-0000-1000-8000-000a95a0e128>\"", 1,
                                  "flow-7f3a", "a84b4c76e66710@pc33", 314159,
                                  G_GINT64_CONSTANT(4102444800), 0.7f));
-  g_ptr_array_add(a, binding_new("sip:alice@[2001:db8::1]", "\"<urn:uuid:other>\"",
-                                 G_MAXINT32, NULL, "second-call", G_MAXUINT32, 0, 1.0f));
-  g_ptr_array_add(a, binding_new("sips:alice@desk.example.com", NULL, 0, "flow-x", "third",
-                                 0, 1700000000, -1.0f));
+  g_ptr_array_add(a, binding_new("sip:alice@[2001:db8::1]", "\"<urn:uuid:other>\"", G_MAXINT32,
+                                 NULL, "second-call", G_MAXUINT32, 0, 1.0f));
+  g_ptr_array_add(a, binding_new("sips:alice@desk.example.com", NULL, 0, "flow-x", "third", 0,
+                                 1700000000, -1.0f));
   return a;
 }
 
@@ -2875,8 +2998,8 @@ test_reg_replace_remove(Fixture *fx, gconstpointer data)
 
   reg_put(db, "sip:alice@example.com", three);
   reg_put(db, "sip:bob@example.com", three);
-  g_ptr_array_add(one, binding_new("sip:alice@198.51.100.9", NULL, 0, NULL, "new-call", 2,
-                                   1800000000, 0.5f));
+  g_ptr_array_add(
+      one, binding_new("sip:alice@198.51.100.9", NULL, 0, NULL, "new-call", 2, 1800000000, 0.5f));
   reg_put(db, "sip:alice@example.com", one);
   got = reg_get(db, "sip:alice@example.com");
   assert_bindings_equal(got, one);
@@ -3032,8 +3155,8 @@ reg_record_v1(const char *contact, double q, gboolean empty)
   g_variant_builder_init(&b, G_VARIANT_TYPE(STORE_REG_BODY_TYPE_V1));
   if (!empty)
     g_variant_builder_add(&b, "(ssussuxd)", contact, "", 0, "", "call", 1, (gint64)5, q);
-  return g_variant_ref_sink(g_variant_new("(qv)", (guint16)STORE_REG_RECORD_VERSION,
-                                          g_variant_builder_end(&b)));
+  return g_variant_ref_sink(
+      g_variant_new("(qv)", (guint16)STORE_REG_RECORD_VERSION, g_variant_builder_end(&b)));
 }
 
 static void
@@ -3080,8 +3203,8 @@ test_reg_corrupt(Fixture *fx, gconstpointer data)
              g_variant_get_size(empty));
   raw_put_in(env, STORE_DBI_REGISTRATIONS, FALSE, bad[6], g_variant_get_data(dbl),
              g_variant_get_size(dbl));
-  raw_put_in(env, STORE_DBI_REGISTRATIONS, FALSE, "sip:fine@example.com",
-             g_variant_get_data(fine), g_variant_get_size(fine));
+  raw_put_in(env, STORE_DBI_REGISTRATIONS, FALSE, "sip:fine@example.com", g_variant_get_data(fine),
+             g_variant_get_size(fine));
   mdb_env_close(env);
 
   db = open_db(fx->state, 0);
@@ -3210,6 +3333,8 @@ main(int argc, char **argv)
   ADD("/storage/db/schema-newer", test_db_schema_newer);
   ADD("/storage/db/schema-garbage", test_db_schema_garbage);
   ADD("/storage/db/map-growth", test_db_map_growth);
+  ADD("/storage/db/map-cap", test_db_map_cap);
+  ADD("/storage/db/map-cap-larger-file", test_db_map_cap_larger_file);
   ADD("/storage/db/modes", test_db_modes);
   ADD("/storage/db/open-errors", test_db_open_errors);
   ADD("/storage/db/two-handles", test_db_two_handles);

@@ -151,8 +151,77 @@ core_config_init_defaults(CoreConfig *cfg)
       .reg_max_expires = 86400,
       .reg_max_bindings = 16,
       .message_max_body = 65536,
+      /* Generous per source: an enterprise puts many UAs behind one NAT
+       * address, and each subscribes to the certificates of its contacts
+       * when it starts. */
+      .rate_limits =
+          {
+              .subscribe_per_source = {200, 2000},
+              .subscribe_per_aor = {50, 1000},
+              .publish_per_user = {1, 30},
+              .register_per_user = {1, 30},
+              .message_per_user = {10, 100},
+              .max_entries = 10000,
+          },
   };
   core_digest_limits_init_defaults(&cfg->digest_limits);
+}
+
+static const CoreRateLimit *
+core_limit_config(const CoreRateLimits *limits, CoreLimit limit)
+{
+  switch (limit) {
+  case CORE_LIMIT_SUBSCRIBE_SOURCE:
+    return &limits->subscribe_per_source;
+  case CORE_LIMIT_SUBSCRIBE_AOR:
+    return &limits->subscribe_per_aor;
+  case CORE_LIMIT_PUBLISH_USER:
+    return &limits->publish_per_user;
+  case CORE_LIMIT_REGISTER_USER:
+    return &limits->register_per_user;
+  case CORE_LIMIT_MESSAGE_USER:
+  default:
+    return &limits->message_per_user;
+  }
+}
+
+/* The reason phrases of the 503s: each names the limit. */
+static const char *const core_limit_phrases[CORE_N_LIMITS] = {
+    [CORE_LIMIT_SUBSCRIBE_SOURCE] = "Too many SUBSCRIBEs from this address",
+    [CORE_LIMIT_SUBSCRIBE_AOR] = "Too many SUBSCRIBEs to this AOR",
+    [CORE_LIMIT_PUBLISH_USER] = "Too many PUBLISHes from this user",
+    [CORE_LIMIT_REGISTER_USER] = "Too many REGISTERs from this user",
+    [CORE_LIMIT_MESSAGE_USER] = "Too many MESSAGEs from this user",
+};
+
+static void
+core_limits_apply(CoreService *svc)
+{
+  const CoreRateLimits *cfg = &svc->cfg.rate_limits;
+  for (guint i = 0; i < CORE_N_LIMITS; i++) {
+    const CoreRateLimit *l = core_limit_config(cfg, i);
+    if (svc->limits[i] == NULL)
+      svc->limits[i] = core_ratelimit_new(l->rate, l->burst, cfg->max_entries);
+    else
+      core_ratelimit_set(svc->limits[i], l->rate, l->burst, cfg->max_entries);
+  }
+}
+
+gboolean
+core_limit_take(CoreService *svc, gpointer txn, CoreLimit limit, const char *key)
+{
+  guint retry_after = 0;
+  if (core_ratelimit_take(svc->limits[limit], key, svc->port.now(svc->port_data), &retry_after))
+    return TRUE;
+  svc->stats.rate_limited++;
+  g_info("%s (%s): 503, retry after %u s", core_limit_phrases[limit], key, retry_after);
+  CoreResponse resp = {
+      .status = 503,
+      .phrase = core_limit_phrases[limit],
+      .retry_after = retry_after,
+  };
+  core_respond(svc, txn, &resp);
+  return FALSE;
 }
 
 void
@@ -227,6 +296,7 @@ core_service_new(const CoreConfig *cfg, StoreDb *store, const CorePort *port, gp
   svc->generating = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_object_unref);
   core_auth_init(svc);
   core_relay_init(svc);
+  core_limits_apply(svc);
   return svc;
 }
 
@@ -257,6 +327,8 @@ core_service_free(CoreService *svc)
   g_free(svc->by_aor);
   core_auth_clear(svc);
   core_relay_clear(svc);
+  for (guint i = 0; i < CORE_N_LIMITS; i++)
+    g_clear_pointer(&svc->limits[i], core_ratelimit_free);
   g_strfreev(svc->domains);
   g_free(svc->allow_events);
   g_free(svc);
@@ -291,6 +363,8 @@ core_service_reload(CoreService *svc, const CoreConfig *cfg)
   c->reg_max_expires = cfg->reg_max_expires;
   c->reg_max_bindings = cfg->reg_max_bindings;
   c->message_max_body = cfg->message_max_body;
+  c->rate_limits = cfg->rate_limits;
+  core_limits_apply(svc);
   core_auth_reload(svc);
   /* A wider window may let queued NOTIFYs go now. */
   core_fanout_pump(svc);
@@ -1016,6 +1090,11 @@ core_subscribe(CoreService *svc, gpointer txn, gpointer sub, const CoreSubscribe
   g_return_if_fail(svc != NULL);
   g_return_if_fail(info != NULL);
 
+  /* First, before any work: a flood from one address costs one lookup. */
+  g_autofree char *source = core_ratelimit_source_key(info->peer_addr);
+  if (!core_limit_take(svc, txn, CORE_LIMIT_SUBSCRIBE_SOURCE, source))
+    return;
+
   const CorePackage *pkg = core_package_lookup(info->event);
   if (pkg == NULL) {
     CoreResponse resp = {
@@ -1038,10 +1117,19 @@ core_subscribe(CoreService *svc, gpointer txn, gpointer sub, const CoreSubscribe
     return;
   }
 
+  /* Per target AOR and package, before the store is read. The credential
+   * package counts only after authentication (its subscriber is the AOR
+   * itself), so that nobody without the password can use up the bucket
+   * that the user's own credential SUBSCRIBEs need. */
+  g_autofree char *aor_key = g_strconcat(pkg->event, " ", aor, NULL);
+  if (!pkg->credential && !core_limit_take(svc, txn, CORE_LIMIT_SUBSCRIBE_AOR, aor_key))
+    return;
   g_autoptr(StoreUser) user = NULL;
   if (pkg->credential &&
       !core_auth_authorize(svc, txn, "SUBSCRIBE", info->request_uri, aor, info->to_uri,
                            info->direct, info->peer_addr, info->authorization, &user))
+    return;
+  if (pkg->credential && !core_limit_take(svc, txn, CORE_LIMIT_SUBSCRIBE_AOR, aor_key))
     return;
 
   /* RFC 6072 6.4 and 7.4: without Accept the package's types are assumed;

@@ -28,6 +28,25 @@ typedef enum {
   CORE_SUBSTATE_TERMINATED,
 } CoreSubstate;
 
+/* One request rate limit, a token bucket: @rate requests per second on
+ * average (fractions allowed), @burst at once. A rate or burst of 0 is no
+ * limit. */
+typedef struct {
+  double rate;
+  guint burst;
+} CoreRateLimit;
+
+/* The request rate limits (core/ratelimit.h). Over one, a request gets 503
+ * with a reason naming the limit and Retry-After. */
+typedef struct {
+  CoreRateLimit subscribe_per_source; /* initial SUBSCRIBEs per source IP (IPv6: /64) */
+  CoreRateLimit subscribe_per_aor;    /* initial SUBSCRIBEs per target AOR and package */
+  CoreRateLimit publish_per_user;     /* PUBLISHes per authenticated user */
+  CoreRateLimit register_per_user;    /* REGISTERs per authenticated user */
+  CoreRateLimit message_per_user;     /* MESSAGEs per authenticated sender */
+  guint max_entries;                  /* buckets remembered per limit */
+} CoreRateLimits;
+
 typedef struct {
   const char *const *domains; /* served domains, NULL-terminated */
   guint32 default_expires;    /* granted when the SUBSCRIBE has no Expires */
@@ -56,12 +75,15 @@ typedef struct {
   guint reg_max_bindings; /* 1 .. 64 (the store's limit) */
   /* MESSAGE relay: the largest body relayed (413 above). */
   gsize message_max_body;
+  CoreRateLimits rate_limits;
 } CoreConfig;
 
 /* Defaults: 86400, 86400, 60, 200, 60; nonces live 300 s; the digest limits'
  * defaults; no generation (2048-bit keys, 365 days when enabled); bindings
  * 3600 s by default, 60 s at least, 86400 s at most, 16 per AOR; MESSAGE
- * bodies up to 65536 bytes. */
+ * bodies up to 65536 bytes; rate limits (per second/burst) SUBSCRIBE 200/2000
+ * per source and 50/1000 per AOR, PUBLISH and REGISTER 1/30 per user, MESSAGE
+ * 10/100 per user, 10000 buckets per limit. */
 void core_config_init_defaults(CoreConfig *cfg);
 
 /* What the core needs of an incoming initial SUBSCRIBE. Strings are only
@@ -296,13 +318,14 @@ typedef struct {
   guint64 auth_failures;      /* wrong, replayed or unknown digest credentials */
   guint64 auth_lockouts;      /* requests refused by the failed-attempt limit */
   guint64 messages_relayed;   /* MESSAGEs sent on to at least one binding */
+  guint64 rate_limited;       /* requests refused by a rate limit (503) */
 } CoreStats;
 
 void core_service_get_stats(CoreService *svc, CoreStats *out);
 
 /* Takes the limits of @cfg (expiries, fan-out window and interval, nonce
- * lifetime, failed-attempt limits, registrar and message limits) from now
- * on. The served domains and credential generation stay as they were
+ * lifetime, failed-attempt limits, registrar and message limits, rate
+ * limits) from now on. The served domains and credential generation stay as they were
  * (they need a restart); live subscriptions keep what they were granted. */
 void core_service_reload(CoreService *svc, const CoreConfig *cfg);
 

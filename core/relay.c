@@ -136,6 +136,8 @@ core_message(CoreService *svc, gpointer txn, const CoreMessageInfo *info)
     core_respond_error(svc, txn, 403, "From does not match the authenticated user");
     return;
   }
+  if (!core_limit_take(svc, txn, CORE_LIMIT_MESSAGE_USER, sender))
+    return;
 
   g_autoptr(StoreUser) user = store_user_get(svc->store, callee, &error);
   if (user == NULL) {

@@ -245,6 +245,9 @@ fx_setup_with_interval(Fixture *fx, guint window, guint32 interval)
   cfg.min_expires = 60;
   cfg.notify_window = window;
   cfg.min_notify_interval = interval;
+  /* The fan-out tests subscribe thousands to one AOR: no rate limits
+   * (test-ratelimit.c tests those). */
+  cfg.rate_limits = (CoreRateLimits){.max_entries = 1};
   fx->core = core_service_new(&cfg, fx->store, &fake_port, fx);
   g_assert_nonnull(fx->core);
   core_service_set_cred_get_cb(fx->core, failing_cred_get, fx);

@@ -210,6 +210,8 @@ cli_store(Cli *cli)
   cli->db = store_db_open(cli->state_dir, cli->map_size, &error);
   if (cli->db == NULL)
     cli_fail(cli->state_dir, error->message);
+  else if (cli->cfg != NULL)
+    store_db_set_map_size_max(cli->db, cli->cfg->map_size_max);
   return cli->db;
 }
 

@@ -29,7 +29,7 @@ static const char *const domain_keys[] = {"certificate", "key", NULL};
 static const char *const certificate_keys[] = {"default-expires", "max-expires", "min-expires",
                                                NULL};
 static const char *const fanout_keys[] = {"window", "min-interval", NULL};
-static const char *const store_keys[] = {"map-size", "master-key", NULL};
+static const char *const store_keys[] = {"map-size", "max-map-size", "master-key", NULL};
 static const char *const auth_keys[] = {"nonce-lifetime", "free-failures", "lockout-base",
                                         "lockout-max",    "forget-after",  NULL};
 static const char *const credential_keys[] = {"generate", "key-bits", "days", NULL};
@@ -507,6 +507,14 @@ loader_read_core(const Loader *ld, SrvConfig *cfg, GError **error)
   if (!loader_get_uint(ld, "store", "map-size", 1024 * 1024, G_MAXINT64, 64 * 1024 * 1024,
                        &cfg->map_size, error))
     return FALSE;
+  /* The default is storage's own ceiling, 64 GiB. */
+  if (!loader_get_uint(ld, "store", "max-map-size", 1024 * 1024, G_MAXINT64,
+                       G_GUINT64_CONSTANT(64) << 30, &cfg->map_size_max, error))
+    return FALSE;
+  if (cfg->map_size_max < cfg->map_size)
+    return loader_fail(ld, error, "store", "max-map-size",
+                       "%" G_GUINT64_FORMAT " is smaller than map-size (%" G_GUINT64_FORMAT ")",
+                       cfg->map_size_max, cfg->map_size);
   return TRUE;
 }
 

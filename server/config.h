@@ -60,7 +60,8 @@ typedef struct {
 
   /* [store] */
   guint64 map_size;
-  char *master_key; /* absolute path of the master key file; NULL when not set */
+  guint64 map_size_max; /* the map grows no further; writes then get STORE_ERROR_FULL */
+  char *master_key;     /* absolute path of the master key file; NULL when not set */
 } SrvConfig;
 
 /* Loads and validates @path. On error the message names the group, key and

@@ -29,6 +29,7 @@ typedef struct {
   GMainLoop *loop;
   Edge *edge;
   CoreService *core;
+  StoreDb *store;
   CertServer *certs; /* the built-in Identity-Info endpoint, or NULL */
   gboolean verbose;
 } Daemon;
@@ -213,6 +214,9 @@ on_reload(gpointer user_data)
     return G_SOURCE_CONTINUE;
   }
   edge_reload_limits(d->edge, fresh);
+  /* A raised cap lets a full store take writes again at once. */
+  if (d->store != NULL)
+    store_db_set_map_size_max(d->store, fresh->map_size_max);
   if (d->core != NULL)
     core_service_reload(d->core, &fresh->core);
   daemon_warn_restart_only(d->cfg, fresh);
@@ -232,6 +236,7 @@ run(Daemon *d)
     g_printerr("sipcredd: cannot open the store in %s: %s\n", cfg->state_dir, error->message);
     return 1;
   }
+  store_db_set_map_size_max(store, cfg->map_size_max);
   if (cfg->master_key != NULL) {
     g_autoptr(StoreMasterKey) key = store_master_key_load(cfg->master_key, &error);
     if (key == NULL || !store_db_set_master_key(store, key, &error)) {
@@ -269,6 +274,7 @@ run(Daemon *d)
   }
   d->edge = edge;
   d->core = core;
+  d->store = store;
   StatsSources sources = {.core = core, .edge = edge, .nua = nua};
   g_autoptr(StatsServer) stats =
       stats_server_new(&sources, cfg->control_socket, cfg->metrics_listen, &error);
@@ -305,6 +311,7 @@ run(Daemon *d)
   g_source_remove(sig_hup);
   d->edge = NULL;
   d->core = NULL;
+  d->store = NULL;
   g_clear_pointer(&d->certs, cert_server_free);
   g_clear_pointer(&d->loop, g_main_loop_unref);
   g_message("stopped");

@@ -4,7 +4,6 @@
 
 #include "core/core-private.h"
 #include "core/digest.h"
-#include "core/ratelimit.h"
 
 G_BEGIN_DECLS
 
@@ -20,16 +19,6 @@ void core_state_clear(CoreState *state);
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(CoreState, core_state_clear)
 
 typedef struct _CorePackage CorePackage;
-
-/* The request rate limits, as in CoreRateLimits. */
-typedef enum {
-  CORE_LIMIT_SUBSCRIBE_SOURCE,
-  CORE_LIMIT_SUBSCRIBE_AOR,
-  CORE_LIMIT_PUBLISH_USER,
-  CORE_LIMIT_REGISTER_USER,
-  CORE_LIMIT_MESSAGE_USER,
-  CORE_N_LIMITS,
-} CoreLimit;
 
 struct _CoreService {
   CoreConfig cfg;
@@ -51,16 +40,10 @@ struct _CoreService {
   GHashTable *generating; /* AOR -> GCancellable, while a credential is made */
   GHashTable *relay_legs; /* CoreRelayLeg set (owned): MESSAGE copies in flight */
   CoreStats stats;        /* the totals; the rest is counted on demand */
-  CoreRatelimit *limits[CORE_N_LIMITS];
 };
 
 /* Reads @aor's record through the test seam or the store. */
 StoreCred *core_cred_read(CoreService *svc, const char *aor, GError **error);
-
-/* Takes a token of @limit for @key (NULL: not limited). Over the limit it
- * answers @txn 503 with a reason naming the limit and Retry-After, counts
- * it, and returns FALSE. */
-gboolean core_limit_take(CoreService *svc, gpointer txn, CoreLimit limit, const char *key);
 
 /* Answers @txn. */
 void core_respond(CoreService *svc, gpointer txn, const CoreResponse *resp);
@@ -68,6 +51,11 @@ void core_respond_error(CoreService *svc, gpointer txn, guint status, const char
 /* A non-zero @expires below min-expires: answers 423 with Min-Expires and
  * returns TRUE. */
 gboolean core_refuse_brief_expires(CoreService *svc, gpointer txn, guint32 expires);
+/* When @error is STORE_ERROR_FULL (the map at [store] max-map-size, or the
+ * disk full): logs it with @what, answers 503 "Store full" with Retry-After
+ * and returns TRUE. The failed write changed nothing. */
+gboolean core_respond_if_store_full(CoreService *svc, gpointer txn, const char *what,
+                                    const GError *error);
 
 /* The credential state of @aor changed in the store (written by this
  * process or found in the change log): bring every subscriber of both

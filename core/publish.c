@@ -21,6 +21,24 @@
 #include "identity/cert.h"
 
 #define CORE_PUBLISH_EVENT "credential"
+/* Room comes back only when an operator acts (removes credentials, raises
+ * max-map-size, frees the disk): retrying within seconds would not help. */
+#define CORE_STORE_FULL_RETRY_AFTER 300
+
+gboolean
+core_respond_if_store_full(CoreService *svc, gpointer txn, const char *what, const GError *error)
+{
+  if (!g_error_matches(error, STORE_ERROR, STORE_ERROR_FULL))
+    return FALSE;
+  g_warning("%s: %s", what, error->message);
+  CoreResponse resp = {
+      .status = 503,
+      .phrase = "Store full",
+      .retry_after = CORE_STORE_FULL_RETRY_AFTER,
+  };
+  core_respond(svc, txn, &resp);
+  return TRUE;
+}
 
 /* RFC 3261 20.11 dispositions a credential body may carry. An unknown one
  * is refused unless it says handling=optional, in which case the
@@ -77,6 +95,9 @@ core_publish_store_failed(CoreService *svc, gpointer txn, const char *aor, const
     core_respond_error(svc, txn, 400, "Credential not storable");
     return;
   }
+  g_autofree char *what = g_strdup_printf("PUBLISH for %s not stored", aor);
+  if (core_respond_if_store_full(svc, txn, what, error))
+    return;
   g_warning("PUBLISH for %s not stored: %s", aor, error->message);
   core_respond_error(svc, txn, 500, "Credential store unavailable");
 }
@@ -90,8 +111,8 @@ core_publish_ok(CoreService *svc, gpointer txn, guint32 expires, const char *eta
 
 /* No body: a refresh (SIP-If-Match) or a removal (Expires: 0). */
 static void
-core_publish_bodyless(CoreService *svc, gpointer txn, const CorePublishInfo *info, const char *aor,
-                      gint64 now)
+core_publish_bodyless(CoreService *svc, gpointer txn, const CorePublishInfo *info,
+                      const char *aor, gint64 now)
 {
   g_autoptr(GError) error = NULL;
 
@@ -160,12 +181,8 @@ core_publish(CoreService *svc, gpointer txn, const CorePublishInfo *info)
   }
   g_clear_error(&error);
 
-  if (!core_auth_authorize(svc, txn, "PUBLISH", info->request_uri, aor, info->to_uri, info->direct,
-                           info->peer_addr, info->authorization, NULL))
-    return;
-  /* After authentication (only the user spends its own tokens), before the
-   * body is parsed or the store touched. */
-  if (!core_limit_take(svc, txn, CORE_LIMIT_PUBLISH_USER, aor))
+  if (!core_auth_authorize(svc, txn, "PUBLISH", info->request_uri, aor, info->to_uri,
+                           info->direct, info->peer_addr, info->authorization, NULL))
     return;
 
   gint64 now = svc->port.now(svc->port_data);

@@ -224,8 +224,6 @@ core_register(CoreService *svc, gpointer txn, const CoreRegisterInfo *info)
     core_respond_error(svc, txn, 403, "Only the AOR itself may register its bindings");
     return;
   }
-  if (!core_limit_take(svc, txn, CORE_LIMIT_REGISTER_USER, aor))
-    return;
 
   gint64 now = svc->port.now(svc->port_data);
   g_autoptr(GPtrArray) bindings = core_registrar_current_bindings(svc, aor, now, &error);
@@ -328,6 +326,9 @@ core_register(CoreService *svc, gpointer txn, const CoreRegisterInfo *info)
   }
 
   if (info->n_contacts > 0 && !store_reg_put(svc->store, aor, bindings, &error)) {
+    g_autofree char *what = g_strdup_printf("cannot store the bindings of %s", aor);
+    if (core_respond_if_store_full(svc, txn, what, error))
+      return;
     g_warning("cannot store the bindings of %s: %s", aor, error->message);
     core_respond_error(svc, txn,
                        g_error_matches(error, STORE_ERROR, STORE_ERROR_INVALID) ? 400 : 500,

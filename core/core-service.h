@@ -4,6 +4,7 @@
 
 #include "core/core-private.h"
 #include "core/digest.h"
+#include "core/ratelimit.h"
 
 G_BEGIN_DECLS
 
@@ -19,6 +20,16 @@ void core_state_clear(CoreState *state);
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(CoreState, core_state_clear)
 
 typedef struct _CorePackage CorePackage;
+
+/* The request rate limits, as in CoreRateLimits. */
+typedef enum {
+  CORE_LIMIT_SUBSCRIBE_SOURCE,
+  CORE_LIMIT_SUBSCRIBE_AOR,
+  CORE_LIMIT_PUBLISH_USER,
+  CORE_LIMIT_REGISTER_USER,
+  CORE_LIMIT_MESSAGE_USER,
+  CORE_N_LIMITS,
+} CoreLimit;
 
 struct _CoreService {
   CoreConfig cfg;
@@ -40,10 +51,16 @@ struct _CoreService {
   GHashTable *generating; /* AOR -> GCancellable, while a credential is made */
   GHashTable *relay_legs; /* CoreRelayLeg set (owned): MESSAGE copies in flight */
   CoreStats stats;        /* the totals; the rest is counted on demand */
+  CoreRatelimit *limits[CORE_N_LIMITS];
 };
 
 /* Reads @aor's record through the test seam or the store. */
 StoreCred *core_cred_read(CoreService *svc, const char *aor, GError **error);
+
+/* Takes a token of @limit for @key (NULL: not limited). Over the limit it
+ * answers @txn 503 with a reason naming the limit and Retry-After, counts
+ * it, and returns FALSE. */
+gboolean core_limit_take(CoreService *svc, gpointer txn, CoreLimit limit, const char *key);
 
 /* Answers @txn. */
 void core_respond(CoreService *svc, gpointer txn, const CoreResponse *resp);

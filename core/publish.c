@@ -111,8 +111,8 @@ core_publish_ok(CoreService *svc, gpointer txn, guint32 expires, const char *eta
 
 /* No body: a refresh (SIP-If-Match) or a removal (Expires: 0). */
 static void
-core_publish_bodyless(CoreService *svc, gpointer txn, const CorePublishInfo *info,
-                      const char *aor, gint64 now)
+core_publish_bodyless(CoreService *svc, gpointer txn, const CorePublishInfo *info, const char *aor,
+                      gint64 now)
 {
   g_autoptr(GError) error = NULL;
 
@@ -181,8 +181,12 @@ core_publish(CoreService *svc, gpointer txn, const CorePublishInfo *info)
   }
   g_clear_error(&error);
 
-  if (!core_auth_authorize(svc, txn, "PUBLISH", info->request_uri, aor, info->to_uri,
-                           info->direct, info->peer_addr, info->authorization, NULL))
+  if (!core_auth_authorize(svc, txn, "PUBLISH", info->request_uri, aor, info->to_uri, info->direct,
+                           info->peer_addr, info->authorization, NULL))
+    return;
+  /* After authentication (only the user spends its own tokens), before the
+   * body is parsed or the store touched. */
+  if (!core_limit_take(svc, txn, CORE_LIMIT_PUBLISH_USER, aor))
     return;
 
   gint64 now = svc->port.now(svc->port_data);

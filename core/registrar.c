@@ -224,6 +224,8 @@ core_register(CoreService *svc, gpointer txn, const CoreRegisterInfo *info)
     core_respond_error(svc, txn, 403, "Only the AOR itself may register its bindings");
     return;
   }
+  if (!core_limit_take(svc, txn, CORE_LIMIT_REGISTER_USER, aor))
+    return;
 
   gint64 now = svc->port.now(svc->port_data);
   g_autoptr(GPtrArray) bindings = core_registrar_current_bindings(svc, aor, now, &error);

@@ -47,6 +47,7 @@ struct _NuaAdapter {
   GHashTable *legs;    /* nua_handle_t* of a relayed MESSAGE -> the core's leg */
   GHashTable *pending; /* NuaTxn* answered later (MESSAGE), owned */
   GHashTable *answers; /* "METHOD STATUS" -> count (GSIZE_TO_POINTER) of our answers */
+  GHashTable *handles; /* nua_handle_t* set: handles the application holds (a gauge) */
   gboolean shutdown_done;
 };
 
@@ -65,12 +66,22 @@ typedef struct {
 
 static void nua_txn_finish(NuaTxn *t);
 
+/* Every handle the application owns goes through here, so the live-handle
+ * gauge shows a handle that a path forgets to destroy. */
+static void
+nua_adapter_handle_destroy(struct _NuaAdapter *ad, nua_handle_t *nh)
+{
+  if (ad->handles != NULL)
+    g_hash_table_remove(ad->handles, nh);
+  nua_handle_destroy(nh);
+}
+
 static void
 nua_sub_free(NuaSub *s)
 {
   if (s->nh) {
     nua_handle_bind(s->nh, NULL);
-    nua_handle_destroy(s->nh);
+    nua_adapter_handle_destroy(s->ad, s->nh);
   }
   g_free(s);
 }
@@ -146,7 +157,7 @@ nua_txn_free(NuaTxn *t)
   if (t->is_saved)
     nua_destroy_event(t->saved);
   if (t->nh)
-    nua_handle_destroy(t->nh);
+    nua_adapter_handle_destroy(t->ad, t->nh);
   g_free(t);
 }
 
@@ -240,6 +251,7 @@ port_relay(gpointer leg, const CoreRelayRequest *req, gpointer user_data)
                                                           req->content_transfer_encoding)
                                              : NULL;
   nua_handle_t *nh = nua_handle(ad->nua, NULL, SIPTAG_TO_STR(req->to_uri), TAG_END());
+  g_hash_table_add(ad->handles, nh);
 
   g_hash_table_insert(ad->legs, nh, leg);
   nua_message(
@@ -416,7 +428,7 @@ static void
 on_publish(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
 {
   if (status >= 200 || !sip || !ad->core) {
-    nua_handle_destroy(nh); /* nua already answered it (e.g. 489) */
+    nua_adapter_handle_destroy(ad, nh); /* nua already answered it (e.g. 489) */
     return;
   }
   su_home_t home[1] = {SU_HOME_INIT(home)};
@@ -463,7 +475,7 @@ on_publish(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
     nua_respond(nh, SIP_500_INTERNAL_SERVER_ERROR, NUTAG_WITH_THIS(ad->nua), TAG_END());
   }
   /* PUBLISH makes no dialog: the handle has no further use. */
-  nua_handle_destroy(nh);
+  nua_adapter_handle_destroy(ad, nh);
   edge_flow_info_clear(&flow_info);
   su_home_deinit(home);
 }
@@ -476,7 +488,7 @@ on_subscribe(NuaAdapter *ad, int status, nua_handle_t *nh, NuaSub *s, sip_t cons
     if (status < 200 && sip && ad->core)
       on_initial_subscribe(ad, nh, sip);
     else
-      nua_handle_destroy(nh); /* nua already refused it (e.g. 489) */
+      nua_adapter_handle_destroy(ad, nh); /* nua already refused it (e.g. 489) */
     return;
   }
 
@@ -529,7 +541,7 @@ static void
 on_register(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
 {
   if (status >= 200 || !sip || !ad->core) {
-    nua_handle_destroy(nh);
+    nua_adapter_handle_destroy(ad, nh);
     return;
   }
   su_home_t home[1] = {SU_HOME_INIT(home)};
@@ -593,7 +605,7 @@ on_register(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
     g_critical("core left a REGISTER unanswered");
     nua_respond(nh, SIP_500_INTERNAL_SERVER_ERROR, NUTAG_WITH_THIS(ad->nua), TAG_END());
   }
-  nua_handle_destroy(nh);
+  nua_adapter_handle_destroy(ad, nh);
   edge_flow_info_clear(&flow_info);
   su_home_deinit(home);
 }
@@ -602,7 +614,7 @@ static void
 on_message(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
 {
   if (status >= 200 || !sip || !ad->core) {
-    nua_handle_destroy(nh);
+    nua_adapter_handle_destroy(ad, nh);
     return;
   }
   su_home_t home[1] = {SU_HOME_INIT(home)};
@@ -646,7 +658,7 @@ on_message(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
     g_warning("cannot keep a MESSAGE for its answer; 500");
     nua_respond(nh, SIP_500_INTERNAL_SERVER_ERROR, NUTAG_WITH_THIS(ad->nua), TAG_END());
     t->nh = NULL;
-    nua_handle_destroy(nh);
+    nua_adapter_handle_destroy(ad, nh);
     g_free(t);
   } else {
     g_hash_table_add(ad->pending, t);
@@ -667,7 +679,7 @@ on_message_response(NuaAdapter *ad, int status, char const *phrase, nua_handle_t
   gpointer leg = NULL;
   if (status < 200 || ad->legs == NULL || !g_hash_table_steal_extended(ad->legs, nh, NULL, &leg))
     return;
-  nua_handle_destroy(nh);
+  nua_adapter_handle_destroy(ad, nh);
   if (ad->core)
     core_relay_done(ad->core, leg, (guint)status, phrase);
 }
@@ -677,6 +689,10 @@ on_nua_event(nua_event_t event, int status, char const *phrase, nua_t *nua, NuaA
              nua_handle_t *nh, NuaSub *s, sip_t const *sip, tagi_t tags[])
 {
   g_debug("nua event %s: %d %s", nua_event_name(event), status, phrase ? phrase : "");
+  /* nua hands the application a handle with the first event of a request it
+   * did not create (and delivers nothing after nua_handle_destroy). */
+  if (nh != NULL && ad->handles != NULL)
+    g_hash_table_add(ad->handles, nh);
   switch (event) {
   case nua_i_subscribe:
     on_subscribe(ad, status, nh, s, sip, tags);
@@ -707,7 +723,7 @@ on_nua_event(nua_event_t event, int status, char const *phrase, nua_t *nua, NuaA
     /* Requests nua answered by itself (OPTIONS, 405s, 501s) leave a
      * handle the application owns; nothing else will use it. */
     if (s == NULL && nh && event < nua_r_set_params && status >= 200)
-      nua_handle_destroy(nh);
+      nua_adapter_handle_destroy(ad, nh);
     break;
   }
 }
@@ -762,6 +778,7 @@ nua_adapter_new(const SrvConfig *cfg, GError **error)
   ad->subs = g_hash_table_new_full(NULL, NULL, (GDestroyNotify)nua_sub_free, NULL);
   ad->legs = g_hash_table_new(NULL, NULL);
   ad->answers = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  ad->handles = g_hash_table_new(NULL, NULL);
   ad->pending = g_hash_table_new_full(NULL, NULL, (GDestroyNotify)nua_txn_free, NULL);
   ad->root = su_glib_root_create(ad);
   if (ad->root == NULL) {
@@ -802,6 +819,12 @@ GHashTable *
 nua_adapter_get_answer_counts(NuaAdapter *ad)
 {
   return ad->answers;
+}
+
+guint
+nua_adapter_get_live_handles(NuaAdapter *ad)
+{
+  return ad->handles ? g_hash_table_size(ad->handles) : 0;
 }
 
 guint16
@@ -858,6 +881,7 @@ nua_adapter_free(NuaAdapter *ad)
   g_clear_pointer(&ad->pending, g_hash_table_unref);
   g_clear_pointer(&ad->legs, g_hash_table_unref);
   g_clear_pointer(&ad->answers, g_hash_table_unref);
+  g_clear_pointer(&ad->handles, g_hash_table_unref);
   if (ad->nua) {
     if (!ad->shutdown_done) {
       /* nua_destroy() refuses a nua that was not shut down. */

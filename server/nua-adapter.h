@@ -32,6 +32,11 @@ guint16 nua_adapter_get_port(NuaAdapter *ad);
  * Borrowed; only answers the core gave are counted (not nua's own 489s). */
 GHashTable *nua_adapter_get_answer_counts(NuaAdapter *ad);
 
+/* nua handles the application holds now: live dialogs, MESSAGEs awaiting
+ * their answer, relayed MESSAGEs in flight. Back at its idle value once
+ * traffic ends; growth without traffic is a leaked handle. */
+guint nua_adapter_get_live_handles(NuaAdapter *ad);
+
 /* The port to hand to core_service_new() together with @ad as port_data. */
 const CorePort *nua_adapter_get_core_port(void);
 

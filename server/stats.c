@@ -99,6 +99,9 @@ stats_render(const StatsSources *src)
         "The longest time from queueing to signed, in microseconds.", e.sign_us_max);
   }
   if (src->nua != NULL) {
+    one(out, "sipcred_nua_handles", "gauge",
+        "nua handles the daemon holds (dialogs, requests awaiting an answer, relayed MESSAGEs).",
+        nua_adapter_get_live_handles(src->nua));
     GHashTable *answers = nua_adapter_get_answer_counts(src->nua);
     g_autoptr(GPtrArray) keys = g_ptr_array_new();
     GHashTableIter iter;

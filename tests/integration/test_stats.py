@@ -9,6 +9,7 @@ import os
 import socket
 import stat
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -52,6 +53,8 @@ def main(tap):
                (os.stat(sock_path).st_mode & 0o077) == 0,
                'the control socket is in the state directory, mode 0600')
 
+        # Idle: the nua handles the daemon holds before any dialog.
+        handles_idle = samples(dep.sipcred('stats')[1]).get('sipcred_nua_handles')
         with dep.connect() as sub_conn, dep.connect() as pub_conn:
             sub = h.Subscription(sub_conn, ALICE)
             first, _ = sub.exchange(3600)
@@ -80,6 +83,10 @@ def main(tap):
             tap.ok(got.get('sipcred_subscriptions{package="certificate"}') == 1 and
                    got.get('sipcred_subscriptions{package="credential"}') == 0,
                    'subscriptions by package: 1 certificate, 0 credential')
+            tap.ok(handles_idle is not None and
+                   got.get('sipcred_nua_handles', 0) >= handles_idle + 1,
+                   'the live subscription holds a nua handle (%s, idle %s)' % (
+                       got.get('sipcred_nua_handles'), handles_idle))
             tap.ok(got.get('sipcred_notifies_sent_total', 0) >= 1 and
                    got.get('sipcred_identity_signed_total', 0) >= 1,
                    'NOTIFYs sent and signed are counted (%s, %s)' % (
@@ -110,6 +117,18 @@ def main(tap):
                     'sipcred_auth_failures_total']
             tap.ok(all(scraped.get(k) == got.get(k) for k in same),
                    'the endpoint and sipcred stats agree')
+            unsub, _ = sub.exchange(0)
+        # The subscription ended (its final NOTIFY answered): its handle is gone. Bounded
+        # wait, as nua ends the dialog after the NOTIFY's response.
+        handles = None
+        for _ in range(50):
+            handles = samples(dep.sipcred('stats')[1]).get('sipcred_nua_handles')
+            if handles == handles_idle:
+                break
+            time.sleep(0.1)
+        tap.ok(unsub is not None and unsub.code == 200 and handles == handles_idle,
+               'after an unsubscribe (%s) nua handles are back at the idle value (%s, idle %s)'
+               % (getattr(unsub, 'code', unsub), handles, handles_idle))
         tap.ok(http(metrics_port, '/other')[0] == 404, 'another path: 404')
         tap.ok(http(metrics_port, '/metrics', method='POST')[0] == 405, 'POST: 405')
 

@@ -36,6 +36,12 @@ static const char *const credential_keys[] = {"generate", "key-bits", "days", NU
 static const char *const registrar_keys[] = {"default-expires", "min-expires", "max-expires",
                                              "max-bindings", NULL};
 static const char *const message_keys[] = {"max-body", NULL};
+static const char *const limits_keys[] = {"subscribe-per-source", "subscribe-per-source-burst",
+                                          "subscribe-per-aor",    "subscribe-per-aor-burst",
+                                          "publish-per-user",     "publish-per-user-burst",
+                                          "register-per-user",    "register-per-user-burst",
+                                          "message-per-user",     "message-per-user-burst",
+                                          "max-entries",          NULL};
 static const char *const identity_keys[] = {"enabled",  "algorithm",    "backend",     "threads",
                                             "info-url", "https-listen", "public-host", NULL};
 
@@ -53,6 +59,7 @@ static const struct {
     {"identity", identity_keys},
     {"registrar", registrar_keys},
     {"message", message_keys},
+    {"limits", limits_keys},
     {"metrics", metrics_keys},
 };
 
@@ -143,6 +150,41 @@ loader_get_uint(const Loader *ld, const char *group, const char *key, guint64 mi
                        " to %" G_GUINT64_FORMAT,
                        raw, min, max);
   *out = v;
+  return TRUE;
+}
+
+/* A rate in requests per second: a decimal number, fractions allowed. */
+static gboolean
+loader_get_rate(const Loader *ld, const char *group, const char *key, double max, double def,
+                double *out, GError **error)
+{
+  g_autofree char *raw = g_key_file_get_value(ld->kf, group, key, NULL);
+  if (raw == NULL) {
+    *out = def;
+    return TRUE;
+  }
+  g_strstrip(raw);
+  char *end = NULL;
+  double v = g_ascii_strtod(raw, &end);
+  /* Only digits and one point: no signs, exponents, "inf" or "nan". */
+  gboolean plain = *raw != '\0' && strspn(raw, "0123456789.") == strlen(raw);
+  if (!plain || end == raw || *end != '\0' || !(v >= 0 && v <= max))
+    return loader_fail(ld, error, group, key,
+                       "\"%s\" is not a number of requests per second from 0 to %.0f", raw, max);
+  *out = v;
+  return TRUE;
+}
+
+/* [limits] NAME (rate per second) and NAME-burst. */
+static gboolean
+loader_get_rate_limit(const Loader *ld, const char *name, CoreRateLimit *limit, GError **error)
+{
+  g_autofree char *burst_key = g_strconcat(name, "-burst", NULL);
+  guint64 v;
+  if (!loader_get_rate(ld, "limits", name, 1000000, limit->rate, &limit->rate, error) ||
+      !loader_get_uint(ld, "limits", burst_key, 1, 1000000, limit->burst, &v, error))
+    return FALSE;
+  limit->burst = v;
   return TRUE;
 }
 
@@ -470,6 +512,17 @@ loader_read_core(const Loader *ld, SrvConfig *cfg, GError **error)
                        error))
     return FALSE;
   c->message_max_body = v;
+
+  CoreRateLimits *rl = &c->rate_limits;
+  if (!loader_get_rate_limit(ld, "subscribe-per-source", &rl->subscribe_per_source, error) ||
+      !loader_get_rate_limit(ld, "subscribe-per-aor", &rl->subscribe_per_aor, error) ||
+      !loader_get_rate_limit(ld, "publish-per-user", &rl->publish_per_user, error) ||
+      !loader_get_rate_limit(ld, "register-per-user", &rl->register_per_user, error) ||
+      !loader_get_rate_limit(ld, "message-per-user", &rl->message_per_user, error))
+    return FALSE;
+  if (!loader_get_uint(ld, "limits", "max-entries", 100, 10000000, rl->max_entries, &v, error))
+    return FALSE;
+  rl->max_entries = v;
 
   if (!loader_get_uint(ld, "auth", "nonce-lifetime", 10, 86400, c->nonce_lifetime, &v, error))
     return FALSE;

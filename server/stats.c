@@ -67,6 +67,8 @@ stats_render(const StatsSources *src)
         c.auth_failures);
     one(out, "sipcred_auth_lockouts_total", "counter",
         "Requests refused by the failed-attempt limit.", c.auth_lockouts);
+    one(out, "sipcred_rate_limited_total", "counter",
+        "Requests refused with 503 by a request rate limit ([limits]).", c.rate_limited);
     one(out, "sipcred_messages_relayed_total", "counter",
         "MESSAGEs relayed to at least one binding.", c.messages_relayed);
   }

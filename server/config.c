@@ -21,6 +21,7 @@ static const char *const metrics_keys[] = {"listen", NULL};
 static const char *const tls_keys[] = {"priority",
                                        "handshake-timeout",
                                        "idle-timeout",
+                                       "message-timeout",
                                        "max-connections",
                                        "max-connections-per-ip",
                                        "max-message-size",
@@ -381,6 +382,9 @@ loader_read_tls(const Loader *ld, SrvConfig *cfg, GError **error)
   if (!loader_get_uint(ld, "tls", "idle-timeout", 100, 86400000, 900000, &v, error))
     return FALSE;
   cfg->idle_timeout_ms = v;
+  if (!loader_get_uint(ld, "tls", "message-timeout", 100, 3600000, 30000, &v, error))
+    return FALSE;
+  cfg->message_timeout_ms = v;
   if (!loader_get_uint(ld, "tls", "max-connections", 1, 1000000, 10000, &v, error))
     return FALSE;
   cfg->max_connections = v;

@@ -39,6 +39,7 @@ typedef struct {
   char *tls_priority; /* before the enforced floor is appended */
   guint handshake_timeout_ms;
   guint idle_timeout_ms;
+  guint message_timeout_ms; /* first byte to end of one message (slowloris) */
   guint max_connections;
   guint max_connections_per_ip;
   gsize max_message_size;

@@ -18,6 +18,7 @@
 #include <sofia-sip/sip_header.h>
 #include <sofia-sip/sip_util.h>
 
+#include "server/poller.h"
 #include "server/sipwire.h"
 
 /* nua and the edge meet on loopback only. */
@@ -77,11 +78,10 @@ struct _EdgeConn {
   char *peer_ip; /* without brackets, IPv4-mapped addresses folded to IPv4 */
   guint16 peer_port;
 
-  GSource *in_source;
-  GSource *out_source;
-  GSource *timer;  /* handshake or idle timeout */
-  GSource *linger; /* bounds the drain of a closing connection */
-  GSource *drain;  /* CLIENT, draining: bounds the wait for nua's answers */
+  PollerWatch *watch; /* the socket in the edge's poller */
+  PollerTimer *timer; /* CLIENT: handshake, idle or message timeout */
+  GSource *linger;    /* bounds the drain of a closing connection */
+  GSource *drain;     /* CLIENT, draining: bounds the wait for nua's answers */
   GByteArray *outbuf;
   gsize out_off; /* bytes of outbuf already written */
   SipwireFramer *framer;
@@ -103,7 +103,10 @@ struct _EdgeConn {
   char *tls_version;
   char *cipher_suite;
   GBytes *peer_cert;
-  gint64 last_rx;     /* monotonic time of the last received bytes */
+  gint64 last_rx; /* monotonic time of the last received bytes */
+  /* Monotonic time since when a message has been arriving without ending
+   * (0: none pending): bounds slowloris clients by message-timeout. */
+  gint64 msg_started;
   GQueue send_fifo;   /* EdgeOut* on their way to the client, in order */
   gboolean send_busy; /* the head of send_fifo is in an asynchronous stage */
   guint64 serial;     /* the flow's order key in the signing pool */
@@ -146,6 +149,9 @@ typedef struct {
 
 struct _Edge {
   GMainContext *ctx;
+  /* Every connection's socket and timer: one source for all of them, so a
+   * loop iteration does not cost O(connections) (see server/poller.h). */
+  Poller *poller;
   GStrv domains;
   guint32 subscribe_default_expires; /* see SipwireRelayCtx */
   GStrv listen;
@@ -153,6 +159,7 @@ struct _Edge {
   EdgeCreds *creds;
   guint handshake_timeout_ms;
   guint idle_timeout_ms;
+  guint message_timeout_ms;
   guint max_connections;
   guint max_connections_per_ip;
   gsize max_message_size;
@@ -187,6 +194,7 @@ struct _Edge {
 
   /* Totals for EdgeStats. */
   guint64 n_accepted, n_refused_limit, n_handshakes, n_handshake_failed, n_handshake_timeout;
+  guint64 n_message_timeout;
 };
 
 /* One message on its way to a client. */
@@ -504,6 +512,36 @@ edge_source_clear(GSource **source)
   *source = NULL;
 }
 
+static void conn_io_cb(PollerEvents events, gpointer data);
+static void client_timer_cb(gpointer data);
+
+/* Adds @on and then removes @off from what the poller watches @c for. */
+static void
+conn_set_interest(EdgeConn *c, PollerEvents on, PollerEvents off)
+{
+  if (c->watch == NULL)
+    return;
+  PollerEvents want = (poller_watch_get_events(c->watch) | on) & ~off;
+  g_autoptr(GError) err = NULL;
+  /* Only a kernel out of memory (or over max_user_watches) refuses; the
+   * connection then ends by its timers. */
+  if (!poller_watch_set_events(c->watch, want, &err))
+    g_warning("%s: %s", c->peer, err->message);
+}
+
+static gboolean
+conn_is_reading(EdgeConn *c)
+{
+  return c->watch != NULL && (poller_watch_get_events(c->watch) & POLLER_IN) != 0;
+}
+
+static void
+conn_timer_stop(EdgeConn *c)
+{
+  if (c->timer != NULL)
+    poller_timer_stop(c->timer);
+}
+
 static void
 socket_set_nodelay(GSocket *sock)
 {
@@ -527,6 +565,9 @@ edge_conn_new(Edge *edge, EdgeConnKind kind, GSocket *sock)
   g_queue_init(&c->txns);
   c->serial = ++edge->next_serial;
   g_socket_set_blocking(sock, FALSE);
+  c->watch = poller_watch_new(edge->poller, g_socket_get_fd(sock), conn_io_cb, c);
+  if (kind == EDGE_CONN_CLIENT)
+    c->timer = poller_timer_new(edge->poller, client_timer_cb, c);
   g_hash_table_add(edge->conns, c); /* takes the initial ref */
   return c;
 }
@@ -565,9 +606,8 @@ conn_close_now(EdgeConn *c)
   Edge *edge = c->edge;
   c->closed = TRUE;
   c->closing = TRUE;
-  edge_source_clear(&c->in_source);
-  edge_source_clear(&c->out_source);
-  edge_source_clear(&c->timer);
+  g_clear_pointer(&c->watch, poller_watch_free);
+  g_clear_pointer(&c->timer, poller_timer_free);
   edge_source_clear(&c->linger);
   edge_source_clear(&c->drain);
   g_socket_close(c->sock, NULL);
@@ -627,8 +667,8 @@ conn_shutdown(EdgeConn *c)
   if (c->closing)
     return;
   c->closing = TRUE;
-  edge_source_clear(&c->in_source);
-  edge_source_clear(&c->timer);
+  conn_set_interest(c, 0, POLLER_IN);
+  conn_timer_stop(c);
   edge_source_clear(&c->drain);
   /* Nothing more is read, so no response from the client can come. */
   if (c->kind == EDGE_CONN_CLIENT) {
@@ -686,8 +726,8 @@ client_start_draining(EdgeConn *c)
   if (c->closing || c->draining)
     return;
   c->draining = TRUE;
-  edge_source_clear(&c->in_source);
-  edge_source_clear(&c->timer);
+  conn_set_interest(c, 0, POLLER_IN);
+  conn_timer_stop(c);
   edge_conn_ref(c);
   /* No response from the client can come now: nua's requests get 430. */
   edge_flow_fail_txns(c);
@@ -709,16 +749,10 @@ client_answer_sent(EdgeConn *c)
   client_drain_check(c);
 }
 
-static gboolean conn_writable_cb(GSocket *sock, GIOCondition cond, gpointer data);
-
 static void
 conn_watch_writable(EdgeConn *c)
 {
-  if (c->out_source != NULL)
-    return;
-  c->out_source = g_socket_create_source(c->sock, G_IO_OUT, NULL);
-  g_source_set_callback(c->out_source, G_SOURCE_FUNC(conn_writable_cb), c, NULL);
-  g_source_attach(c->out_source, c->edge->ctx);
+  conn_set_interest(c, POLLER_OUT, 0);
 }
 
 /* Writes what the socket takes now and waits for writability for the rest.
@@ -751,7 +785,7 @@ conn_flush(EdgeConn *c)
   }
   g_byte_array_set_size(c->outbuf, 0);
   c->out_off = 0;
-  edge_source_clear(&c->out_source);
+  conn_set_interest(c, 0, POLLER_OUT);
   if (c->closing) {
     conn_close_now(c);
     return FALSE;
@@ -1729,61 +1763,81 @@ nua_process_frames(EdgeConn *c)
 
 /* ---- Reading ----------------------------------------------------------- */
 
-static gboolean client_idle_cb(gpointer data);
-
+/* Arms the timer of an established flow for the earlier of its idle and
+ * message deadlines. Bytes arriving do not re-arm it (that would cost a heap
+ * operation per read): when it fires early, it re-arms for what is left. */
 static void
-client_arm_idle(EdgeConn *c, guint ms)
+client_arm_deadline(EdgeConn *c)
 {
-  edge_source_clear(&c->timer);
-  if (c->edge->idle_timeout_ms == 0)
+  Edge *edge = c->edge;
+  if (c->timer == NULL)
     return;
-  c->timer = g_timeout_source_new(ms);
-  g_source_set_callback(c->timer, client_idle_cb, c, NULL);
-  g_source_attach(c->timer, c->edge->ctx);
+  gint64 next = G_MAXINT64;
+  if (edge->idle_timeout_ms > 0)
+    next = c->last_rx + (gint64)edge->idle_timeout_ms * 1000;
+  if (edge->message_timeout_ms > 0 && c->msg_started > 0)
+    next = MIN(next, c->msg_started + (gint64)edge->message_timeout_ms * 1000);
+  if (next == G_MAXINT64) {
+    poller_timer_stop(c->timer);
+    return;
+  }
+  gint64 left = next - g_get_monotonic_time();
+  poller_timer_start(c->timer, left > 0 ? (guint)MIN((left + 999) / 1000, G_MAXUINT) : 0);
 }
 
-static gboolean
-client_idle_cb(gpointer data)
+/* An established flow's deadline: a message that has been arriving for
+ * message-timeout (slowloris), or silence for idle-timeout, closes it. */
+static void
+client_deadline_expired(EdgeConn *c)
 {
-  EdgeConn *c = data;
   Edge *edge = c->edge;
-  gint64 idle_us = (gint64)edge->idle_timeout_ms * 1000;
-  gint64 silent = g_get_monotonic_time() - c->last_rx;
-  if (silent < idle_us) {
-    /* Bytes came in meanwhile: sleep for the rest (cheaper than re-arming
-     * on every read). */
-    client_arm_idle(c, (guint)((idle_us - silent + 999) / 1000));
-    return G_SOURCE_REMOVE;
+  gint64 now = g_get_monotonic_time();
+  const char *why;
+  if (edge->message_timeout_ms > 0 && c->msg_started > 0 &&
+      now - c->msg_started >= (gint64)edge->message_timeout_ms * 1000) {
+    g_message("closing flow %s (%s): message-timeout (%u ms) expired with a message unfinished",
+              c->token, c->peer, edge->message_timeout_ms);
+    edge->n_message_timeout++;
+    why = "incomplete message when message-timeout expired";
+  } else if (edge->idle_timeout_ms > 0 &&
+             now - c->last_rx >= (gint64)edge->idle_timeout_ms * 1000) {
+    g_message("closing flow %s (%s): idle-timeout (%u ms) expired", c->token, c->peer,
+              edge->idle_timeout_ms);
+    why = "incomplete message when the flow went idle";
+  } else {
+    client_arm_deadline(c);
+    return;
   }
-  g_message("closing flow %s (%s): idle-timeout (%u ms) expired", c->token, c->peer,
-            edge->idle_timeout_ms);
-  edge_source_clear(&c->timer);
   edge_conn_ref(c);
   /* A message that never ended (RFC 4475 baddn has no empty line, clerr a
    * short body) still gets an answer, from what arrived. */
   g_autoptr(GBytes) partial = sipwire_framer_peek_pending(c->framer);
   if (partial != NULL) {
-    g_autoptr(GError) err = g_error_new_literal(SIPWIRE_ERROR, SIPWIRE_ERROR_MALFORMED,
-                                                "incomplete message when the flow went idle");
+    g_autoptr(GError) err = g_error_new_literal(SIPWIRE_ERROR, SIPWIRE_ERROR_MALFORMED, why);
     gsize len = 0;
     const guint8 *bytes = g_bytes_get_data(partial, &len);
     client_reject_bytes(c, bytes, len, 400, err);
   }
   conn_shutdown(c);
   edge_conn_unref(c);
-  return G_SOURCE_REMOVE;
 }
 
-static gboolean
-client_handshake_timeout_cb(gpointer data)
+static void
+client_timer_cb(gpointer data)
 {
   EdgeConn *c = data;
+  if (c->closed || c->closing || c->draining)
+    return;
+  if (c->handshake_done) {
+    client_deadline_expired(c);
+    return;
+  }
   g_message("closing %s: handshake-timeout (%u ms) expired", c->peer,
             c->edge->handshake_timeout_ms);
   c->edge->n_handshake_timeout++;
-  edge_source_clear(&c->timer);
+  edge_conn_ref(c);
   conn_close_now(c);
-  return G_SOURCE_REMOVE;
+  edge_conn_unref(c);
 }
 
 static char *
@@ -1845,7 +1899,7 @@ client_flow_established(EdgeConn *c)
   g_message("flow %s from %s: SNI %s, %s, %s%s", c->token, c->peer,
             c->sni != NULL ? c->sni : "(none)", c->tls_version, c->cipher_suite,
             c->peer_cert != NULL ? ", client certificate" : "");
-  client_arm_idle(c, edge->idle_timeout_ms);
+  client_arm_deadline(c);
 }
 
 /* FALSE while the handshake is still running or when it failed. */
@@ -1870,10 +1924,28 @@ client_handshake_step(EdgeConn *c)
       conn_close_now(c);
     return FALSE;
   }
-  edge_source_clear(&c->timer);
+  conn_timer_stop(c);
   c->edge->n_handshakes++;
   client_flow_established(c);
   return conn_flush(c);
+}
+
+/* After input: @offered bytes were pending before the frames were taken.
+ * A message that has not ended since the last one did gets a start time. */
+static void
+client_track_message_start(EdgeConn *c, gsize offered)
+{
+  gsize pending = sipwire_framer_get_pending(c->framer);
+  if (pending == 0) {
+    c->msg_started = 0;
+    return;
+  }
+  if (c->msg_started > 0 && pending >= offered)
+    return; /* still the same unfinished message */
+  /* A new message began (the first, or one after a message that ended). */
+  c->msg_started = c->last_rx;
+  if (c->edge->message_timeout_ms > 0)
+    client_arm_deadline(c);
 }
 
 static void
@@ -1889,8 +1961,10 @@ client_on_input(EdgeConn *c)
     ssize_t n = gnutls_record_recv(c->tls, buf, sizeof buf);
     if (n > 0) {
       c->last_rx = g_get_monotonic_time();
+      gsize before = sipwire_framer_get_pending(c->framer);
       sipwire_framer_push(c->framer, buf, (gsize)n);
       client_process_frames(c);
+      client_track_message_start(c, before + (gsize)n);
       continue;
     }
     if (n == 0) {
@@ -1936,49 +2010,46 @@ plain_on_input(EdgeConn *c)
   }
 }
 
-static gboolean
-conn_readable_cb(GSocket *sock, GIOCondition cond, gpointer data)
-{
-  EdgeConn *c = data;
-  edge_conn_ref(c);
-  if (c->kind == EDGE_CONN_CLIENT)
-    client_on_input(c);
-  else
-    plain_on_input(c);
-  gboolean keep = !c->closed && !c->closing && !c->draining;
-  edge_conn_unref(c);
-  return keep ? G_SOURCE_CONTINUE : G_SOURCE_REMOVE;
-}
-
 static void
 conn_start_reading(EdgeConn *c)
 {
-  if (c->in_source != NULL)
-    return;
-  c->in_source = g_socket_create_source(c->sock, G_IO_IN, NULL);
-  g_source_set_callback(c->in_source, G_SOURCE_FUNC(conn_readable_cb), c, NULL);
-  g_source_attach(c->in_source, c->edge->ctx);
+  conn_set_interest(c, POLLER_IN, 0);
 }
 
-static gboolean
-conn_writable_cb(GSocket *sock, GIOCondition cond, gpointer data)
+static void
+conn_on_writable(EdgeConn *c)
+{
+  if (!c->connecting) {
+    conn_flush(c);
+    return;
+  }
+  conn_set_interest(c, 0, POLLER_OUT);
+  g_autoptr(GError) err = NULL;
+  if (g_socket_check_connect_result(c->sock, &err)) {
+    edge_nua_connected(c);
+  } else {
+    g_warning("cannot connect to nua at %s: %s", c->peer, err->message);
+    conn_close_now(c);
+  }
+}
+
+static void
+conn_io_cb(PollerEvents events, gpointer data)
 {
   EdgeConn *c = data;
   edge_conn_ref(c);
-  edge_source_clear(&c->out_source);
-  if (c->connecting) {
-    g_autoptr(GError) err = NULL;
-    if (g_socket_check_connect_result(c->sock, &err)) {
-      edge_nua_connected(c);
-    } else {
-      g_warning("cannot connect to nua at %s: %s", c->peer, err->message);
-      conn_close_now(c);
-    }
-  } else {
-    conn_flush(c);
+  if (conn_is_reading(c) && (events & (POLLER_IN | POLLER_ERR))) {
+    if (c->kind == EDGE_CONN_CLIENT)
+      client_on_input(c);
+    else
+      plain_on_input(c);
+    if (c->closing || c->draining)
+      conn_set_interest(c, 0, POLLER_IN);
   }
+  if (!c->closed && c->watch != NULL && (poller_watch_get_events(c->watch) & POLLER_OUT) &&
+      (events & (POLLER_OUT | POLLER_ERR)))
+    conn_on_writable(c);
   edge_conn_unref(c);
-  return G_SOURCE_REMOVE;
 }
 
 /* ---- Listeners --------------------------------------------------------- */
@@ -2032,11 +2103,8 @@ edge_accept_client(EdgeListener *l, GSocket *sock)
     return;
   }
   g_debug("accepted %s on %s", c->peer, l->name);
-  if (edge->handshake_timeout_ms > 0) {
-    c->timer = g_timeout_source_new(edge->handshake_timeout_ms);
-    g_source_set_callback(c->timer, client_handshake_timeout_cb, c, NULL);
-    g_source_attach(c->timer, edge->ctx);
-  }
+  if (edge->handshake_timeout_ms > 0)
+    poller_timer_start(c->timer, edge->handshake_timeout_ms);
   conn_start_reading(c);
 }
 
@@ -2229,6 +2297,14 @@ edge_new(const SrvConfig *cfg, GError **error)
 
   Edge *edge = g_new0(Edge, 1);
   edge->ctx = g_main_context_ref_thread_default();
+  edge->poller = poller_new(edge->ctx, error);
+  if (edge->poller == NULL) {
+    g_main_context_unref(edge->ctx);
+    g_free(edge);
+    edge_creds_unref(creds);
+    gnutls_priority_deinit(priority);
+    return NULL;
+  }
   edge->domains = g_steal_pointer(&domains);
   edge->subscribe_default_expires = cfg->core.default_expires;
   edge->listen = g_strdupv(cfg->listen);
@@ -2236,6 +2312,7 @@ edge_new(const SrvConfig *cfg, GError **error)
   edge->creds = creds;
   edge->handshake_timeout_ms = cfg->handshake_timeout_ms;
   edge->idle_timeout_ms = cfg->idle_timeout_ms;
+  edge->message_timeout_ms = cfg->message_timeout_ms;
   edge->max_connections = cfg->max_connections;
   edge->max_connections_per_ip = cfg->max_connections_per_ip;
   edge->max_message_size = cfg->max_message_size > 0 ? cfg->max_message_size : 65535;
@@ -2339,6 +2416,7 @@ edge_reload_limits(Edge *edge, const SrvConfig *cfg)
    * the message size bounds the framers of new connections. */
   edge->handshake_timeout_ms = cfg->handshake_timeout_ms;
   edge->idle_timeout_ms = cfg->idle_timeout_ms;
+  edge->message_timeout_ms = cfg->message_timeout_ms;
   edge->max_connections = cfg->max_connections;
   edge->max_connections_per_ip = cfg->max_connections_per_ip;
   edge->max_message_size = cfg->max_message_size > 0 ? cfg->max_message_size : 65535;
@@ -2425,6 +2503,7 @@ edge_get_stats(Edge *edge, EdgeStats *out)
       .handshakes = edge->n_handshakes,
       .handshakes_failed = edge->n_handshake_failed,
       .handshakes_timed_out = edge->n_handshake_timeout,
+      .messages_timed_out = edge->n_message_timeout,
       .signed_messages = edge->n_signed,
       .sign_failures = edge->n_sign_failed,
       .sign_pending = edge_get_sign_pending(edge),
@@ -2502,6 +2581,7 @@ edge_free(Edge *edge)
   g_hash_table_unref(edge->txns);
   edge_creds_unref(edge->creds);
   gnutls_priority_deinit(edge->priority);
+  poller_free(edge->poller);
   g_strfreev(edge->domains);
   g_strfreev(edge->listen);
   g_main_context_unref(edge->ctx);

@@ -85,6 +85,7 @@ typedef struct {
   guint64 handshakes;           /* completed */
   guint64 handshakes_failed;    /* a TLS error (no common suite, bad record...) */
   guint64 handshakes_timed_out; /* handshake-timeout */
+  guint64 messages_timed_out;   /* message-timeout (a message left unfinished) */
   guint64 signed_messages;      /* Identity added */
   guint64 sign_failures;
   guint sign_pending;    /* waiting in the signing pool */

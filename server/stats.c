@@ -88,6 +88,9 @@ stats_render(const StatsSources *src)
     value(out, "sipcred_tls_handshake_failures_total", "{reason=\"tls\"}", e.handshakes_failed);
     value(out, "sipcred_tls_handshake_failures_total", "{reason=\"timeout\"}",
           e.handshakes_timed_out);
+    one(out, "sipcred_message_timeouts_total", "counter",
+        "Flows closed because a message stayed unfinished for message-timeout (slowloris).",
+        e.messages_timed_out);
     one(out, "sipcred_identity_signed_total", "counter", "Messages signed (RFC 4474).",
         e.signed_messages);
     one(out, "sipcred_identity_sign_failures_total", "counter",

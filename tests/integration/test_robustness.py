@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Hostile and broken peers get a clean close, within the configured limits, and the daemon
 keeps serving: garbage instead of TLS, garbage over TLS, half a handshake (torn or left
-hanging), half a SIP message (torn or left hanging), an oversized message, too many
-connections from one address. CRLF keep-alives get their pong. After each case a SUBSCRIBE on a
+hanging), half a SIP message (torn or left hanging), a slowloris client that never ends its
+headers, an oversized message, too many connections from one address. CRLF keep-alives get their pong. After each case a SUBSCRIBE on a
 new connection must still get 200 and alice's certificate."""
 
 import os
@@ -17,6 +17,8 @@ import sipcredharness as h  # noqa: E402
 ALICE = 'sip:alice@example.com'
 HANDSHAKE_S = 2.0
 IDLE_S = 3.0
+MESSAGE_S = 5.0  # message-timeout: longer than IDLE_S, so the two cannot be confused
+DRIP_S = 0.5     # a slowloris byte this often keeps the idle timeout from firing
 MAX_MESSAGE = 4096
 PER_IP = 4
 SLACK_S = 3.0
@@ -60,6 +62,7 @@ def half_subscribe(c):
 def main(tap):
     h.require_tools('certtool')
     tls = {'handshake-timeout': int(HANDSHAKE_S * 1000), 'idle-timeout': int(IDLE_S * 1000),
+           'message-timeout': int(MESSAGE_S * 1000),
            'max-message-size': MAX_MESSAGE, 'max-connections-per-ip': PER_IP}
     with h.Deployment(tap, users=(ALICE,), tls=tls) as dep:
         dep.import_certs()
@@ -118,6 +121,40 @@ def main(tap):
         tap.ok(closed, 'half a SIP message then silence: closed by idle-timeout=%gs (after '
                        '%.1fs)' % (IDLE_S, took))
         after('half a SIP message then silence')
+
+        # 6b. Slowloris: the headers of a SUBSCRIBE without the empty line that ends them, then
+        # one more header a byte every DRIP_S. The idle timeout never fires; message-timeout
+        # ends it with a 400 that says why, and closes the connection.
+        with dep.connect() as c:
+            msg = h.request('SUBSCRIBE', ALICE, c.local_port, extra=['Event: certificate',
+                                                                    'Expires: 60'])
+            msg = msg.encode() if isinstance(msg, str) else msg
+            assert msg.endswith(b'\r\n\r\n')
+            c.send(msg[:-2])
+            drip = b'X-Slow: ' + b'z' * 1000
+            t0 = time.monotonic()
+            sent = 0
+            closed = False
+            # Bounded: at most two message-timeouts of drips.
+            while time.monotonic() - t0 < 2 * MESSAGE_S and sent < len(drip):
+                try:
+                    c.send(drip[sent:sent + 1])
+                except (OSError, ssl.SSLError):
+                    closed = True
+                    break
+                sent += 1
+                if c.wait_closed(DRIP_S):
+                    closed = True
+                    break
+            took = time.monotonic() - t0
+            if not closed:
+                closed = c.wait_closed(SLACK_S)
+            first = c.buf.split(b'\r\n', 1)[0].decode('utf-8', 'replace')
+        tap.ok(closed and first == 'SIP/2.0 400 Incomplete message when message-timeout expired'
+               and took >= MESSAGE_S * 0.8,
+               'slowloris (a header byte every %gs, %d bytes): closed by message-timeout=%gs '
+               'after %.1fs with %r' % (DRIP_S, sent, MESSAGE_S, took, first))
+        after('a slowloris client')
 
         # 7. A silent TLS connection is closed by the idle timeout too.
         with dep.connect() as c:

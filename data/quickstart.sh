@@ -82,7 +82,7 @@ cmd_test() {
     say "running the tests"
     cd "$root"
     local rc=0
-    meson test -C "$build" --print-errorlogs --no-suite bench || rc=$?
+    meson test -C "$build" --print-errorlogs --no-suite bench --no-suite soak || rc=$?
 
     # The same tests in an ASan/UBSan build: memory errors, leaks and undefined behaviour
     # fail them (SIPCRED_TEST_SANITIZE=0 skips this part).
@@ -98,7 +98,7 @@ cmd_test() {
         if ninja -C "$asan" >/dev/null; then
             say "running the tests under the sanitizers"
             UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-                meson test -C "$asan" --print-errorlogs --no-suite bench || rc=$?
+                meson test -C "$asan" --print-errorlogs --no-suite bench --no-suite soak || rc=$?
         else
             say "the sanitizer build failed"
             rc=1

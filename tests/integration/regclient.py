@@ -9,12 +9,12 @@ import credclient as cc  # noqa: E402
 
 
 class Ua:
-    def __init__(self, dep, aor, password, username=None, sni=None):
+    def __init__(self, dep, aor, password, username=None, sni=None, source=None):
         self.dep = dep
         self.aor = aor
         self.username = username or aor.split(':', 1)[1].split('@', 1)[0]
         self.password = password
-        self.conn = dep.connect(sni)
+        self.conn = dep.connect(sni, source=source)
         self.domain = aor.split('@', 1)[1]
         self.call_id = h.new_id()
         self.cseq = 0

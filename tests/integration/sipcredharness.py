@@ -338,8 +338,10 @@ class Deployment:
 
     # -- clients --
 
-    def connect(self, sni=None, timeout=5.0):
-        conn = SipConn(self.port, sni or self.domain, self.ca, timeout)
+    def connect(self, sni=None, timeout=5.0, source=None):
+        """source: the local address to connect from, e.g. '127.0.0.2' (Linux routes all of
+        127/8 to lo), so that a test can play several client hosts."""
+        conn = SipConn(self.port, sni or self.domain, self.ca, timeout, source=source)
         conn.cert_dir = self.dir  # DOMAIN.pem: the Identity of its NOTIFYs is checked
         return conn
 
@@ -450,8 +452,9 @@ class Closed(Exception):
 class SipConn:
     """One TLS connection to the daemon that verifies its certificate against the test CA."""
 
-    def __init__(self, port, sni, ca, timeout=5.0):
-        raw = socket.create_connection((HOST, port), timeout=timeout)
+    def __init__(self, port, sni, ca, timeout=5.0, source=None):
+        raw = socket.create_connection((HOST, port), timeout=timeout,
+                                       source_address=(source, 0) if source else None)
         ctx = ssl.create_default_context(cafile=ca)
         ctx.check_hostname = True
         try:

@@ -135,13 +135,16 @@ class BenchDeployment(h.Deployment):
 
 
 def bench_config(args, n, identity):
-    """The [tls], [fanout] and [identity] groups of a benchmark run."""
+    """The [tls], [fanout], [identity] and [limits] groups of a benchmark run. The request
+    rate limits are off: every subscriber comes from 127.0.0.1 to one AOR at once."""
     limit = max(10000, n + 100)
     return {
         'tls': {'max-connections': limit, 'max-connections-per-ip': limit,
                 'idle-timeout': 3600000, 'handshake-timeout': 60000},
         'extra': ('\n[fanout]\nmin-interval=0\nwindow=%d\n'
                   '\n[identity]\nenabled=%s\nalgorithm=%s\nbackend=%s\nthreads=%d\n'
+                  '\n[limits]\nsubscribe-per-source=0\nsubscribe-per-aor=0\n'
+                  'publish-per-user=0\n'
                   % (args.window, 'true' if identity else 'false', args.algorithm,
                      args.backend, args.threads)),
     }

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -56,7 +57,8 @@ typedef struct {
   /* mdb_env_set_mapsize() must not run while any transaction of this
    * process is open: transactions hold it shared, resizing exclusive. */
   GRWLock resize_lock;
-  guint64 map_max; /* the map grows up to this; under resize_lock */
+  guint64 map_max;       /* the map grows up to this; under resize_lock */
+  gboolean tables_ready; /* dbis hold committed handles */
   MDB_dbi dbis[STORE_TABLE_N];
 } StoreEnv;
 
@@ -125,7 +127,10 @@ store_error_from_mdb(int rc, GError **error, const char *what)
     code = STORE_ERROR_IO;
     break;
   }
-  g_set_error(error, STORE_ERROR, code, "%s: %s", what, mdb_strerror(rc));
+  if (code == STORE_ERROR_FULL)
+    g_set_error(error, STORE_ERROR, code, "%s: the store is full: %s", what, mdb_strerror(rc));
+  else
+    g_set_error(error, STORE_ERROR, code, "%s: %s", what, mdb_strerror(rc));
   return FALSE;
 }
 
@@ -373,6 +378,20 @@ store_txn_end(StoreTxn *txn, GError **error)
   return TRUE;
 }
 
+/* LMDB reports a short write of its pages as EIO (a failed one as ENOSPC):
+ * on a full file system the write comes up short as often as it fails. */
+static gboolean
+store_env_disk_full(StoreEnv *env)
+{
+  struct statvfs vfs;
+  int fd = -1;
+
+  if (mdb_env_get_fd(env->env, &fd) != MDB_SUCCESS || fstatvfs(fd, &vfs) != 0)
+    return FALSE;
+  /* Less than a page of room left for us; root may use the reserved blocks. */
+  return (guint64)(geteuid() == 0 ? vfs.f_bfree : vfs.f_bavail) * vfs.f_frsize < 4096;
+}
+
 /* Commits durably, or aborts if anything failed before. */
 static gboolean
 store_txn_commit(StoreTxn *txn, GError **error)
@@ -385,6 +404,8 @@ store_txn_commit(StoreTxn *txn, GError **error)
   rc = mdb_txn_commit(txn->txn);
   txn->txn = NULL;
   g_rw_lock_reader_unlock(&txn->env->resize_lock);
+  if (rc == EIO && store_env_disk_full(txn->env))
+    rc = ENOSPC;
   if (rc != MDB_SUCCESS) {
     txn->rc = rc;
     return store_error_from_mdb(rc, error, "committing to the store");
@@ -447,27 +468,65 @@ store_txn_del(StoreTxn *txn, StoreTable table, const char *key, const char *what
 
 typedef void (*StoreWriteFunc)(StoreTxn *txn, gpointer user_data);
 
+static gboolean store_schema_write(StoreTxn *txn, MDB_dbi meta, guint32 version);
+
+/* LMDB hands pages freed by a commit out again only two commits later (a
+ * reader may still see the commit before). So when the store is full, room
+ * that a removal just freed stays out of reach until something else commits.
+ * This commits a rewrite of one small meta record to get there. */
+static gboolean
+store_env_nudge(StoreEnv *env)
+{
+  StoreTxn txn;
+
+  if (!env->tables_ready || !store_txn_begin(env, &txn, TRUE, NULL))
+    return FALSE;
+  store_schema_write(&txn, env->dbis[STORE_TABLE_META], STORE_SCHEMA_VERSION);
+  return store_txn_commit(&txn, NULL);
+}
+
+static gboolean
+store_txn_full(const StoreTxn *txn)
+{
+  return txn->rc == MDB_MAP_FULL || txn->rc == ENOSPC || txn->rc == EDQUOT;
+}
+
 /* Runs @func in a write transaction and commits. A full map is grown and the
  * whole write retried, so @func must only depend on what it reads in @txn. */
 static gboolean
 store_env_write(StoreEnv *env, StoreWriteFunc func, gpointer user_data, GError **error)
 {
+  gboolean nudged = FALSE;
+
   for (guint attempt = 0;; attempt++) {
     StoreTxn txn;
-    GError *local = NULL;
+    g_autoptr(GError) local = NULL;
 
     if (!store_txn_begin(env, &txn, TRUE, error))
       return FALSE;
     func(&txn, user_data);
     if (store_txn_commit(&txn, &local))
       return TRUE;
-    if (txn.rc != MDB_MAP_FULL || attempt + 1 >= STORE_WRITE_ATTEMPTS) {
-      g_propagate_error(error, local);
+    if (!store_txn_full(&txn) || attempt + 1 >= STORE_WRITE_ATTEMPTS) {
+      g_propagate_error(error, g_steal_pointer(&local));
       return FALSE;
     }
-    g_error_free(local);
-    if (!store_env_grow(env, txn.map_size, error))
+    if (txn.rc == MDB_MAP_FULL) {
+      g_clear_error(&local);
+      if (store_env_grow(env, txn.map_size, &local))
+        continue;
+      if (!g_error_matches(local, STORE_ERROR, STORE_ERROR_FULL)) {
+        g_propagate_error(error, g_steal_pointer(&local));
+        return FALSE;
+      }
+    }
+    /* Full for good (at the cap, or the file system): once, make freed room
+     * reachable and try again. */
+    if (nudged || !store_env_nudge(env)) {
+      g_propagate_error(error, g_steal_pointer(&local));
       return FALSE;
+    }
+    nudged = TRUE;
   }
 }
 
@@ -1593,6 +1652,7 @@ store_db_open_locked(const char *dir, const char *key, guint64 map_size, GError 
     return NULL;
   }
   db->schema_version = STORE_SCHEMA_VERSION;
+  env->tables_ready = TRUE;
   g_debug("store %s in %s (schema version %u)", prep.set_env_dbis ? "opened" : "shared", dir,
           db->schema_version);
   return g_steal_pointer(&db);

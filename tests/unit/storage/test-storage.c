@@ -693,6 +693,34 @@ test_db_map_cap(Fixture *fx, gconstpointer data)
   g_assert_cmpuint(st.map_size, <=, 16 * TINY_MAP);
 }
 
+/* Room a removal frees at the cap is usable by the very next write, although
+ * LMDB reuses freed pages only two commits later. */
+static void
+test_db_map_cap_reuse(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(StoreDb) db = open_db(fx->state, TINY_MAP);
+  g_autoptr(GBytes) big = fake_der(901, 16 * 1024);
+  g_autoptr(GBytes) big2 = fake_der(902, 16 * 1024);
+  g_autoptr(GError) error = NULL;
+  g_autoptr(StoreCred) cred = NULL;
+
+  store_db_set_map_size_max(db, 4 * TINY_MAP);
+  put_cert(db, "sip:big@example.com", big, 1, 2);
+  fill_to_cap(db);
+  g_assert_false(store_cred_put_cert(db, "sip:big2@example.com", big2, 1, 2, &error));
+  g_assert_error(error, STORE_ERROR, STORE_ERROR_FULL);
+  g_clear_error(&error);
+
+  g_assert_true(store_cred_delete(db, "sip:big@example.com", &error));
+  g_assert_no_error(error);
+  put_cert(db, "sip:big2@example.com", big2, 1, 2);
+  cred = store_cred_get(db, "sip:big2@example.com", &error);
+  g_assert_no_error(error);
+  g_assert_true(g_bytes_equal(cred->cert_der, big2));
+  g_assert_true(store_db_check(db, &error));
+  g_assert_no_error(error);
+}
+
 /* A map that another process grew past our cap stays usable: reads and
  * writes that fit; the cap only stops further growth. */
 static void
@@ -3334,6 +3362,7 @@ main(int argc, char **argv)
   ADD("/storage/db/schema-garbage", test_db_schema_garbage);
   ADD("/storage/db/map-growth", test_db_map_growth);
   ADD("/storage/db/map-cap", test_db_map_cap);
+  ADD("/storage/db/map-cap-reuse", test_db_map_cap_reuse);
   ADD("/storage/db/map-cap-larger-file", test_db_map_cap_larger_file);
   ADD("/storage/db/modes", test_db_modes);
   ADD("/storage/db/open-errors", test_db_open_errors);

@@ -805,6 +805,12 @@ sipwire_msg_parse(const guint8 *data, gsize len, GError **error)
       set_error_malformed(error, why);
       return NULL;
     }
+    /* Each header costs nua and us work on every relay: bound their number
+     * rather than let one message of small headers cost thousands. */
+    if (msg->headers->len >= SIPWIRE_MAX_HEADERS) {
+      set_error_malformed(error, "Too many header fields");
+      return NULL;
+    }
     Header *h = header_new(name->str, value->str);
     g_ptr_array_add(msg->headers, h);
     if (name_equal(h->name, "Content-Length")) {

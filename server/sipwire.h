@@ -62,10 +62,15 @@ GBytes *sipwire_framer_get_failed_head(SipwireFramer *framer);
 
 typedef struct _SipwireMsg SipwireMsg;
 
+/* Most header fields a message may have; more is MALFORMED ("Too many header
+ * fields"), which the edge answers with 400. Real requests have about 15. */
+#define SIPWIRE_MAX_HEADERS 256
+
 /* Parses one framed message. Folded header lines are unfolded. Requires a
- * valid start line; headers must be "name: value" lines. A NUL or a bare CR
- * in the start line or a header is MALFORMED (they could make a header mean
- * something else to nua). A body longer than Content-Length is cut to it. */
+ * valid start line; headers must be "name: value" lines, at most
+ * SIPWIRE_MAX_HEADERS of them. A NUL or a bare CR in the start line or a
+ * header is MALFORMED (they could make a header mean something else to nua).
+ * A body longer than Content-Length is cut to it. */
 SipwireMsg *sipwire_msg_parse(const guint8 *data, gsize len, GError **error);
 void sipwire_msg_free(SipwireMsg *msg);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(SipwireMsg, sipwire_msg_free)

@@ -494,6 +494,38 @@ test_msg_parse_errors(void)
                      SIPWIRE_ERROR_MALFORMED);
 }
 
+/* SIPWIRE_MAX_HEADERS header fields parse; one more is MALFORMED, and the
+ * edge can still answer it from the bytes. */
+static void
+test_msg_too_many_headers(void)
+{
+  for (guint extra = 0; extra <= 1; extra++) {
+    g_autoptr(GString) s = g_string_new("OPTIONS sip:a@b SIP/2.0\r\n"
+                                        "Via: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bKx\r\n"
+                                        "From: <sip:c@b>;tag=1\r\nTo: <sip:a@b>\r\n"
+                                        "Call-ID: many\r\nCSeq: 1 OPTIONS\r\n");
+    for (guint i = 5; i < SIPWIRE_MAX_HEADERS - 1 + extra; i++)
+      g_string_append_printf(s, "X-H%u: %u\r\n", i, i);
+    g_string_append(s, "Content-Length: 0\r\n\r\n");
+    g_autoptr(GError) error = NULL;
+    g_autoptr(SipwireMsg) msg = sipwire_msg_parse((const guint8 *)s->str, s->len, &error);
+    if (extra == 0) {
+      g_assert_no_error(error);
+      g_assert_nonnull(msg);
+      g_assert_cmpstr(sipwire_msg_get_first(msg, "Content-Length"), ==, "0");
+      continue;
+    }
+    g_assert_error(error, SIPWIRE_ERROR, SIPWIRE_ERROR_MALFORMED);
+    g_assert_cmpstr(error->message, ==, "Too many header fields");
+    g_assert_null(msg);
+    g_autoptr(GBytes) reply =
+        sipwire_build_response_raw((const guint8 *)s->str, s->len, 400, "Too many header fields");
+    g_assert_nonnull(reply);
+    g_assert_true(
+        g_str_has_prefix(g_bytes_get_data(reply, NULL), "SIP/2.0 400 Too many header fields\r\n"));
+  }
+}
+
 /* Each way of getting the request line's whitespace wrong is MALFORMED and
  * says which; only a well-formed version other than 2.0 is VERSION (the edge
  * answers 400 with the reason, or 505). */
@@ -2188,6 +2220,7 @@ main(int argc, char **argv)
   g_test_add_func("/sipwire/msg/parse-request", test_msg_parse_request);
   g_test_add_func("/sipwire/msg/parse-response", test_msg_parse_response);
   g_test_add_func("/sipwire/msg/parse-errors", test_msg_parse_errors);
+  g_test_add_func("/sipwire/msg/too-many-headers", test_msg_too_many_headers);
   g_test_add_func("/sipwire/msg/request-line", test_msg_request_line);
   g_test_add_func("/sipwire/msg/folding", test_msg_folding);
   g_test_add_func("/sipwire/msg/compact", test_msg_compact);

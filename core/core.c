@@ -214,7 +214,11 @@ core_limit_take(CoreService *svc, gpointer txn, CoreLimit limit, const char *key
   if (core_ratelimit_take(svc->limits[limit], key, svc->port.now(svc->port_data), &retry_after))
     return TRUE;
   svc->stats.rate_limited++;
-  g_info("%s (%s): 503, retry after %u s", core_limit_phrases[limit], key, retry_after);
+  /* One line per flood, not per request: the first refusal of a bucket. */
+  if (core_ratelimit_get_refusals(svc->limits[limit], key) == 1)
+    g_message("%s (%s): refusing with 503 until it slows down", core_limit_phrases[limit], key);
+  else
+    g_debug("%s (%s): 503, retry after %u s", core_limit_phrases[limit], key, retry_after);
   CoreResponse resp = {
       .status = 503,
       .phrase = core_limit_phrases[limit],

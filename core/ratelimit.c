@@ -22,8 +22,9 @@
 typedef struct {
   char *key; /* also the hash key */
   double tokens;
-  gint64 at;  /* when tokens was right */
-  GList link; /* in CoreRatelimit.lru, most recently used last */
+  gint64 at;     /* when tokens was right */
+  guint refused; /* requests refused since the bucket was made */
+  GList link;    /* in CoreRatelimit.lru, most recently used last */
 } CoreBucket;
 
 struct _CoreRatelimit {
@@ -139,6 +140,8 @@ core_ratelimit_take(CoreRatelimit *rl, const char *key, gint64 now, guint *retry
   } else {
     b->tokens = core_bucket_level(rl, b, now);
     b->at = MAX(b->at, now);
+    if (b->tokens + CORE_RATELIMIT_EPSILON >= rl->burst)
+      b->refused = 0; /* refilled: as good as a new bucket */
     g_queue_unlink(&rl->lru, &b->link);
     g_queue_push_tail_link(&rl->lru, &b->link);
   }
@@ -147,6 +150,7 @@ core_ratelimit_take(CoreRatelimit *rl, const char *key, gint64 now, guint *retry
     b->tokens = MAX(b->tokens - 1.0, 0.0);
     return TRUE;
   }
+  b->refused = MIN(b->refused, G_MAXUINT - 1) + 1;
   if (retry_after != NULL) {
     /* Rounded up without libm: the next whole second with a token. */
     double wait = MIN((1.0 - b->tokens) / rl->rate, (double)G_MAXINT32);
@@ -156,6 +160,15 @@ core_ratelimit_take(CoreRatelimit *rl, const char *key, gint64 now, guint *retry
     *retry_after = MAX(secs, 1);
   }
   return FALSE;
+}
+
+guint
+core_ratelimit_get_refusals(CoreRatelimit *rl, const char *key)
+{
+  g_return_val_if_fail(rl != NULL, 0);
+
+  const CoreBucket *b = key != NULL ? g_hash_table_lookup(rl->buckets, key) : NULL;
+  return b != NULL ? b->refused : 0;
 }
 
 guint

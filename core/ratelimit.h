@@ -35,6 +35,10 @@ void core_ratelimit_set(CoreRatelimit *rl, double rate, guint burst, guint max_e
  * @key is never limited. */
 gboolean core_ratelimit_take(CoreRatelimit *rl, const char *key, gint64 now, guint *retry_after);
 
+/* Requests of @key refused since its bucket was made (a bucket goes once it
+ * has refilled): 1 marks the start of a flood, worth one log line. */
+guint core_ratelimit_get_refusals(CoreRatelimit *rl, const char *key);
+
 /* Buckets held now. */
 guint core_ratelimit_get_size(CoreRatelimit *rl);
 

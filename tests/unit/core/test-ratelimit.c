@@ -26,14 +26,19 @@ test_bucket_burst_and_refill(void)
   for (guint i = 0; i < 3; i++)
     g_assert_true(core_ratelimit_take(rl, "a", T0, &retry));
   g_assert_cmpuint(retry, ==, 0);
+  g_assert_cmpuint(core_ratelimit_get_refusals(rl, "a"), ==, 0);
   g_assert_false(core_ratelimit_take(rl, "a", T0, &retry));
   g_assert_cmpuint(retry, ==, 1);
+  g_assert_cmpuint(core_ratelimit_get_refusals(rl, "a"), ==, 1);
   /* Another key has its own bucket. */
   g_assert_true(core_ratelimit_take(rl, "b", T0, &retry));
   /* One second later one token is back, not more. */
   g_assert_true(core_ratelimit_take(rl, "a", T0 + 1, &retry));
   g_assert_false(core_ratelimit_take(rl, "a", T0 + 1, &retry));
   g_assert_cmpuint(retry, ==, 1);
+  g_assert_cmpuint(core_ratelimit_get_refusals(rl, "a"), ==, 2);
+  g_assert_cmpuint(core_ratelimit_get_refusals(rl, "b"), ==, 0);
+  g_assert_cmpuint(core_ratelimit_get_refusals(rl, "unknown"), ==, 0);
   /* Long idle refills to the burst, never above. */
   for (guint i = 0; i < 3; i++)
     g_assert_true(core_ratelimit_take(rl, "a", T0 + 1000, NULL));
@@ -41,6 +46,28 @@ test_bucket_burst_and_refill(void)
   /* A clock that goes back refills nothing. */
   g_assert_false(core_ratelimit_take(rl, "a", T0 + 10, &retry));
   g_assert_cmpuint(retry, >=, 1);
+}
+
+/* A bucket that has refilled starts a new flood episode (its first refusal
+ * is logged again), whether pruning dropped it or not. */
+static void
+test_bucket_refusals(void)
+{
+  g_autoptr(CoreRatelimit) rl = core_ratelimit_new(1, 1, 100);
+
+  /* Two older buckets: pruning (two per request) drops them, not "a". */
+  const char *keys[] = {"b1", "b2", "a"};
+  for (guint i = 0; i < G_N_ELEMENTS(keys); i++) {
+    g_assert_true(core_ratelimit_take(rl, keys[i], T0, NULL));
+    g_assert_false(core_ratelimit_take(rl, keys[i], T0, NULL));
+  }
+  g_assert_false(core_ratelimit_take(rl, "a", T0, NULL));
+  g_assert_cmpuint(core_ratelimit_get_refusals(rl, "a"), ==, 2);
+  g_assert_true(core_ratelimit_take(rl, "a", T0 + 5, NULL));
+  g_assert_cmpuint(core_ratelimit_get_size(rl), ==, 1);
+  g_assert_cmpuint(core_ratelimit_get_refusals(rl, "a"), ==, 0);
+  g_assert_false(core_ratelimit_take(rl, "a", T0 + 5, NULL));
+  g_assert_cmpuint(core_ratelimit_get_refusals(rl, "a"), ==, 1);
 }
 
 static void
@@ -475,6 +502,7 @@ main(int argc, char **argv)
   g_test_init(&argc, &argv, NULL);
 
   g_test_add_func("/core/ratelimit/burst-refill", test_bucket_burst_and_refill);
+  g_test_add_func("/core/ratelimit/refusals", test_bucket_refusals);
   g_test_add_func("/core/ratelimit/fractional", test_bucket_fractional);
   g_test_add_func("/core/ratelimit/off", test_bucket_off);
   g_test_add_func("/core/ratelimit/bounded", test_bucket_bounded);

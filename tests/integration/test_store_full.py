@@ -22,6 +22,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.dont_write_bytecode = True  # keep the source tree clean (it may be read-only)
@@ -223,6 +224,14 @@ def disk_full(tap):
         why = 'needs root for a tmpfs in a private mount namespace'
     elif not (shutil.which('unshare') and shutil.which('nsenter')):
         why = 'needs unshare and nsenter (util-linux)'
+    else:
+        # Root without CAP_SYS_ADMIN (some containers) cannot mount.
+        probe = tempfile.mkdtemp(prefix='sipcred-mnt-')
+        rc, out = h.run(['unshare', '--mount', '--propagation', 'private', 'mount', '-t',
+                         'tmpfs', '-o', 'size=64k', 'sipcred-probe', probe], timeout=30)
+        os.rmdir(probe)
+        if rc != 0:
+            why = 'cannot mount a tmpfs in a private mount namespace here: ' + out.strip()
     if why:
         for desc_ in ('disk full: PUBLISH gets 503 Store full',
                       'disk full: the store passes db check and the daemon is up'):

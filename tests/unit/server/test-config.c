@@ -222,6 +222,31 @@ static const struct {
    "[domain example.com]\ncertificate=example.com.pem\nkey=example.com.key\n"
    "[store]\nmaster-key=\n",
    {":8:", "[store] master-key", "empty"}},
+  {"negative-rate",
+   "[server]\ndomains=example.com\nstate-dir=s\n"
+   "[domain example.com]\ncertificate=example.com.pem\nkey=example.com.key\n"
+   "[limits]\nsubscribe-per-source=-1\n",
+   {":8:", "[limits] subscribe-per-source", "requests per second"}},
+  {"exponent-rate",
+   "[server]\ndomains=example.com\nstate-dir=s\n"
+   "[domain example.com]\ncertificate=example.com.pem\nkey=example.com.key\n"
+   "[limits]\npublish-per-user=1e3\n",
+   {":8:", "[limits] publish-per-user", "requests per second"}},
+  {"nan-rate",
+   "[server]\ndomains=example.com\nstate-dir=s\n"
+   "[domain example.com]\ncertificate=example.com.pem\nkey=example.com.key\n"
+   "[limits]\nmessage-per-user=nan\n",
+   {":8:", "[limits] message-per-user", "requests per second"}},
+  {"zero-burst",
+   "[server]\ndomains=example.com\nstate-dir=s\n"
+   "[domain example.com]\ncertificate=example.com.pem\nkey=example.com.key\n"
+   "[limits]\nsubscribe-per-aor-burst=0\n",
+   {":8:", "[limits] subscribe-per-aor-burst", "1 to 1000000"}},
+  {"few-entries",
+   "[server]\ndomains=example.com\nstate-dir=s\n"
+   "[domain example.com]\ncertificate=example.com.pem\nkey=example.com.key\n"
+   "[limits]\nmax-entries=5\n",
+   {":8:", "[limits] max-entries", "100 to 10000000"}},
   {"misspelt-master-key",
    "[server]\ndomains=example.com\nstate-dir=s\n"
    "[domain example.com]\ncertificate=example.com.pem\nkey=example.com.key\n"
@@ -259,6 +284,31 @@ test_fanout_min_interval(Fixture *f, gconstpointer data)
 }
 
 static void
+test_limits(Fixture *f, gconstpointer data)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(SrvConfig) cfg =
+      load_text(f,
+                "[server]\ndomains=example.com\nstate-dir=s\n"
+                "[domain example.com]\ncertificate=example.com.pem\nkey=example.com.key\n"
+                "[limits]\nsubscribe-per-source=0.25\nsubscribe-per-source-burst=7\n"
+                "publish-per-user=0\nmax-entries=100\n",
+                &error);
+  g_assert_no_error(error);
+  const CoreRateLimits *rl = &cfg->core.rate_limits;
+  g_assert_cmpfloat(rl->subscribe_per_source.rate, ==, 0.25);
+  g_assert_cmpuint(rl->subscribe_per_source.burst, ==, 7);
+  g_assert_cmpfloat(rl->publish_per_user.rate, ==, 0);
+  g_assert_cmpuint(rl->max_entries, ==, 100);
+  /* Keys not given keep the defaults. */
+  CoreConfig defaults;
+  core_config_init_defaults(&defaults);
+  g_assert_cmpfloat(rl->subscribe_per_aor.rate, ==, defaults.rate_limits.subscribe_per_aor.rate);
+  g_assert_cmpuint(rl->publish_per_user.burst, ==, defaults.rate_limits.publish_per_user.burst);
+  g_assert_cmpuint(rl->register_per_user.burst, ==, defaults.rate_limits.register_per_user.burst);
+}
+
+static void
 test_two_domains_and_ipv6(Fixture *f, gconstpointer data)
 {
   g_autoptr(GError) error = NULL;
@@ -288,6 +338,8 @@ main(int argc, char **argv)
              fixture_tear_down);
   g_test_add("/server/config/fanout-min-interval", Fixture, NULL, fixture_set_up,
              test_fanout_min_interval, fixture_tear_down);
+  g_test_add("/server/config/limits", Fixture, NULL, fixture_set_up, test_limits,
+             fixture_tear_down);
   g_test_add("/server/config/two-domains-ipv6", Fixture, NULL, fixture_set_up,
              test_two_domains_and_ipv6, fixture_tear_down);
   for (guint i = 0; i < G_N_ELEMENTS(bad_cases); i++) {

@@ -388,8 +388,8 @@ class Worker:
                 sender.close()
         return None
 
-    def loop(self, deadline, stop_event, max_ops):
-        kinds = list(WEIGHTS)
+    def loop(self, deadline, stop_event, max_ops, kinds=None):
+        kinds = kinds or list(WEIGHTS)
         weights = [WEIGHTS[k] for k in kinds]
         for _ in range(max_ops):
             if stop_event.is_set() or time.monotonic() >= deadline:
@@ -533,7 +533,11 @@ def soak_config(args):
         '[fanout]', 'min-interval=0',
         '[certificate]', 'min-expires=%d' % ABANDON_EXPIRES,
         '[registrar]', 'min-expires=10',
-        '[auth]', 'free-failures=1000',
+        # Nonces are remembered for nonce-lifetime (default 300 s): 60 s lets that table reach
+        # its steady size within the warm-up of a 10-minute run.
+        '[auth]', 'free-failures=1000', 'nonce-lifetime=60',
+        '[limits]', 'subscribe-per-source=0', 'subscribe-per-aor=0', 'publish-per-user=0',
+        'register-per-user=0', 'message-per-user=0',
         '']) + (args.extra_config or '')
 
 
@@ -549,6 +553,11 @@ def main():
     ap.add_argument('--seed', type=int, default=10)
     ap.add_argument('--out', help='directory for the CSV and the summary')
     ap.add_argument('--extra-config', help='text appended to the daemon configuration')
+    ap.add_argument('--ops', default=','.join(WEIGHTS),
+                    help='the operations the workers pick from, comma-separated (default: '
+                    'all); one kind alone shows which one moves a figure')
+    ap.add_argument('--no-watcher', action='store_true',
+                    help='no connection holding a subscription to every user')
     ap.add_argument('--smoke', action='store_true',
                     help='the short run of the integration suite: RSS is reported, not judged '
                     '(a run of seconds has no steady state to judge)')
@@ -574,6 +583,9 @@ def main():
 
 def soak(tap, args, out_dir):
     h.require_tools('certtool')
+    kinds = [k for k in args.ops.split(',') if k]
+    if not kinds or any(k not in WEIGHTS for k in kinds):
+        raise SystemExit('run-soak: --ops takes some of: ' + ','.join(WEIGHTS))
     aors = ['sip:soak%d@%s' % (i, DOMAIN) for i in range(args.workers * args.users_per_worker)]
     started = datetime.datetime.now(datetime.timezone.utc)
     with h.Deployment(tap, users=aors, extra=soak_config(args)) as dep:
@@ -602,14 +614,15 @@ def soak(tap, args, out_dir):
         sampler.phase = 'churn'
         sampler.sample()
         stop_event = threading.Event()
-        watcher = Watcher(dep, ledger, aors)
+        watcher = Watcher(dep, ledger, [] if args.no_watcher else aors)
         watcher.start()
         t_start = time.monotonic()
         deadline = t_start + args.duration
         threads = [threading.Thread(target=sampler.loop, args=(stop_event,), daemon=True),
                    threading.Thread(target=watcher.loop, args=(stop_event, deadline + 5),
                                     daemon=True)]
-        threads += [threading.Thread(target=w.loop, args=(deadline, stop_event, 10 ** 6),
+        threads += [threading.Thread(target=w.loop,
+                                     args=(deadline, stop_event, 10 ** 6, kinds),
                                      daemon=True) for w in workers]
         for t in threads:
             t.start()
@@ -622,7 +635,7 @@ def soak(tap, args, out_dir):
         watch_failed = watcher.finish()
         tap.ok(not watch_failed and watcher.error is None,
                'the watcher kept its %d subscriptions for the whole run and ended them '
-               '(%s %s)' % (len(aors), watch_failed, watcher.error))
+               '(%s %s)' % (len(watcher.aors), watch_failed, watcher.error))
         threads[0].join(timeout=30)
 
         # The end: idle clients.
@@ -704,6 +717,7 @@ def soak(tap, args, out_dir):
             'build': h.BUILD_ROOT, 'sanitize': sanitize_of(h.BUILD_ROOT),
             'machine': machine(), 'duration_s': round(churn_s, 1),
             'workers': args.workers, 'users': len(aors), 'seed': args.seed,
+            'ops': ','.join(kinds), 'watcher': not args.no_watcher,
             'ops_ok': dict(ledger.ok), 'ops_failed': dict(ledger.failed),
             'ops_total': ledger.total(), 'notifies_watched': ledger.notifies_watched,
             'publishes_acked': ledger.publishes_acked, 'removals_acked': ledger.removals_acked,
@@ -712,6 +726,7 @@ def soak(tap, args, out_dir):
             'rss_growth_kb': growth, 'rss_bound_kb': int(bound), 'rss_peak_kb': peak,
             'rss_anon_early_kb': early_anon, 'rss_anon_late_kb': late_anon,
             'rss_slope_kb_per_min': round(slope_kb_per_min(post) or 0, 1),
+            'rss_growth_bytes_per_op': per_op(post, growth),
             'rss_end_idle_kb': end['rss_kb'],
             'fds_baseline': base['fds'], 'fds_peak': fds_peak, 'fds_end': end['fds'],
             'nua_baseline': base['nua'], 'nua_peak': nua_peak, 'nua_end': end['nua_handles'],
@@ -727,6 +742,16 @@ def soak(tap, args, out_dir):
         tap.diag('summary: %s' % os.path.join(out_dir, 'soak-summary.md'))
         for k, v in summary.items():
             tap.diag('%s: %s' % (k, v))
+
+
+def per_op(post, growth):
+    """Bytes of RSS growth per client operation between the two fifths compared."""
+    if growth is None or len(post) < 5:
+        return None
+    fifth = max(1, len(post) // 5)
+    ops = (statistics.median(r['ops_total'] for r in post[-fifth:]) -
+           statistics.median(r['ops_total'] for r in post[:fifth]))
+    return round(growth * 1024.0 / ops, 1) if ops > 0 else None
 
 
 def sanitize_of(build):
@@ -762,7 +787,9 @@ def write_summary(path, s, args):
             continue
         lines.append('| %s | %s |' % (k, str(v).replace('|', '/')))
     lines += ['', 'Command: `SIPCRED_BUILD_ROOT=%s python3 tests/soak/run-soak.py --duration %g '
-              '--workers %d --seed %d`' % (s['build'], args.duration, args.workers, args.seed),
+              '--workers %d --seed %d --ops %s%s`' % (s['build'], args.duration, args.workers,
+                                                     args.seed, s['ops'],
+                                                     ' --no-watcher' if args.no_watcher else ''),
               '']
     with open(path, 'w') as f:
         f.write('\n'.join(lines))

@@ -103,7 +103,8 @@ struct _EdgeConn {
   char *tls_version;
   char *cipher_suite;
   GBytes *peer_cert;
-  gint64 last_rx; /* monotonic time of the last received bytes */
+  gint64 last_rx;   /* monotonic time of the last received bytes */
+  guint64 rx_bytes; /* raw bytes read (TLS records included), for logs */
   /* Monotonic time since when a message has been arriving without ending
    * (0: none pending): bounds slowloris clients by message-timeout. */
   gint64 msg_started;
@@ -139,9 +140,11 @@ typedef struct {
   char *key; /* "BRANCH METHOD": CANCEL shares the branch of its INVITE */
   char *token;
   char *saved_via;
-  GBytes *flow_failed; /* 430 for nua, built from its request as it came; may be NULL */
-  EdgeConn *conn;      /* nua connection the request came on (ref) */
-  EdgeConn *flow;      /* borrowed: a flow fails its txns before it closes */
+  /* The request as nua sent it: a 430 (flow gone) or 500 (signing failed)
+   * is built from it only when needed, not for every NOTIFY. */
+  GBytes *request;
+  EdgeConn *conn; /* nua connection the request came on (ref) */
+  EdgeConn *flow; /* borrowed: a flow fails its txns before it closes */
   gint64 expires;
   GList link;      /* in Edge.txn_order */
   GList flow_link; /* in flow->txns */
@@ -201,7 +204,6 @@ struct _Edge {
 typedef struct {
   GBytes *msg;      /* NULL while the identity stage signs it */
   EdgeConn *flow;   /* borrowed: the flow cancels its jobs before it closes */
-  GBytes *on_error; /* for nua when signing fails (500), may be NULL */
   char *txn_key;    /* the nua transaction of a request, may be NULL */
   gint64 submitted; /* monotonic microseconds, for the sign latency */
 } EdgeOut;
@@ -211,7 +213,6 @@ edge_out_free(gpointer data)
 {
   EdgeOut *out = data;
   g_clear_pointer(&out->msg, g_bytes_unref);
-  g_clear_pointer(&out->on_error, g_bytes_unref);
   g_free(out->txn_key);
   g_free(out);
 }
@@ -833,8 +834,10 @@ tls_pull(gnutls_transport_ptr_t ptr, void *data, size_t len)
   EdgeConn *c = ptr;
   g_autoptr(GError) err = NULL;
   gssize n = g_socket_receive(c->sock, data, len, NULL, &err);
-  if (n >= 0)
+  if (n >= 0) {
+    c->rx_bytes += (guint64)n;
     return n;
+  }
   if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
     gnutls_transport_set_errno(c->tls, EAGAIN);
   else
@@ -1003,8 +1006,7 @@ edge_sign_done(GBytes *signed_msg, const GError *error, void *user_data)
 /* Sends @msg signed for @domain when the identity stage is on and has that
  * domain's key; otherwise as it is. */
 static void
-edge_flow_send_signed(EdgeConn *flow, GBytes *msg, const char *domain, GBytes *on_error,
-                      const char *txn_key)
+edge_flow_send_signed(EdgeConn *flow, GBytes *msg, const char *domain, const char *txn_key)
 {
   Edge *edge = flow->edge;
   IdentSigner *signer = edge->sign_pool != NULL && domain != NULL
@@ -1021,7 +1023,6 @@ edge_flow_send_signed(EdgeConn *flow, GBytes *msg, const char *domain, GBytes *o
     return;
   EdgeOut *out = g_new0(EdgeOut, 1);
   out->flow = flow;
-  out->on_error = on_error != NULL ? g_bytes_ref(on_error) : NULL;
   out->txn_key = g_strdup(txn_key);
   out->submitted = g_get_monotonic_time();
   g_queue_push_tail(&flow->send_fifo, out);
@@ -1198,8 +1199,8 @@ edge_txn_free(gpointer data)
   g_free(t->key);
   g_free(t->token);
   g_free(t->saved_via);
-  if (t->flow_failed != NULL)
-    g_bytes_unref(t->flow_failed);
+  if (t->request != NULL)
+    g_bytes_unref(t->request);
   edge_conn_unref(t->conn);
   g_free(t);
 }
@@ -1242,7 +1243,7 @@ edge_txn_key(const char *branch, const char *method)
 
 static gboolean
 edge_txn_add(Edge *edge, const char *branch, const char *method, EdgeConn *flow, EdgeConn *conn,
-             const char *saved_via, GBytes *flow_failed)
+             const char *saved_via, GBytes *request)
 {
   g_autofree char *key = edge_txn_key(branch, method);
   EdgeTxn *old = g_hash_table_lookup(edge->txns, key);
@@ -1254,7 +1255,7 @@ edge_txn_add(Edge *edge, const char *branch, const char *method, EdgeConn *flow,
   t->key = g_steal_pointer(&key);
   t->token = g_strdup(flow->token);
   t->saved_via = g_strdup(saved_via);
-  t->flow_failed = flow_failed != NULL ? g_bytes_ref(flow_failed) : NULL;
+  t->request = g_bytes_ref(request);
   t->conn = edge_conn_ref(conn);
   t->flow = flow;
   t->expires = g_get_monotonic_time() + EDGE_TXN_TTL_US;
@@ -1291,8 +1292,10 @@ edge_txn_fail_signing(Edge *edge, EdgeOut *out)
   EdgeTxn *t = g_hash_table_lookup(edge->txns, out->txn_key);
   if (t == NULL)
     return;
-  if (out->on_error != NULL)
-    edge_txn_send_to_nua(edge, t->conn, out->on_error);
+  g_autoptr(GBytes) reply =
+      edge_build_reply_from_bytes(t->request, 500, "Identity Signing Failed");
+  if (reply != NULL)
+    edge_txn_send_to_nua(edge, t->conn, reply);
   edge_txn_remove(edge, t);
 }
 
@@ -1316,7 +1319,7 @@ edge_flow_fail_txns(EdgeConn *flow)
   Edge *edge = flow->edge;
   EdgeTxn *t;
   while ((t = g_queue_peek_head(&flow->txns)) != NULL) {
-    g_autoptr(GBytes) reply = t->flow_failed != NULL ? g_bytes_ref(t->flow_failed) : NULL;
+    g_autoptr(GBytes) reply = edge_build_reply_from_bytes(t->request, 430, "Flow Failed");
     EdgeConn *conn = edge_conn_ref(t->conn);
     g_debug("flow %s is gone; 430 for %s", flow->token, t->key);
     edge_txn_remove(edge, t);
@@ -1644,9 +1647,6 @@ nua_handle_request(EdgeConn *c, SipwireMsg *msg, GBytes *frame)
     return;
   }
   gboolean is_ack = g_strcmp0(method, "ACK") == 0;
-  /* Built now, while @msg is as nua sent it: the answer if the flow dies
-   * before the client answers. */
-  g_autoptr(GBytes) flow_failed = is_ack ? NULL : sipwire_build_response(msg, 430, "Flow Failed");
   SipwireRelayCtx ctx;
   flow_relay_ctx(flow, &ctx);
   g_autoptr(GError) err = NULL;
@@ -1663,7 +1663,7 @@ nua_handle_request(EdgeConn *c, SipwireMsg *msg, GBytes *frame)
     return;
   }
   if (!is_ack &&
-      !edge_txn_add(edge, branch != NULL ? branch : "", method, flow, c, saved_via, flow_failed)) {
+      !edge_txn_add(edge, branch != NULL ? branch : "", method, flow, c, saved_via, frame)) {
     g_warning("too many requests from nua awaiting a client response (%u)", EDGE_TXN_MAX);
     g_autoptr(GBytes) reply = edge_build_reply_from_bytes(frame, 503, "Service Unavailable");
     if (reply != NULL)
@@ -1682,10 +1682,8 @@ nua_handle_request(EdgeConn *c, SipwireMsg *msg, GBytes *frame)
     if (from != NULL)
       sipwire_nameaddr_get_host_port(from, &from_user, &from_host, &from_port);
     g_autofree char *domain = from_host != NULL ? g_ascii_strdown(from_host, -1) : NULL;
-    g_autoptr(GBytes) on_error =
-        edge_build_reply_from_bytes(frame, 500, "Identity Signing Failed");
     g_autofree char *key = edge_txn_key(branch != NULL ? branch : "", method);
-    edge_flow_send_signed(flow, wire, domain, on_error, key);
+    edge_flow_send_signed(flow, wire, domain, key);
     return;
   }
   edge_flow_send_message(flow, wire);
@@ -1832,8 +1830,9 @@ client_timer_cb(gpointer data)
     client_deadline_expired(c);
     return;
   }
-  g_message("closing %s: handshake-timeout (%u ms) expired", c->peer,
-            c->edge->handshake_timeout_ms);
+  g_message("closing %s: handshake-timeout (%u ms) expired after %" G_GUINT64_FORMAT
+            " bytes from the client",
+            c->peer, c->edge->handshake_timeout_ms, c->rx_bytes);
   c->edge->n_handshake_timeout++;
   edge_conn_ref(c);
   conn_close_now(c);

@@ -272,7 +272,10 @@ def run_one(args, n, mode, identity, ref, log):
 
         perf = None
         if args.perf:
-            perf = h.spawn(['perf', 'record', '-g', '-o', '%s-n%d-%s-%s.data' % (
+            # SIPCRED_PERF_ARGS replaces -g, e.g. "--call-graph dwarf,8192 -F 499" to see
+            # through libc and GLib, which have no frame pointers.
+            perf_args = os.environ.get('SIPCRED_PERF_ARGS', '-g').split()
+            perf = h.spawn(['perf', 'record'] + perf_args + ['-o', '%s-n%d-%s-%s.data' % (
                 args.perf, n, mode, row['identity']), '-p', str(pid)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)

@@ -29,7 +29,7 @@ usage() {
 
 build_pkgs=(meson ninja-build pkg-config gcc libglib2.0-dev libsofia-sip-ua-dev
     libsofia-sip-ua-glib-dev libgnutls28-dev liblmdb-dev libssl-dev gnutls-bin
-    libsystemd-dev)
+    libsystemd-dev libjemalloc-dev)
 test_pkgs=(python3 sip-tester stunnel4 sipsak sslscan curl openssl kamailio kamailio-tls-modules
     gnuplot-nox faketime
     systemd groff-base)

@@ -23,6 +23,29 @@
 #include "sipcred-config.h"
 #include "storage/store.h"
 
+#ifdef SIPCRED_HAVE_JEMALLOC
+#include <jemalloc/jemalloc.h>
+#endif
+
+/* "jemalloc 5.3.0-..." or "glibc malloc": which allocator this build runs on
+ * (the meson feature `jemalloc`), for --version. */
+static const char *
+daemon_allocator(void)
+{
+#ifdef SIPCRED_HAVE_JEMALLOC
+  static char name[96];
+  const char *v = NULL;
+  size_t len = sizeof v;
+  if (mallctl("version", &v, &len, NULL, 0) == 0 && v != NULL) {
+    g_snprintf(name, sizeof name, "jemalloc %s", v);
+    return name;
+  }
+  return "jemalloc";
+#else
+  return "glibc malloc";
+#endif
+}
+
 typedef struct {
   char *config_path;
   SrvConfig *cfg;
@@ -343,7 +366,7 @@ main(int argc, char **argv)
     return 2;
   }
   if (version) {
-    printf("sipcredd %s\n", SIPCRED_VERSION);
+    printf("sipcredd %s (allocator: %s)\n", SIPCRED_VERSION, daemon_allocator());
     return 0;
   }
   if (config_path == NULL)

@@ -86,10 +86,11 @@ struct _EdgeConn {
   gsize out_off; /* bytes of outbuf already written */
   SipwireFramer *framer;
 
-  gboolean closed;     /* socket closed and out of every table */
-  gboolean closing;    /* no more reading; closes once outbuf drained */
-  gboolean draining;   /* CLIENT: no more reading; still sends nua's answers */
-  gboolean connecting; /* NUA_OUT: connect() in progress */
+  gboolean closed;       /* socket closed and out of every table */
+  gboolean closing;      /* no more reading; closes once outbuf drained */
+  gboolean draining;     /* CLIENT: no more reading; still sends nua's answers */
+  gboolean connecting;   /* NUA_OUT: connect() in progress */
+  gboolean flush_queued; /* in Edge.dirty */
 
   /* EDGE_CONN_CLIENT */
   gnutls_session_t tls;
@@ -155,6 +156,10 @@ struct _Edge {
   /* Every connection's socket and timer: one source for all of them, so a
    * loop iteration does not cost O(connections) (see server/poller.h). */
   Poller *poller;
+  /* Connections with output to send at the end of this poller dispatch:
+   * the messages many callbacks of one dispatch produce for one connection
+   * (NOTIFYs for one shared flow, 200s for nua) leave in one send(). */
+  GPtrArray *dirty; /* EdgeConn* (ref) */
   GStrv domains;
   guint32 subscribe_default_expires; /* see SipwireRelayCtx */
   GStrv listen;
@@ -800,6 +805,33 @@ conn_out_pending(EdgeConn *c)
   return c->outbuf->len - c->out_off;
 }
 
+static void
+edge_flush_dirty_cb(gpointer data)
+{
+  Edge *edge = data;
+  g_autoptr(GPtrArray) batch = g_steal_pointer(&edge->dirty);
+  edge->dirty = g_ptr_array_new();
+  for (guint i = 0; i < batch->len; i++) {
+    EdgeConn *c = g_ptr_array_index(batch, i);
+    c->flush_queued = FALSE;
+    conn_flush(c);
+    edge_conn_unref(c);
+  }
+}
+
+/* Sends @c's output at the end of the current dispatch (see Edge.dirty). */
+static void
+conn_flush_soon(EdgeConn *c)
+{
+  Edge *edge = c->edge;
+  if (c->closed || c->flush_queued || c->connecting)
+    return;
+  c->flush_queued = TRUE;
+  if (edge->dirty->len == 0)
+    poller_defer(edge->poller, edge_flush_dirty_cb, edge);
+  g_ptr_array_add(edge->dirty, edge_conn_ref(c));
+}
+
 /* Plain TCP (nua side): the whole message goes into the output buffer. */
 static gboolean
 conn_write_plain(EdgeConn *c, GBytes *bytes)
@@ -809,10 +841,8 @@ conn_write_plain(EdgeConn *c, GBytes *bytes)
   gsize len = 0;
   const guint8 *data = g_bytes_get_data(bytes, &len);
   g_byte_array_append(c->outbuf, data, len);
-  edge_conn_ref(c);
-  gboolean ok = conn_flush(c);
-  edge_conn_unref(c);
-  return ok;
+  conn_flush_soon(c);
+  return TRUE;
 }
 
 /* ---- TLS transport ----------------------------------------------------- */
@@ -935,7 +965,8 @@ flow_tls_write(EdgeConn *c, const guint8 *data, gsize len)
     conn_close_now(c);
     return FALSE;
   }
-  return conn_flush(c);
+  conn_flush_soon(c);
+  return TRUE;
 }
 
 /* The one way a SIP message reaches a client. The identity stage (RFC 4474
@@ -2297,6 +2328,7 @@ edge_new(const SrvConfig *cfg, GError **error)
   Edge *edge = g_new0(Edge, 1);
   edge->ctx = g_main_context_ref_thread_default();
   edge->poller = poller_new(edge->ctx, error);
+  edge->dirty = g_ptr_array_new();
   if (edge->poller == NULL) {
     g_main_context_unref(edge->ctx);
     g_free(edge);
@@ -2562,6 +2594,13 @@ edge_stop(Edge *edge)
   }
   g_list_free_full(conns, edge_conn_unref_cb);
   edge->nua = NULL;
+  /* All closed: their deferred flushes have nothing left to do. */
+  for (guint i = 0; i < edge->dirty->len; i++) {
+    EdgeConn *c = g_ptr_array_index(edge->dirty, i);
+    c->flush_queued = FALSE;
+    edge_conn_unref(c);
+  }
+  g_ptr_array_set_size(edge->dirty, 0);
 }
 
 void
@@ -2580,6 +2619,8 @@ edge_free(Edge *edge)
   g_hash_table_unref(edge->txns);
   edge_creds_unref(edge->creds);
   gnutls_priority_deinit(edge->priority);
+  /* A flush still deferred dies with the poller. */
+  g_ptr_array_free(edge->dirty, TRUE);
   poller_free(edge->poller);
   g_strfreev(edge->domains);
   g_strfreev(edge->listen);

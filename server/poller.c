@@ -42,10 +42,18 @@ struct _Poller {
   GSource *source;
   gpointer epfd_tag; /* the epoll descriptor in source */
   guint n_watching;
-  GPtrArray *heap;    /* PollerTimer*, a min-heap by deadline */
-  gboolean in_io;     /* dispatching epoll events */
+  GPtrArray *heap; /* PollerTimer*, a min-heap by deadline */
+  gboolean in_io;  /* dispatching epoll events */
+  gboolean in_dispatch;
   GPtrArray *corpses; /* watches freed during dispatch */
+  GArray *deferred;   /* PollerDeferred, to run at the end of the dispatch */
+  GArray *running;    /* the batch of deferred calls being run */
 };
+
+typedef struct {
+  PollerDeferFunc func;
+  gpointer user_data;
+} PollerDeferred;
 
 /* ---- Timer heap -------------------------------------------------------- */
 
@@ -116,7 +124,10 @@ heap_remove(Poller *p, PollerTimer *t)
 static void
 poller_update_ready_time(Poller *p)
 {
-  g_source_set_ready_time(p->source, p->heap->len > 0 ? heap_at(p, 0)->deadline : -1);
+  gint64 t = p->heap->len > 0 ? heap_at(p, 0)->deadline : -1;
+  if (p->deferred->len > 0)
+    t = 0;
+  g_source_set_ready_time(p->source, t);
 }
 
 /* ---- The source -------------------------------------------------------- */
@@ -164,14 +175,31 @@ poller_dispatch_timers(Poller *p)
   }
 }
 
+/* Calls deferred while running these go to the next dispatch. */
+static void
+poller_run_deferred(Poller *p)
+{
+  GArray *batch = p->deferred;
+  p->deferred = p->running;
+  p->running = batch;
+  for (guint i = 0; i < batch->len; i++) {
+    PollerDeferred *d = &g_array_index(batch, PollerDeferred, i);
+    d->func(d->user_data);
+  }
+  g_array_set_size(batch, 0);
+}
+
 static gboolean
 poller_source_dispatch(GSource *source, GSourceFunc callback, gpointer user_data)
 {
   Poller *p = ((PollerSource *)source)->poller;
+  p->in_dispatch = TRUE;
   /* A wake-up for a deadline alone needs no epoll_wait. */
   if (g_source_query_unix_fd(source, p->epfd_tag) & G_IO_IN)
     poller_dispatch_io(p);
   poller_dispatch_timers(p);
+  poller_run_deferred(p);
+  p->in_dispatch = FALSE;
   poller_update_ready_time(p);
   return G_SOURCE_CONTINUE;
 }
@@ -193,6 +221,8 @@ poller_new(GMainContext *ctx, GError **error)
   p->epfd = epfd;
   p->heap = g_ptr_array_new();
   p->corpses = g_ptr_array_new_with_free_func(g_free);
+  p->deferred = g_array_new(FALSE, FALSE, sizeof(PollerDeferred));
+  p->running = g_array_new(FALSE, FALSE, sizeof(PollerDeferred));
   p->source = g_source_new(&poller_source_funcs, sizeof(PollerSource));
   ((PollerSource *)p->source)->poller = p;
   g_source_set_name(p->source, "sipcred poller");
@@ -214,7 +244,19 @@ poller_free(Poller *p)
   close(p->epfd);
   g_ptr_array_unref(p->heap);
   g_ptr_array_unref(p->corpses);
+  g_array_unref(p->deferred);
+  g_array_unref(p->running);
   g_free(p);
+}
+
+void
+poller_defer(Poller *p, PollerDeferFunc func, gpointer user_data)
+{
+  g_return_if_fail(p != NULL && func != NULL);
+  PollerDeferred d = {func, user_data};
+  g_array_append_val(p->deferred, d);
+  if (!p->in_dispatch)
+    g_source_set_ready_time(p->source, 0);
 }
 
 guint

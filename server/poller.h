@@ -58,6 +58,14 @@ gboolean poller_timer_is_armed(PollerTimer *timer);
 /* Safe from within any callback, including the timer's own. */
 void poller_timer_free(PollerTimer *timer);
 
+/* Runs @func(@user_data) once: at the end of the poller's current dispatch
+ * (after its I/O and timers), or, when called from outside one, early in
+ * the next iteration of the loop. Lets callers gather what many callbacks
+ * of one dispatch produce, e.g. one send() for many messages. There is no
+ * cancelling: @user_data must outlive the call or the poller. */
+typedef void (*PollerDeferFunc)(gpointer user_data);
+void poller_defer(Poller *poller, PollerDeferFunc func, gpointer user_data);
+
 /* Live watches with interest, and armed timers (for tests and stats). */
 guint poller_get_n_watching(Poller *poller);
 guint poller_get_n_armed(Poller *poller);

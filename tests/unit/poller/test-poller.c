@@ -4,7 +4,8 @@
  * is reported for exactly the interest set, a watch without interest hears
  * nothing (not even a hang-up), a watch freed inside the batch that would
  * report it is not called, and timers fire once, in deadline order, unless
- * stopped, re-armed or freed (also from within callbacks). */
+ * stopped, re-armed or freed (also from within callbacks); deferred calls
+ * run at the end of the dispatch that made them. */
 
 #include <sys/socket.h>
 #include <unistd.h>
@@ -239,6 +240,69 @@ test_timers_from_callbacks(Fixture *f, gconstpointer data)
   poller_timer_free(tc);
 }
 
+typedef struct {
+  Poller *poller;
+  GString *trace;
+  guint again; /* times the deferred call defers itself once more */
+} DeferLog;
+
+static void
+defer_cb(gpointer data)
+{
+  DeferLog *log = data;
+  g_string_append_c(log->trace, 'D');
+  if (log->again > 0) {
+    log->again--;
+    poller_defer(log->poller, defer_cb, log);
+  }
+}
+
+static void
+defer_watch_cb(PollerEvents events, gpointer data)
+{
+  DeferLog *log = data;
+  g_string_append_c(log->trace, 'W');
+  /* Deferred twice from the first event: both run after it, in order. */
+  if (log->trace->len == 1) {
+    poller_defer(log->poller, defer_cb, log);
+    poller_defer(log->poller, defer_cb, log);
+  }
+}
+
+/* A call deferred from a callback runs at the end of that same dispatch,
+ * one deferred from outside runs without any I/O or timer due, and one
+ * deferred from a deferred call runs in a later dispatch. */
+static void
+test_defer(Fixture *f, gconstpointer data)
+{
+  int sv[2];
+  g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
+  DeferLog log = {.poller = f->poller, .trace = g_string_new(NULL)};
+  PollerWatch *w = poller_watch_new(f->poller, sv[0], defer_watch_cb, &log);
+  g_assert_true(poller_watch_set_events(w, POLLER_IN, NULL));
+  g_assert_cmpint(write(sv[1], "x", 1), ==, 1);
+  /* One iteration: the watch fires (the data stays unread, so it is ready
+   * again later), and both deferred calls run before the iteration ends. */
+  while (log.trace->len == 0)
+    g_main_context_iteration(f->ctx, TRUE);
+  g_assert_cmpstr(log.trace->str, ==, "WDD");
+  poller_watch_free(w);
+
+  g_string_truncate(log.trace, 0);
+  log.again = 1;
+  poller_defer(f->poller, defer_cb, &log);
+  gboolean done = FALSE;
+  gint64 end = g_get_monotonic_time() + G_USEC_PER_SEC;
+  while (!done && g_get_monotonic_time() < end) {
+    g_main_context_iteration(f->ctx, FALSE);
+    done = log.trace->len == 2;
+  }
+  g_assert_cmpstr(log.trace->str, ==, "DD");
+  g_string_free(log.trace, TRUE);
+  close(sv[0]);
+  close(sv[1]);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -250,5 +314,6 @@ main(int argc, char **argv)
   g_test_add("/poller/timer/order", Fixture, NULL, fixture_setup, test_timers, fixture_teardown);
   g_test_add("/poller/timer/from-callbacks", Fixture, NULL, fixture_setup,
              test_timers_from_callbacks, fixture_teardown);
+  g_test_add("/poller/defer", Fixture, NULL, fixture_setup, test_defer, fixture_teardown);
   return g_test_run();
 }

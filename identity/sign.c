@@ -1021,7 +1021,13 @@ ident_verify_message(const guint8 *msg, gsize len, const guint8 *cert_der, gsize
  * schedules a delivery on the job's context, and the delivery hands out
  * done jobs from the head, one at a time, until it meets one not yet done.
  * The shared state lives in a reference-counted core so that a delivery
- * already scheduled when the pool is freed finds it marked dead. */
+ * already scheduled when the pool is freed finds it marked dead.
+ *
+ * Deliveries to the context that made the pool go through one source of
+ * the pool's: a worker adds the key to a list and wakes that source only
+ * when it is not already due, so a fan-out of thousands of signed messages
+ * costs one wake-up per loop iteration instead of one idle source (and one
+ * wake-up) per message. Other contexts get an idle source per delivery. */
 
 typedef struct {
   gatomicrefcount ref;
@@ -1029,7 +1035,18 @@ typedef struct {
   GHashTable *keys; /* &KeyQueue.key -> KeyQueue */
   guint pending;
   gboolean dead;
+  /* The batched delivery to the pool's own context. */
+  GMainContext *home;
+  GSource *home_source;
+  GArray *ready;  /* guint64 keys whose head is done; under lock */
+  GArray *taking; /* the batch being delivered; home context only */
+  gboolean armed; /* home_source is due; under lock */
 } PoolCore;
+
+typedef struct {
+  GSource source;
+  PoolCore *core; /* a reference */
+} HomeSource;
 
 typedef struct {
   guint64 key;
@@ -1090,6 +1107,10 @@ pool_core_unref(PoolCore *core)
     return;
   g_hash_table_unref(core->keys);
   g_mutex_clear(&core->lock);
+  g_array_unref(core->ready);
+  g_array_unref(core->taking);
+  if (core->home != NULL)
+    g_main_context_unref(core->home);
   g_free(core);
 }
 
@@ -1137,41 +1158,98 @@ delivery_free(gpointer data)
   g_free(d);
 }
 
-static gboolean
-deliver_cb(gpointer data)
+/* Hands out the done jobs at the head of @key's queue, in order. */
+static void
+deliver_key(PoolCore *core, guint64 key)
 {
-  Delivery *d = data;
-
   /* One job per turn: a callback may cancel its own key or free the pool. */
   for (;;) {
     SignJob *job = NULL;
     KeyQueue *kq;
 
-    g_mutex_lock(&d->core->lock);
-    kq = d->core->dead ? NULL : g_hash_table_lookup(d->core->keys, &d->key);
+    g_mutex_lock(&core->lock);
+    kq = core->dead ? NULL : g_hash_table_lookup(core->keys, &key);
     if (kq != NULL) {
       SignJob *head = g_queue_peek_head(&kq->jobs);
       if (head != NULL && head->done) {
         job = g_queue_pop_head(&kq->jobs);
-        d->core->pending--;
+        core->pending--;
         if (g_queue_is_empty(&kq->jobs))
-          g_hash_table_remove(d->core->keys, &d->key);
+          g_hash_table_remove(core->keys, &key);
       }
     }
-    g_mutex_unlock(&d->core->lock);
+    g_mutex_unlock(&core->lock);
     if (job == NULL)
       break;
     job->callback(job->result, job->error, job->user_data);
     sign_job_drop(job);
   }
+}
+
+static gboolean
+deliver_cb(gpointer data)
+{
+  Delivery *d = data;
+
+  deliver_key(d->core, d->key);
   return G_SOURCE_REMOVE;
 }
+
+static gboolean
+home_source_dispatch(GSource *source, GSourceFunc callback, gpointer user_data)
+{
+  PoolCore *core = ((HomeSource *)source)->core;
+  GArray *batch;
+
+  /* Before taking the list: a worker that adds a key after the swap finds
+   * armed FALSE and makes the source due again. */
+  g_source_set_ready_time(source, -1);
+  g_mutex_lock(&core->lock);
+  batch = core->ready;
+  core->ready = core->taking;
+  core->taking = batch;
+  core->armed = FALSE;
+  g_mutex_unlock(&core->lock);
+  for (guint i = 0; i < batch->len; i++)
+    deliver_key(core, g_array_index(batch, guint64, i));
+  g_array_set_size(batch, 0);
+  return G_SOURCE_CONTINUE;
+}
+
+static void
+home_source_finalize(GSource *source)
+{
+  pool_core_unref(((HomeSource *)source)->core);
+}
+
+static GSourceFuncs home_source_funcs = {
+    .dispatch = home_source_dispatch,
+    .finalize = home_source_finalize,
+};
 
 static void
 schedule_delivery(SignJob *job)
 {
-  Delivery *d = g_new0(Delivery, 1);
-  GSource *src = g_idle_source_new();
+  PoolCore *core = job->core;
+  Delivery *d;
+  GSource *src;
+
+  if (job->context == core->home) {
+    gboolean wake;
+
+    g_mutex_lock(&core->lock);
+    g_array_append_val(core->ready, job->key);
+    wake = !core->armed;
+    core->armed = TRUE;
+    g_mutex_unlock(&core->lock);
+    /* Thread-safe; wakes the context. The pool frees the source only after
+     * joining the workers. */
+    if (wake)
+      g_source_set_ready_time(core->home_source, 0);
+    return;
+  }
+  d = g_new0(Delivery, 1);
+  src = g_idle_source_new();
 
   d->core = pool_core_ref(job->core);
   d->key = job->key;
@@ -1241,6 +1319,13 @@ ident_sign_pool_new(guint threads, GError **error)
   g_atomic_ref_count_init(&pool->core->ref);
   g_mutex_init(&pool->core->lock);
   pool->core->keys = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, key_queue_free);
+  pool->core->ready = g_array_new(FALSE, FALSE, sizeof(guint64));
+  pool->core->taking = g_array_new(FALSE, FALSE, sizeof(guint64));
+  pool->core->home = g_main_context_ref_thread_default();
+  pool->core->home_source = g_source_new(&home_source_funcs, sizeof(HomeSource));
+  ((HomeSource *)pool->core->home_source)->core = pool_core_ref(pool->core);
+  g_source_set_static_name(pool->core->home_source, "ident-sign-delivery");
+  g_source_attach(pool->core->home_source, pool->core->home);
   pool->queue = g_async_queue_new();
   pool->threads = g_ptr_array_new();
   for (guint i = 0; i < pool->n_threads; i++) {
@@ -1311,8 +1396,14 @@ ident_sign_pool_free(IdentSignPool *pool)
   }
   if (pool->queue != NULL)
     g_async_queue_unref(pool->queue);
-  if (pool->core != NULL)
+  if (pool->core != NULL) {
+    /* No worker is left to touch it; its finalize drops its core ref. */
+    if (pool->core->home_source != NULL) {
+      g_source_destroy(pool->core->home_source);
+      g_source_unref(pool->core->home_source);
+    }
     pool_core_unref(pool->core);
+  }
   g_free(pool);
 }
 

@@ -51,7 +51,6 @@ import random
 import re
 import ssl
 import statistics
-import subprocess
 import sys
 import threading
 import time

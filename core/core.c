@@ -128,7 +128,14 @@ typedef struct {
   gboolean awaiting;  /* told "pending" while its credential is generated */
   gboolean ending;    /* to be ended with reason=deactivated */
   gboolean ended;     /* the terminating NOTIFY went out */
+  guint failures;     /* NOTIFYs failed in a row (see core_notify_done) */
 } CoreSub;
+
+/* A NOTIFY that fails without ending the dialog usage (RFC 5057: 500, 503,
+ * ...; nua's own 503 when its send queue is full) is sent again after 1, 2,
+ * then 4 s; when the last of these retries fails too, the subscription is
+ * dropped (RFC 6665 4.2.2) and the subscriber has to subscribe again. */
+#define CORE_NOTIFY_RETRIES 3
 
 void
 core_config_init_defaults(CoreConfig *cfg)
@@ -1270,13 +1277,29 @@ core_notify_done(CoreService *svc, gpointer sub, guint status)
   svc->in_flight--;
   if (status >= 300)
     svc->stats.notifies_failed++;
+  if (status < 300)
+    rec->failures = 0;
   if (rec->ended) {
     /* The terminating NOTIFY completed: the dialog is over. */
     core_sub_forget(svc, rec);
-  } else if (core_notify_status_ends_sub(status)) {
+  } else if (core_notify_status_ends_sub(status) ||
+             (status >= 300 && rec->failures >= CORE_NOTIFY_RETRIES)) {
     g_info("%s subscription to %s dropped: NOTIFY failed with %u", rec->pkg->event, rec->aor->aor,
            status);
     core_sub_forget(svc, rec);
+  } else if (status >= 300 && rec->last != NULL && !rec->ending) {
+    /* The subscriber does not have rec->last: send it again (or what is
+     * newer) after a pause, outside the min-interval. */
+    rec->failures++;
+    if (rec->pending == NULL)
+      rec->pending = core_body_ref(rec->last);
+    guint delay_ms = 1000u << (rec->failures - 1);
+    g_info("%s NOTIFY to a subscriber of %s failed with %u; again in %u ms (%u of %u)",
+           rec->pkg->event, rec->aor->aor, status, delay_ms, rec->failures, CORE_NOTIFY_RETRIES);
+    if (svc->port.schedule != NULL && rec->timer == NULL)
+      rec->timer = svc->port.schedule(delay_ms, core_sub_timer_fired, rec, svc->port_data);
+    else if (svc->port.schedule == NULL)
+      core_fanout_enqueue(svc, rec);
   } else if (rec->pending != NULL || rec->ending) {
     /* The state changed while this NOTIFY was out: send the newest next. */
     core_sub_make_ready(svc, rec);

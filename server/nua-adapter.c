@@ -363,32 +363,75 @@ request_flow_facts(NuaAdapter *ad, sip_t const *sip, char const **flow, EdgeFlow
   return have_flow && n_vias == 2;
 }
 
+/* What the request handlers read from every request in the same way. The
+ * strings live until request_facts_clear(). */
+typedef struct {
+  su_home_t home[1];
+  char **authorization; /* "Digest ..." values, NULL-terminated, or NULL */
+  char const *flow;     /* the edge flow token, or NULL */
+  EdgeFlowInfo flow_info;
+  gboolean direct;
+  char const *request_uri, *to_uri, *from_uri;
+  char *content_type; /* "type/sub;params", or NULL */
+  char *disposition;  /* "type;params", or NULL */
+  GBytes *body;       /* the payload in place (it may hold a private key: never
+                       * copied here), or NULL */
+} NuaRequestFacts;
+
+static void
+request_facts_init(NuaRequestFacts *f, NuaAdapter *ad, sip_t const *sip)
+{
+  memset(f, 0, sizeof *f);
+  su_home_init(f->home);
+  f->authorization = authorization_list(f->home, sip);
+  f->direct = request_flow_facts(ad, sip, &f->flow, &f->flow_info);
+  f->request_uri = sip->sip_request ? url_as_string(f->home, sip->sip_request->rq_url) : NULL;
+  f->to_uri = sip->sip_to ? url_as_string(f->home, sip->sip_to->a_url) : NULL;
+  f->from_uri = sip->sip_from ? url_as_string(f->home, sip->sip_from->a_url) : NULL;
+  if (sip->sip_content_type)
+    f->content_type =
+        token_with_params(sip->sip_content_type->c_type, sip->sip_content_type->c_params);
+  if (sip->sip_content_disposition)
+    f->disposition = token_with_params(sip->sip_content_disposition->cd_type,
+                                       sip->sip_content_disposition->cd_params);
+  if (sip->sip_payload)
+    f->body = g_bytes_new_static(sip->sip_payload->pl_data, sip->sip_payload->pl_len);
+}
+
+static void
+request_facts_clear(NuaRequestFacts *f)
+{
+  g_strfreev(f->authorization);
+  edge_flow_info_clear(&f->flow_info);
+  g_free(f->content_type);
+  g_free(f->disposition);
+  g_clear_pointer(&f->body, g_bytes_unref);
+  su_home_deinit(f->home);
+}
+
 static void
 on_initial_subscribe(NuaAdapter *ad, nua_handle_t *nh, sip_t const *sip)
 {
-  su_home_t home[1] = {SU_HOME_INIT(home)};
-  g_autofree char *accept = accept_join(home, sip);
-  g_auto(GStrv) authorization = authorization_list(home, sip);
-  char const *flow = NULL;
-  EdgeFlowInfo flow_info = {0};
-  gboolean direct = request_flow_facts(ad, sip, &flow, &flow_info);
+  NuaRequestFacts f;
+  request_facts_init(&f, ad, sip);
+  g_autofree char *accept = accept_join(f.home, sip);
 
   CoreSubscribeInfo info = {
       .event = sip->sip_event ? sip->sip_event->o_type : NULL,
-      .request_uri = sip->sip_request ? url_as_string(home, sip->sip_request->rq_url) : NULL,
-      .to_uri = sip->sip_to ? url_as_string(home, sip->sip_to->a_url) : NULL,
-      .from_uri = sip->sip_from ? url_as_string(home, sip->sip_from->a_url) : NULL,
+      .request_uri = f.request_uri,
+      .to_uri = f.to_uri,
+      .from_uri = f.from_uri,
       .has_expires = sip->sip_expires != NULL,
       .expires = sip->sip_expires ? sip->sip_expires->ex_delta : 0,
       .accept = accept,
-      .flow_token = flow,
-      .direct = direct,
-      .peer_addr = flow_info.peer_addr,
-      .tls_version = flow_info.tls_version,
-      .cipher_suite = flow_info.cipher_suite,
-      .sni = flow_info.sni,
-      .peer_cert_der = flow_info.peer_cert_der,
-      .authorization = (const char *const *)authorization,
+      .flow_token = f.flow,
+      .direct = f.direct,
+      .peer_addr = f.flow_info.peer_addr,
+      .tls_version = f.flow_info.tls_version,
+      .cipher_suite = f.flow_info.cipher_suite,
+      .sni = f.flow_info.sni,
+      .peer_cert_der = f.flow_info.peer_cert_der,
+      .authorization = (const char *const *)f.authorization,
   };
 
   NuaSub *s = g_new0(NuaSub, 1);
@@ -410,8 +453,7 @@ on_initial_subscribe(NuaAdapter *ad, nua_handle_t *nh, sip_t const *sip)
    * terminated NOTIFY completes. */
   if (!(txn.status >= 200 && txn.status < 300))
     g_hash_table_remove(ad->subs, s);
-  edge_flow_info_clear(&flow_info);
-  su_home_deinit(home);
+  request_facts_clear(&f);
 }
 
 /* The value of the first header named @name that Sofia does not know. */
@@ -431,41 +473,25 @@ on_publish(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
     nua_adapter_handle_destroy(ad, nh); /* nua already answered it (e.g. 489) */
     return;
   }
-  su_home_t home[1] = {SU_HOME_INIT(home)};
-  g_auto(GStrv) authorization = authorization_list(home, sip);
-  char const *flow = NULL;
-  EdgeFlowInfo flow_info = {0};
-  gboolean direct = request_flow_facts(ad, sip, &flow, &flow_info);
-  /* The body may hold a plain private key: the core reads it in place. */
-  g_autoptr(GBytes) body =
-      sip->sip_payload ? g_bytes_new_static(sip->sip_payload->pl_data, sip->sip_payload->pl_len)
-                       : NULL;
-
+  NuaRequestFacts f;
+  request_facts_init(&f, ad, sip);
   g_autofree char *event =
       sip->sip_event ? token_with_params(sip->sip_event->o_type, sip->sip_event->o_params) : NULL;
-  g_autofree char *content_type =
-      sip->sip_content_type
-          ? token_with_params(sip->sip_content_type->c_type, sip->sip_content_type->c_params)
-          : NULL;
-  g_autofree char *disposition = sip->sip_content_disposition
-                                     ? token_with_params(sip->sip_content_disposition->cd_type,
-                                                         sip->sip_content_disposition->cd_params)
-                                     : NULL;
   CorePublishInfo info = {
       .event = event,
-      .request_uri = sip->sip_request ? url_as_string(home, sip->sip_request->rq_url) : NULL,
-      .to_uri = sip->sip_to ? url_as_string(home, sip->sip_to->a_url) : NULL,
-      .from_uri = sip->sip_from ? url_as_string(home, sip->sip_from->a_url) : NULL,
+      .request_uri = f.request_uri,
+      .to_uri = f.to_uri,
+      .from_uri = f.from_uri,
       .has_expires = sip->sip_expires != NULL,
       .expires = sip->sip_expires ? sip->sip_expires->ex_delta : 0,
       .if_match = sip->sip_if_match ? sip->sip_if_match->g_string : NULL,
-      .content_type = content_type,
+      .content_type = f.content_type,
       .content_transfer_encoding = unknown_header(sip, "Content-Transfer-Encoding"),
-      .content_disposition = disposition,
-      .body = body,
-      .authorization = (const char *const *)authorization,
-      .direct = direct,
-      .peer_addr = flow_info.peer_addr,
+      .content_disposition = f.disposition,
+      .body = f.body,
+      .authorization = (const char *const *)f.authorization,
+      .direct = f.direct,
+      .peer_addr = f.flow_info.peer_addr,
   };
 
   NuaTxn txn = {.ad = ad, .nh = nh, .with_expires = TRUE, .method = "PUBLISH"};
@@ -476,8 +502,7 @@ on_publish(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
   }
   /* PUBLISH makes no dialog: the handle has no further use. */
   nua_adapter_handle_destroy(ad, nh);
-  edge_flow_info_clear(&flow_info);
-  su_home_deinit(home);
+  request_facts_clear(&f);
 }
 
 static void
@@ -544,11 +569,8 @@ on_register(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
     nua_adapter_handle_destroy(ad, nh);
     return;
   }
-  su_home_t home[1] = {SU_HOME_INIT(home)};
-  g_auto(GStrv) authorization = authorization_list(home, sip);
-  char const *flow = NULL;
-  EdgeFlowInfo flow_info = {0};
-  gboolean direct = request_flow_facts(ad, sip, &flow, &flow_info);
+  NuaRequestFacts f;
+  request_facts_init(&f, ad, sip);
   g_autoptr(GArray) contacts = g_array_new(FALSE, TRUE, sizeof(CoreContact));
   g_autoptr(GPtrArray) keep = g_ptr_array_new_with_free_func(g_free);
 
@@ -557,7 +579,7 @@ on_register(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
     if (m->m_url->url_type == url_any) {
       c.uri = "*";
     } else {
-      c.uri = url_as_string(home, m->m_url);
+      c.uri = url_as_string(f.home, m->m_url);
     }
     guint64 v = 0;
     if (m->m_expires && g_ascii_string_to_unsigned(m->m_expires, 10, 0, G_MAXUINT32, &v, NULL)) {
@@ -583,9 +605,9 @@ on_register(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
   }
 
   CoreRegisterInfo info = {
-      .request_uri = sip->sip_request ? url_as_string(home, sip->sip_request->rq_url) : NULL,
-      .to_uri = sip->sip_to ? url_as_string(home, sip->sip_to->a_url) : NULL,
-      .from_uri = sip->sip_from ? url_as_string(home, sip->sip_from->a_url) : NULL,
+      .request_uri = f.request_uri,
+      .to_uri = f.to_uri,
+      .from_uri = f.from_uri,
       .call_id = sip->sip_call_id ? sip->sip_call_id->i_id : NULL,
       .cseq = sip->sip_cseq ? sip->sip_cseq->cs_seq : 0,
       .has_expires = sip->sip_expires != NULL,
@@ -593,10 +615,10 @@ on_register(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
       .contacts = (const CoreContact *)(gpointer)contacts->data,
       .n_contacts = contacts->len,
       .outbound = sip_has_supported(sip->sip_supported, "outbound"),
-      .authorization = (const char *const *)authorization,
-      .flow_token = flow,
-      .direct = direct,
-      .peer_addr = flow_info.peer_addr,
+      .authorization = (const char *const *)f.authorization,
+      .flow_token = f.flow,
+      .direct = f.direct,
+      .peer_addr = f.flow_info.peer_addr,
   };
 
   NuaTxn txn = {.ad = ad, .nh = nh, .method = "REGISTER"};
@@ -606,8 +628,7 @@ on_register(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
     nua_respond(nh, SIP_500_INTERNAL_SERVER_ERROR, NUTAG_WITH_THIS(ad->nua), TAG_END());
   }
   nua_adapter_handle_destroy(ad, nh);
-  edge_flow_info_clear(&flow_info);
-  su_home_deinit(home);
+  request_facts_clear(&f);
 }
 
 static void
@@ -617,35 +638,21 @@ on_message(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
     nua_adapter_handle_destroy(ad, nh);
     return;
   }
-  su_home_t home[1] = {SU_HOME_INIT(home)};
-  g_auto(GStrv) authorization = authorization_list(home, sip);
-  char const *flow = NULL;
-  EdgeFlowInfo flow_info = {0};
-  gboolean direct = request_flow_facts(ad, sip, &flow, &flow_info);
+  NuaRequestFacts f;
+  request_facts_init(&f, ad, sip);
   /* The body is relayed byte for byte: the core copies what it keeps. */
-  g_autoptr(GBytes) body =
-      sip->sip_payload ? g_bytes_new_static(sip->sip_payload->pl_data, sip->sip_payload->pl_len)
-                       : NULL;
-  g_autofree char *content_type =
-      sip->sip_content_type
-          ? token_with_params(sip->sip_content_type->c_type, sip->sip_content_type->c_params)
-          : NULL;
-  g_autofree char *disposition = sip->sip_content_disposition
-                                     ? token_with_params(sip->sip_content_disposition->cd_type,
-                                                         sip->sip_content_disposition->cd_params)
-                                     : NULL;
   CoreMessageInfo info = {
-      .request_uri = sip->sip_request ? url_as_string(home, sip->sip_request->rq_url) : NULL,
-      .to_uri = sip->sip_to ? url_as_string(home, sip->sip_to->a_url) : NULL,
-      .from_uri = sip->sip_from ? url_as_string(home, sip->sip_from->a_url) : NULL,
-      .content_type = content_type,
-      .content_disposition = disposition,
+      .request_uri = f.request_uri,
+      .to_uri = f.to_uri,
+      .from_uri = f.from_uri,
+      .content_type = f.content_type,
+      .content_disposition = f.disposition,
       .content_transfer_encoding = unknown_header(sip, "Content-Transfer-Encoding"),
-      .body = body,
-      .authorization = (const char *const *)authorization,
-      .flow_token = flow,
-      .direct = direct,
-      .peer_addr = flow_info.peer_addr,
+      .body = f.body,
+      .authorization = (const char *const *)f.authorization,
+      .flow_token = f.flow,
+      .direct = f.direct,
+      .peer_addr = f.flow_info.peer_addr,
   };
 
   /* The answer may come after this callback: keep nua's request. */
@@ -668,8 +675,7 @@ on_message(NuaAdapter *ad, int status, nua_handle_t *nh, sip_t const *sip)
     if (t->status != 0)
       nua_txn_finish(t);
   }
-  edge_flow_info_clear(&flow_info);
-  su_home_deinit(home);
+  request_facts_clear(&f);
 }
 
 /* The final answer to a MESSAGE we relayed. */
@@ -698,6 +704,10 @@ on_nua_event(nua_event_t event, int status, char const *phrase, nua_t *nua, NuaA
     on_subscribe(ad, status, nh, s, sip, tags);
     break;
   case nua_r_notify:
+    /* A 430 is the edge's (the flow is gone) and common; anything else
+     * failing is worth seeing. */
+    if (status >= 300 && status != 430)
+      g_message("NOTIFY failed: %d %s", status, phrase ? phrase : "");
     on_notify_response(ad, status, s, tags);
     break;
   case nua_i_publish:
@@ -796,7 +806,13 @@ nua_adapter_new(const SrvConfig *cfg, GError **error)
     /* nua speaks for the public name but listens only on loopback. */
     g_autofree char *url =
         g_strdup_printf("sip:%s:%u;maddr=127.0.0.1;transport=tcp", cfg->domains[0], ad->port);
-    ad->nua = nua_create(ad->root, on_nua_event, ad, NUTAG_URL(url), TPTAG_LOG(0), TAG_END());
+    /* nua's connections carry every client's traffic to the edge. A burst of
+     * SUBSCRIBEs makes as many 200s and first NOTIFYs at once (those are not
+     * paced by the fan-out window), and with tport's default queue of 64
+     * messages per connection nua failed some NOTIFYs with its own 503. 1000
+     * is tport's largest; the core also sends a failed NOTIFY again. */
+    ad->nua = nua_create(ad->root, on_nua_event, ad, NUTAG_URL(url), TPTAG_LOG(0),
+                         TPTAG_QUEUESIZE(1000), TAG_END());
   }
   if (ad->nua == NULL) {
     g_set_error(error, NUA_ADAPTER_ERROR, NUA_ADAPTER_ERROR_START,

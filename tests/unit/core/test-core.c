@@ -194,7 +194,6 @@ fx_advance(Fixture *fx, gint64 secs)
   fx->now = end;
 }
 
-
 /* What the server does when a NOTIFY transaction ends. */
 static void
 fx_done(Fixture *fx, gpointer sub, guint status)
@@ -833,7 +832,8 @@ test_registry_isolation(Fixture *fx, gconstpointer data)
 }
 
 /* A failed NOTIFY (408/430/481) ends the subscription in the core, as the
- * server ends the dialog; other failures keep it. */
+ * server ends the dialog; other failures keep it, and its next NOTIFY (the
+ * newest state) waits for the retry pause (test_notify_retry). */
 static void
 test_registry_notify_failure(Fixture *fx, gconstpointer data)
 {
@@ -851,8 +851,11 @@ test_registry_notify_failure(Fixture *fx, gconstpointer data)
   g_autoptr(GBytes) der2 = fake_der("alice-2");
   fx_put_cert(fx, "sip:alice@example.com", der2);
   core_cert_changed(fx->core, "sip:alice@example.com");
+  g_assert_cmpuint(fx->notifies->len, ==, before);
+  fx_advance(fx, 1);
   g_assert_cmpuint(fx->notifies->len, ==, before + 1);
   g_assert_true(fx_last_notify(fx)->sub == SUB(3));
+  assert_cert_notify(fx_last_notify(fx), SUB(3), CORE_SUBSTATE_ACTIVE, 3600 - 1, der2);
   /* The server then reports the ended ones gone: ignored. */
   core_subscription_gone(fx->core, SUB(0));
   g_assert_cmpuint(core_service_get_n_subscriptions(fx->core), ==, 1);
@@ -1163,6 +1166,59 @@ test_interval_in_flight(Fixture *fx, gconstpointer data)
   fx_done(fx, SUB_A, 200);
 }
 
+/* A NOTIFY failing without ending the dialog usage (503, e.g. nua's own when
+ * its send queue is full) is sent again after 1 s, then 2 s, with the same
+ * state and not held back by the 60 s interval; a success resets the count;
+ * when the third retry (after 4 s) fails too, the subscription is dropped. */
+static void
+test_notify_retry(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(GBytes) a = fake_der("a");
+  g_autoptr(GBytes) b = fake_der("b");
+  fx_put_cert(fx, DEFAULT_URI, a);
+  g_assert_cmpuint(fx_subscribe(fx, SUB_A, &(SubArgs){0})->status, ==, 200);
+  g_assert_cmpuint(fx->notifies->len, ==, 1);
+  fx_done(fx, SUB_A, 503);
+  fx_advance(fx, 0);
+  g_assert_cmpuint(fx->notifies->len, ==, 1);
+  fx_advance(fx, 1);
+  g_assert_cmpuint(fx->notifies->len, ==, 2);
+  assert_cert_notify(fx_notify(fx, 1), SUB_A, CORE_SUBSTATE_ACTIVE, 3600 - 1, a);
+  /* A newer state while the retry is out: the next retry carries it. */
+  fx_put_cert(fx, DEFAULT_URI, b);
+  core_cert_changed(fx->core, DEFAULT_URI);
+  fx_done(fx, SUB_A, 500);
+  fx_advance(fx, 1);
+  g_assert_cmpuint(fx->notifies->len, ==, 2);
+  fx_advance(fx, 1);
+  g_assert_cmpuint(fx->notifies->len, ==, 3);
+  assert_cert_notify(fx_notify(fx, 2), SUB_A, CORE_SUBSTATE_ACTIVE, 3600 - 3, b);
+  fx_done(fx, SUB_A, 200);
+  g_assert_cmpuint(core_service_get_n_subscriptions(fx->core), ==, 1);
+
+  /* After a success the count starts again: four more failures drop it. */
+  core_cert_changed(fx->core, DEFAULT_URI); /* same state: nothing to send */
+  fx_put_cert(fx, DEFAULT_URI, a);
+  core_cert_changed(fx->core, DEFAULT_URI);
+  fx_advance(fx, 60);
+  guint sent = fx->notifies->len;
+  g_assert_cmpuint(sent, ==, 4);
+  fx_done(fx, SUB_A, 503);
+  fx_advance(fx, 1);
+  fx_done(fx, SUB_A, 503);
+  fx_advance(fx, 2);
+  g_assert_cmpuint(fx->notifies->len, ==, sent + 2);
+  fx_done(fx, SUB_A, 503);
+  fx_advance(fx, 4);
+  g_assert_cmpuint(fx->notifies->len, ==, sent + 3);
+  g_assert_cmpuint(core_service_get_n_subscriptions(fx->core), ==, 1);
+  fx_done(fx, SUB_A, 503);
+  g_assert_cmpuint(core_service_get_n_subscriptions(fx->core), ==, 0);
+  fx_advance(fx, 10);
+  g_assert_cmpuint(fx->notifies->len, ==, sent + 3);
+  core_subscription_gone(fx->core, SUB_A);
+}
+
 /* Deferred subscribers hold no window slot: with all 10 slots' worth of
  * subscribers waiting, another AOR's subscriber is notified at once. */
 static void
@@ -1469,6 +1525,7 @@ main(int argc, char **argv)
   ADD("/core/fanout/reentrant", fx_setup_window3, test_fanout_reentrant);
   ADD("/core/interval/defer-coalesce", fx_setup_interval60, test_interval_defer_coalesce);
   ADD("/core/interval/in-flight", fx_setup_interval60, test_interval_in_flight);
+  ADD("/core/notify/retry", fx_setup_interval60, test_notify_retry);
   ADD("/core/interval/window-free", fx_setup_interval60, test_interval_window_free);
   ADD("/core/interval/gone-cancels", fx_setup_interval60, test_interval_gone_cancels);
   ADD("/core/interval/zero", fx_setup, test_interval_zero);

@@ -141,11 +141,12 @@ def bench_config(args, n, identity):
     return {
         'tls': {'max-connections': limit, 'max-connections-per-ip': limit,
                 'idle-timeout': 3600000, 'handshake-timeout': 60000},
-        'extra': ('\n[fanout]\nmin-interval=0\nwindow=%d\n'
+        'extra': ('\n[fanout]\nmin-interval=%d\nwindow=%d\n'
                   '\n[identity]\nenabled=%s\nalgorithm=%s\nbackend=%s\nthreads=%d\n'
                   '\n[limits]\nsubscribe-per-source=0\nsubscribe-per-aor=0\n'
                   'publish-per-user=0\n'
-                  % (args.window, 'true' if identity else 'false', args.algorithm,
+                  % (args.min_interval, args.window, 'true' if identity else 'false',
+                     args.algorithm,
                      args.backend, args.threads)),
     }
 
@@ -433,10 +434,12 @@ def summary(path, rows, ref, args, plot_path, plot_why):
                  datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
                  os.uname().nodename, os.cpu_count(), sys.version.split()[0]),
              '', 'Knobs: window=%d, algorithm=%s, backend=%s, domain key RSA-%d, '
-             'signing threads=%s, min-interval=0 (no coalescing), %d subscribers per '
+             'signing threads=%s, min-interval=%s, %d subscribers per '
              'connection in the shared mode.' % (
                  args.window, args.algorithm, args.backend, args.key_bits,
-                 args.threads or 'one per core', args.subs_per_conn), '']
+                 args.threads or 'one per core',
+                 '%d s' % args.min_interval if args.min_interval else '0 (no coalescing)',
+                 args.subs_per_conn), '']
     lines += ['## Sign-rate reference (bench-identity, same run, RSA-2048 rsa-sha256)', '',
               '| backend | raw signs/s, one thread | raw x cores | signing pool, all cores |',
               '|---|---|---|---|']
@@ -504,6 +507,10 @@ def parse_args():
     p.add_argument('--algorithm', default='rsa-sha256', choices=('rsa-sha256', 'rsa-sha1'))
     p.add_argument('--key-bits', type=int, default=2048, help='domain key size (RSA)')
     p.add_argument('--window', type=int, default=200, help='[fanout] window (default 200)')
+    p.add_argument('--min-interval', type=int, default=0,
+                   help='[fanout] min-interval, the per-subscription rate limit in seconds '
+                        '(default 0: off; a subscriber notified less than this ago waits, '
+                        'so the update reaches it only after the interval)')
     p.add_argument('--threads', type=int, default=0, help='[identity] threads (0: per core)')
     p.add_argument('--pipeline', type=int, default=100,
                    help='SUBSCRIBEs the load generator keeps pending while establishing')

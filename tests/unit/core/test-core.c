@@ -1445,6 +1445,22 @@ test_aor_invalid(void)
   g_assert_cmpuint(strlen(at_limit), ==, CORE_AOR_MAX_INPUT);
   g_autofree char *ok = core_aor_canonicalize(at_limit, NULL);
   g_assert_cmpstr(ok, ==, at_limit);
+
+  /* Normalising may lengthen an IPv6 host ("::ffff:a:a" prints as
+   * "::ffff:0.10.0.10"): an input within the limit whose canonical form
+   * would exceed it is refused, so that every canonical AOR canonicalizes
+   * to itself (found by fuzz-core-accept-aor). */
+  const char *host = "@[::ffff:a:a]";
+  g_autofree char *user = g_strnfill(CORE_AOR_MAX_INPUT - strlen("sip:") - strlen(host), 'u');
+  g_autofree char *grows = g_strconcat("sip:", user, host, NULL);
+  g_assert_cmpuint(strlen(grows), ==, CORE_AOR_MAX_INPUT);
+  g_autoptr(GError) grow_error = NULL;
+  g_assert_null(core_aor_canonicalize(grows, &grow_error));
+  g_assert_error(grow_error, CORE_ERROR, CORE_ERROR_BAD_URI);
+  g_autofree char *short_mapped = core_aor_canonicalize("sip:u@[::ffff:a:a]", NULL);
+  g_assert_cmpstr(short_mapped, ==, "sip:u@[::ffff:0.10.0.10]");
+  g_autofree char *again = core_aor_canonicalize(short_mapped, NULL);
+  g_assert_cmpstr(again, ==, short_mapped);
 }
 
 static void

@@ -651,6 +651,18 @@ class Subscription:
             self.routes = hops if from_notify else list(reversed(hops))
 
 
+def serves(dep, aor, der):
+    """True when a SUBSCRIBE to @aor's certificate on a new connection gets 200 and a NOTIFY
+    whose body is @der: the probe that the daemon still serves after something hostile."""
+    try:
+        with dep.connect() as c:
+            final, notify = Subscription(c, aor).exchange(120)
+            return (final is not None and final.code == 200 and notify is not None
+                    and notify.body == der)
+    except (OSError, TimeoutError, Closed, ssl.SSLError):
+        return False
+
+
 def options_ok(dep, timeout=5.0):
     """True when a new TLS connection gets 200 for an OPTIONS (the liveness probe)."""
     try:

@@ -19,7 +19,6 @@ Certificates are made with openssl; a big nsComment extension makes them big."""
 import os
 import shutil
 import signal
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -96,15 +95,7 @@ def publish(dep, der):
                                                              expires=3600)
 
 
-def serves(dep, aor, der):
-    """A SUBSCRIBE to @aor's certificate on a new connection gets 200 and @der."""
-    try:
-        with dep.connect() as c:
-            final, notify = h.Subscription(c, aor).exchange(120)
-            return (final is not None and final.code == 200 and notify is not None
-                    and notify.body == der)
-    except (OSError, TimeoutError, h.Closed, ssl.SSLError):
-        return False
+serves = h.serves
 
 
 def register(dep):

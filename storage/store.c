@@ -38,6 +38,10 @@ typedef enum {
   STORE_TABLE_N,
 } StoreTable;
 
+/* Change-log retention defaults (see store_txn_change_prune). */
+#define STORE_CHANGE_KEEP 10000
+#define STORE_CHANGE_MIN_AGE 3600
+
 static const char *const store_table_names[STORE_TABLE_N] = {
     [STORE_TABLE_META] = STORE_DBI_META,
     [STORE_TABLE_CREDENTIALS] = STORE_DBI_CREDENTIALS,
@@ -57,7 +61,11 @@ typedef struct {
   /* mdb_env_set_mapsize() must not run while any transaction of this
    * process is open: transactions hold it shared, resizing exclusive. */
   GRWLock resize_lock;
-  guint64 map_max;       /* the map grows up to this; under resize_lock */
+  guint64 map_max; /* the map grows up to this; under resize_lock */
+  /* Change-log retention (store_db_set_change_retention); read by writers,
+   * which LMDB serialises. */
+  guint change_keep;
+  gint64 change_min_age;
   gboolean tables_ready; /* dbis hold committed handles */
   MDB_dbi dbis[STORE_TABLE_N];
 } StoreEnv;
@@ -245,6 +253,8 @@ store_env_open(const char *dir, const char *key, guint64 map_size, GError **erro
 
   g_rw_lock_init(&env->resize_lock);
   env->map_max = STORE_MAP_SIZE_MAX;
+  env->change_keep = STORE_CHANGE_KEEP;
+  env->change_min_age = STORE_CHANGE_MIN_AGE;
   env->key = g_strdup(key);
   env->path = g_strdup(dir);
 
@@ -1312,6 +1322,49 @@ store_cred_record_encode(const StoreCredRecord *rec)
 
 /* ---- change log ------------------------------------------------------ */
 
+/* The log only carries changes to a running daemon, which reads it every
+ * second (and starts from its end): old entries serve nobody, and kept for
+ * ever they would fill a capped store. Each append drops entries from the
+ * head while more than change_keep remain and the head is older than
+ * change_min_age, at most STORE_CHANGE_PRUNE_STEP of them, so the log stays
+ * bounded at a small cost per write, and a backlog (a bulk import) drains
+ * over the writes that follow. */
+#define STORE_CHANGE_PRUNE_STEP 64
+
+static StoreChange *store_change_decode(const MDB_val *k, const MDB_val *v, gboolean strict,
+                                        GError **error);
+
+static void
+store_txn_change_prune(StoreTxn *txn, MDB_cursor *cursor, gint64 now)
+{
+  MDB_stat st;
+  MDB_val k, v;
+
+  if (!store_txn_ok(txn) ||
+      !store_txn_check(txn, mdb_stat(txn->txn, txn->env->dbis[STORE_TABLE_CHANGES], &st),
+                       "counting the change log"))
+    return;
+  for (guint i = 0; i < STORE_CHANGE_PRUNE_STEP && st.ms_entries > txn->env->change_keep;
+       i++, st.ms_entries--) {
+    GError *local = NULL;
+    int rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST);
+    if (rc != MDB_SUCCESS) {
+      if (rc != MDB_NOTFOUND)
+        store_txn_check(txn, rc, "reading the change log");
+      return;
+    }
+    g_autoptr(StoreChange) head = store_change_decode(&k, &v, FALSE, &local);
+    if (head == NULL) {
+      store_txn_fail(txn, local);
+      return;
+    }
+    if (now - head->time < txn->env->change_min_age)
+      return;
+    if (!store_txn_check(txn, mdb_cursor_del(cursor, 0), "pruning the change log"))
+      return;
+  }
+}
+
 /* Appends (next seq, @aor, @kind, now) in @txn: the change commits or
  * vanishes together with the write it describes. LMDB serialises writers
  * across processes, so last + 1 is unique and increasing. */
@@ -1356,7 +1409,9 @@ store_txn_change_append(StoreTxn *txn, const char *aor, StoreChangeKind kind)
       g_variant_new("(sux)", aor, (guint32)kind, g_get_real_time() / G_USEC_PER_SEC));
   k = (MDB_val){sizeof be, &be};
   v = (MDB_val){g_variant_get_size(record), (void *)g_variant_get_data(record)};
-  store_txn_check(txn, mdb_cursor_put(cursor, &k, &v, MDB_APPEND), "appending to the change log");
+  if (store_txn_check(txn, mdb_cursor_put(cursor, &k, &v, MDB_APPEND),
+                      "appending to the change log"))
+    store_txn_change_prune(txn, cursor, g_get_real_time() / G_USEC_PER_SEC);
   mdb_cursor_close(cursor);
 }
 
@@ -1699,6 +1754,14 @@ store_db_set_map_size_max(StoreDb *db, guint64 max_size)
   g_rw_lock_writer_lock(&db->env->resize_lock);
   db->env->map_max = max_size == 0 ? STORE_MAP_SIZE_MAX : max_size;
   g_rw_lock_writer_unlock(&db->env->resize_lock);
+}
+
+void
+store_db_set_change_retention(StoreDb *db, guint keep, gint64 min_age)
+{
+  g_return_if_fail(db != NULL);
+  db->env->change_keep = keep;
+  db->env->change_min_age = min_age;
 }
 
 guint

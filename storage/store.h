@@ -45,6 +45,12 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(StoreDb, store_db_free)
  * of the same directory in this process; may be called at any time. */
 void store_db_set_map_size_max(StoreDb *db, guint64 max_size);
 
+/* The change log keeps at least its newest @keep entries and whatever is
+ * younger than @min_age seconds; older ones go as later writes append
+ * (defaults: 10,000 entries, one hour). Applies to every StoreDb of the same
+ * directory in this process. */
+void store_db_set_change_retention(StoreDb *db, guint keep, gint64 min_age);
+
 /* Schema version recorded in the store's meta table. */
 guint store_db_get_schema_version(StoreDb *db);
 

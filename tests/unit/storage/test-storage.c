@@ -1869,6 +1869,40 @@ test_change_log(Fixture *fx, gconstpointer data)
   store_db_free(db);
 }
 
+/* The log stays bounded: a write drops the oldest entries beyond the newest
+ * @keep once they are older than @min_age; younger ones stay whatever their
+ * number; sequence numbers go on. */
+static void
+test_change_log_retention(Fixture *fx, gconstpointer data)
+{
+  g_autoptr(StoreDb) db = open_db(fx->state, 0);
+  g_autoptr(GBytes) der = fake_der(1, 100);
+  g_autoptr(GError) error = NULL;
+  StoreStats st;
+
+  store_db_set_change_retention(db, 5, 0);
+  for (guint i = 0; i < 20; i++)
+    put_cert(db, "sip:alice@example.com", der, 1, 2);
+  g_assert_true(store_db_get_stats(db, &st, &error));
+  g_assert_cmpuint(st.n_changes, ==, 5);
+  g_assert_cmpuint(st.last_change, ==, 20);
+  g_autoptr(GPtrArray) list = store_change_list_since(db, 0, 100, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(list->len, ==, 5);
+  for (guint i = 0; i < list->len; i++)
+    g_assert_cmpuint(((StoreChange *)g_ptr_array_index(list, i))->seq, ==, 16 + i);
+
+  /* Entries younger than an hour stay however many there are. */
+  store_db_set_change_retention(db, 5, 3600);
+  for (guint i = 0; i < 10; i++)
+    put_cert(db, "sip:alice@example.com", der, 1, 2);
+  g_assert_true(store_db_get_stats(db, &st, &error));
+  g_assert_cmpuint(st.n_changes, ==, 15);
+  g_assert_cmpuint(st.last_change, ==, 30);
+  g_assert_true(store_db_check(db, &error));
+  g_assert_no_error(error);
+}
+
 static void
 test_change_log_two_handles(Fixture *fx, gconstpointer data)
 {
@@ -3390,6 +3424,7 @@ main(int argc, char **argv)
   ADD("/storage/db/rekey-atomic", test_db_rekey_atomic);
   ADD("/storage/db/rekey-other-handle", test_db_rekey_other_handle);
   ADD("/storage/change/log", test_change_log);
+  ADD("/storage/change/retention", test_change_log_retention);
   ADD("/storage/change/two-handles", test_change_log_two_handles);
   ADD("/storage/change/corrupt", test_change_log_corrupt);
   ADD("/storage/db/backup", test_db_backup);

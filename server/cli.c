@@ -1315,7 +1315,8 @@ cli_db_rekey(Cli *cli, char **args, guint n_args)
   g_print("the store in %s now uses master key %s (id %s); %" G_GUINT64_FORMAT
           " server-held keys were re-wrapped\n",
           cli->state_dir, new_path, store_master_key_get_id(new_key), stats.n_server_held);
-  g_print("next: point [store] master-key at %s and restart sipcredd", new_path);
+  g_print("next: point [store] master-key at %s and send sipcredd SIGHUP (or restart it)",
+          new_path);
   if (old_path != NULL)
     g_print("; then %s may be destroyed", old_path);
   g_print("\n");

@@ -213,11 +213,26 @@ daemon_warn_restart_only(const SrvConfig *old, const SrvConfig *fresh)
                          g_strcmp0(old->identity_backend, fresh->identity_backend) != 0},
       {"[credential] generate",
        old->core.generate_credentials != fresh->core.generate_credentials},
-      {"[store] master-key", g_strcmp0(old->master_key, fresh->master_key) != 0},
   };
   for (guint i = 0; i < G_N_ELEMENTS(checks); i++)
     if (checks[i].changed)
       g_warning("reload: %s changed; it takes effect after a restart", checks[i].name);
+}
+
+/* The master key named by @path replaces the one in use, when it is the
+ * store's: after `sipcred db rekey` the running daemon holds the old key,
+ * which no longer unwraps anything. A key that cannot be loaded or is not
+ * the store's leaves the one in use. */
+static void
+daemon_master_key_reload(Daemon *d, const char *path)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(StoreMasterKey) key = store_master_key_load(path, &error);
+  if (key == NULL || !store_db_set_master_key(d->store, key, &error)) {
+    g_warning("reload: [store] master-key: %s; the key in use stays", error->message);
+    return;
+  }
+  g_message("reload: master key %s in use", store_master_key_get_id(key));
 }
 
 /* SIGHUP: re-read the configuration; swap in new TLS certificates and keys
@@ -240,6 +255,8 @@ on_reload(gpointer user_data)
   /* A raised cap lets a full store take writes again at once. */
   if (d->store != NULL)
     store_db_set_map_size_max(d->store, fresh->map_size_max);
+  if (d->store != NULL && fresh->master_key != NULL)
+    daemon_master_key_reload(d, fresh->master_key);
   if (d->core != NULL)
     core_service_reload(d->core, &fresh->core);
   daemon_warn_restart_only(d->cfg, fresh);

@@ -4,7 +4,8 @@ certificate is replaced on disk and sipcredd gets SIGHUP, new connections get th
 certificate while a connection made before keeps working; a broken certificate file makes the
 reload fail and leaves the running certificate in place. Under a live subscription, a reload
 applies new limits to what comes next and keeps the subscription; an invalid file changes
-nothing; a setting that needs a restart is named in the log."""
+nothing; a setting that needs a restart is named in the log. After `sipcred db rekey`, a reload
+takes the new master key."""
 
 import os
 import signal
@@ -13,6 +14,7 @@ import time
 
 sys.dont_write_bytecode = True  # keep the source tree clean (it may be read-only)
 import sipcredharness as h  # noqa: E402
+import credclient as cc  # noqa: E402
 
 
 def options_on(conn, dep):
@@ -138,6 +140,52 @@ def live_subscriptions(tap):
         sub_conn.close()
 
 
+def credential_key(dep, aor, user, password):
+    """The PKCS#8 part of the first credential NOTIFY @user gets, or None."""
+    with dep.connect() as c:
+        s = cc.CredSubscription(c, aor, user, password)
+        final, notify = s.subscribe(expires=0)
+        if final is None or final.code != 200 or notify is None or not notify.body:
+            return None
+        parts = cc.parse_multipart(notify.get('content-type'), notify.body)
+        return parts.get('application/pkcs8') if parts else None
+
+
+def master_key_reload(tap):
+    """After `sipcred db rekey` the running daemon holds a key that no longer unwraps the
+    server-held keys; pointing [store] master-key at the new key and SIGHUP makes it serve
+    them again, without a restart."""
+    carol = 'sip:carol@example.com'
+    extra = '\n[store]\nmaster-key=master.key\n'
+    with h.Deployment(tap, extra=extra) as dep:
+        rc, _ = dep.sipcred('keygen', os.path.join(dep.dir, 'master.key'))
+        rc2, _ = dep.sipcred('keygen', os.path.join(dep.dir, 'master2.key'))
+        dep.start()
+        cc.add_user(dep, carol, 'carol-secret')
+        rc3, out = dep.sipcred('cred', 'generate', carol)
+        key1 = credential_key(dep, carol, 'carol', 'carol-secret')
+        tap.ok(rc == rc2 == rc3 == 0 and key1 is not None,
+               'a server-held credential is served with its key (%s)' % out.strip()[:80])
+        rc, out = dep.sipcred('db', 'rekey', os.path.join(dep.dir, 'master2.key'))
+        tap.ok(rc == 0 and credential_key(dep, carol, 'carol', 'carol-secret') is None,
+               'after db rekey the running daemon cannot unwrap it (rekey: %s)'
+               % out.strip().splitlines()[-1:])
+        text = open(dep.conf).read()
+        with open(dep.conf, 'w') as f:
+            f.write(text.replace('master-key=master.key', 'master-key=master2.key'))
+        dep.proc.send_signal(signal.SIGHUP)
+        tap.ok(wait_log(dep, 'master key') and wait_log(dep, 'in use'),
+               'SIGHUP takes the new master key (logged)')
+        tap.ok(credential_key(dep, carol, 'carol', 'carol-secret') == key1,
+               'and the credential comes with the same private key again, no restart')
+        with open(dep.conf, 'w') as f:
+            f.write(text)  # the old key: no longer the store's
+        dep.proc.send_signal(signal.SIGHUP)
+        tap.ok(wait_log(dep, 'the key in use stays') and
+               credential_key(dep, carol, 'carol', 'carol-secret') == key1,
+               'a reload naming a key that is not the store\'s keeps the one in use')
+
+
 def main(tap):
     h.require_tools('certtool')
     with h.Deployment(tap) as dep:
@@ -170,6 +218,7 @@ def main(tap):
         before.close()
         tap.ok(dep.alive() and h.options_ok(dep), 'the daemon still serves')
     live_subscriptions(tap)
+    master_key_reload(tap)
 
 
 if __name__ == '__main__':

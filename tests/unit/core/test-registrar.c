@@ -207,20 +207,8 @@ static char *
 authorization(Fixture *fx, const char *const *challenges, const char *user, const char *method,
               const char *uri)
 {
-  const char *c = challenges[0];
-  g_assert_nonnull(strstr(c, "algorithm=SHA-256"));
-  const char *n = strstr(c, "nonce=\"") + 7;
-  g_autofree char *nonce = g_strndup(n, strchr(n, '"') - n);
-  g_autofree char *in1 = g_strdup_printf("%s:%s:%s", user, DOMAIN, PASSWORD);
-  g_autofree char *ha1 = hex_digest(G_CHECKSUM_SHA256, in1);
-  g_autofree char *in2 = g_strdup_printf("%s:%s", method, uri);
-  g_autofree char *ha2 = hex_digest(G_CHECKSUM_SHA256, in2);
-  g_autofree char *nc = g_strdup_printf("%08x", ++fx->nc);
-  g_autofree char *in3 = g_strdup_printf("%s:%s:%s:cn0nce:auth:%s", ha1, nonce, nc, ha2);
-  g_autofree char *resp = hex_digest(G_CHECKSUM_SHA256, in3);
-  return g_strdup_printf("Digest username=\"%s\", realm=\"%s\", nonce=\"%s\", uri=\"%s\", "
-                         "response=\"%s\", algorithm=SHA-256, cnonce=\"cn0nce\", nc=%s, qop=auth",
-                         user, DOMAIN, nonce, uri, resp, nc);
+  return test_util_digest_authorization(challenges[0], user, DOMAIN, PASSWORD, method, uri,
+                                        ++fx->nc);
 }
 
 /* Sends @info without credentials; when that gets a 401, answers the

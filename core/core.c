@@ -725,6 +725,25 @@ core_respond_error(CoreService *svc, gpointer txn, guint status, const char *phr
   core_respond(svc, txn, &resp);
 }
 
+/* Room comes back only when an operator acts (removes credentials, raises
+ * max-map-size, frees the disk): retrying within seconds would not help. */
+#define CORE_STORE_FULL_RETRY_AFTER 300
+
+gboolean
+core_respond_if_store_full(CoreService *svc, gpointer txn, const char *what, const GError *error)
+{
+  if (!g_error_matches(error, STORE_ERROR, STORE_ERROR_FULL))
+    return FALSE;
+  g_warning("%s: %s", what, error->message);
+  CoreResponse resp = {
+      .status = 503,
+      .phrase = "Store full",
+      .retry_after = CORE_STORE_FULL_RETRY_AFTER,
+  };
+  core_respond(svc, txn, &resp);
+  return TRUE;
+}
+
 gboolean
 core_refuse_brief_expires(CoreService *svc, gpointer txn, guint32 expires)
 {

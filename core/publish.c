@@ -21,24 +21,6 @@
 #include "identity/cert.h"
 
 #define CORE_PUBLISH_EVENT "credential"
-/* Room comes back only when an operator acts (removes credentials, raises
- * max-map-size, frees the disk): retrying within seconds would not help. */
-#define CORE_STORE_FULL_RETRY_AFTER 300
-
-gboolean
-core_respond_if_store_full(CoreService *svc, gpointer txn, const char *what, const GError *error)
-{
-  if (!g_error_matches(error, STORE_ERROR, STORE_ERROR_FULL))
-    return FALSE;
-  g_warning("%s: %s", what, error->message);
-  CoreResponse resp = {
-      .status = 503,
-      .phrase = "Store full",
-      .retry_after = CORE_STORE_FULL_RETRY_AFTER,
-  };
-  core_respond(svc, txn, &resp);
-  return TRUE;
-}
 
 /* RFC 3261 20.11 dispositions a credential body may carry. An unknown one
  * is refused unless it says handling=optional, in which case the
